@@ -1,0 +1,43 @@
+# Two entry points: `make demo` and `make test`. Both create .venv from the pinned
+# requirements when it is missing (or when requirements.txt changed).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+CORES   ?= 2
+DEMO    ?= config/demo.yaml
+
+.PHONY: demo smoke test test-fast benchmark schema lint clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile $(DEMO) --rerun-incomplete
+
+smoke: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile config/smoke.yaml --rerun-incomplete
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/bench_stats.py
+
+schema: $(STAMP)
+	$(BIN)/python -m polypsi.config config/schema.json
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint --configfile config/smoke.yaml
+
+clean:
+	rm -rf results .snakemake report.html

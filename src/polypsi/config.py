@@ -1,0 +1,303 @@
+"""The typed configuration: the single source of truth for every setting.
+
+`config/schema.json` is generated from these classes (`python -m polypsi.config`)
+and a test keeps the two in sync. The Snakefile validates the merged config with
+`load_config`, which names the offending key on any error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, misspelt or of the wrong type."""
+
+
+class _Section(BaseModel):
+    # A misspelt key must stop the run, not be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class WorldConfig(_Section):
+    """The procedural planted world (dataset, model and embedder built from one seed)."""
+
+    seed: int = Field(0, description="Seed of the world: images, model and embedder.")
+    n_images: int = Field(600, ge=1, description="Number of images rendered.")
+    image_size: int = Field(64, ge=16, description="Rendered image size in pixels (Tiny-ImageNet: 64).")
+    n_classes: int = Field(10, ge=2, description="Number of image classes.")
+    n_concepts: int = Field(12, ge=2, description="Number of named concepts drawn in the world.")
+    clutter: float = Field(0.5, ge=0.0, le=1.0, description="Amount of background clutter (0 = plain).")
+    concept_similarity: float = Field(
+        0.3, ge=0.0, le=1.0, description="How alike pairs of concepts look (0 = all distinct)."
+    )
+    noise: float = Field(0.05, ge=0.0, le=1.0, description="Pixel noise standard deviation.")
+    polysemantic_share: float = Field(
+        0.4, ge=0.0, le=1.0, description="Share of planted channels that respond to 2-3 concepts."
+    )
+    dead_share: float = Field(0.1, ge=0.0, le=1.0, description="Share of planted channels that never fire.")
+
+
+class DataConfig(_Section):
+    source: Literal["tiny_imagenet", "imagefolder", "world"] = Field(
+        "tiny_imagenet", description="Dataset layout: Tiny-ImageNet's own, an ImageFolder tree, or the planted world."
+    )
+    root: str = Field("data/tiny-imagenet-200", description="Dataset root folder.")
+    split: Literal["train", "val"] = Field("val", description="Tiny-ImageNet split to scan.")
+    max_images: Optional[int] = Field(None, ge=1, description="Use only the first N images (after sorting).")
+    download: bool = Field(True, description="Download Tiny-ImageNet when the root is absent.")
+    url: str = Field("http://cs231n.stanford.edu/tiny-imagenet-200.zip", description="Tiny-ImageNet archive URL.")
+    md5: Optional[str] = Field(
+        "90528d7ca1a48142e341f4ef8d21d0de", description="MD5 of the archive; null skips the check."
+    )
+
+
+class ModelConfig(_Section):
+    source: Literal["torchvision", "world"] = Field(
+        "torchvision", description="torchvision architecture by name, or the planted world's model."
+    )
+    name: str = Field("resnet50", description="torchvision model builder name, e.g. resnet50.")
+    weights: Optional[str] = Field(
+        "IMAGENET1K_V1", description="torchvision weights enum member; null = random init (seeded)."
+    )
+    checkpoint: Optional[str] = Field(
+        None, description="Local state_dict file; overrides `weights` (no download)."
+    )
+    init_seed: int = Field(0, description="Seed for random initialisation when no weights are given.")
+    layers: list[str] = Field(["layer3", "layer4"], min_length=1, description="Named modules to analyse.")
+    input_size: int = Field(224, ge=8, description="Images are resized (upsampled) to this size.")
+    mean: list[float] = Field(IMAGENET_MEAN, min_length=3, max_length=3)
+    std: list[float] = Field(IMAGENET_STD, min_length=3, max_length=3)
+
+
+class MiningConfig(_Section):
+    topk: int = Field(50, ge=2, description="K: top-activating sites kept per channel.")
+    one_site_per_image: bool = Field(
+        True, description="Keep at most one site per image (paper: false; neighbours make near-duplicate crops)."
+    )
+    batch_size: int = Field(32, ge=1)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 changes top-K rankings; keep fp32 unless speed matters more than exactness."
+    )
+    channels_last: bool = Field(True, description="channels_last memory format (faster convs, same results).")
+
+
+class CropConfig(_Section):
+    size_rule: Literal["fixed", "erf"] = Field(
+        "fixed", description="fixed: `size` per layer; erf: square holding `erf_mass` of the measured gradient mass."
+    )
+    size: dict[str, int] = Field(
+        {"layer3": 96, "layer4": 160}, description="Crop side in input pixels per layer (size_rule=fixed)."
+    )
+    erf_mass: float = Field(0.9, gt=0.0, lt=1.0, description="Gradient mass the crop holds (size_rule=erf).")
+    center: Literal["derived", "half_stride"] = Field(
+        "derived",
+        description="derived: offset measured from the model's gradients; half_stride: (i + 0.5) x stride.",
+    )
+
+
+class EmbedderConfig(_Section):
+    source: Literal["open_clip", "world"] = Field("open_clip")
+    name: str = Field("ViT-B-32", description="open_clip architecture name.")
+    pretrained: Optional[str] = Field("openai", description="open_clip pretrained tag; null = random init.")
+    checkpoint: Optional[str] = Field(None, description="Local open_clip checkpoint file; overrides `pretrained`.")
+    init_seed: int = Field(0, description="Seed for random initialisation when nothing is pretrained.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU.")
+    batch_size: int = Field(64, ge=1)
+
+
+class PromptConfig(_Section):
+    include_class_names: bool = Field(True, description="Add the dataset's class names as concepts.")
+    concepts: str = Field(
+        "builtin:generic_concepts.txt", description="File of generic concepts, one a line (builtin: = shipped)."
+    )
+    templates: str = Field("builtin:templates.txt", description="File of prompt templates with one {}.")
+    null_concepts: str = Field(
+        "builtin:unrelated_concepts.txt", description="Unrelated-domain concepts for the D-null."
+    )
+
+
+class StatsConfig(_Section):
+    k_min: int = Field(2, ge=2, description="Smallest K' tried.")
+    k_max: int = Field(5, ge=2, description="Largest K' tried.")
+    n_init: int = Field(10, ge=1, description="k-means restarts per K'.")
+    max_iter: int = Field(100, ge=1)
+    gap_level: Literal["concept", "prompt"] = Field(
+        "concept", description="D's purity gap over concepts (templates averaged) or single prompts (paper)."
+    )
+    backend: Literal["torch", "sklearn"] = Field("torch", description="Batched torch scorer or sklearn reference.")
+
+    @model_validator(mode="after")
+    def _k_range(self) -> "StatsConfig":
+        if self.k_max < self.k_min:
+            raise ValueError(f"stats.k_max ({self.k_max}) must be >= stats.k_min ({self.k_min})")
+        return self
+
+
+class NullConfig(_Section):
+    m: int = Field(20, ge=3, description="M: null draws per component.")
+    seed: int = Field(0, description="Base seed of all null draws.")
+    s_null: Literal["gaussian", "rotation"] = Field(
+        "gaussian", description="gaussian: structure-free, same mean/covariance; rotation: paper (degenerate)."
+    )
+    q_null: Literal["permutation"] = Field("permutation")
+    d_null: Literal["unrelated_prompts", "random_directions", "shuffle"] = Field(
+        "unrelated_prompts", description="shuffle is the paper's variant and is degenerate."
+    )
+    eps: float = Field(1e-6, gt=0.0, description="epsilon in sigmoid((x - mu) / (sd + eps)).")
+    sd_tol: float = Field(1e-4, ge=0.0, description="Null sd below this flags the channel in `status`.")
+    holdout_null_neurons: bool = Field(
+        True, description="Score one held-out null draw per channel as a null neuron (for the AUROC)."
+    )
+
+
+class ShardConfig(_Section):
+    images: int = Field(1, ge=1, description="Image shards for mining (results do not depend on it).")
+    channels: int = Field(1, ge=1, description="Channel shards per layer for embedding and scoring.")
+
+
+class InterventionConfig(_Section):
+    enabled: bool = True
+    layer: Optional[str] = Field(None, description="Layer to intervene on; null = the deepest analysed layer.")
+    n_channels: int = Field(10, ge=1, description="Highest-PSI channels tested.")
+    sites_per_channel: int = Field(5, ge=1)
+    fill: Literal["mean", "zero", "noise"] = Field("mean", description="Ablate-elsewhere fill.")
+    normalize: Literal["top1"] = Field("top1", description="Delta divided by the channel's top-1 activation.")
+    seed: int = 0
+
+
+class ReportConfig(_Section):
+    k_values: list[int] = Field([10, 20, 30, 40], description="K values of the K-sensitivity analysis.")
+    gallery_channels: int = Field(3, ge=1, description="Channels in each of the high/low-PSI galleries.")
+    browser: bool = Field(True, description="Write the static neuron browser.")
+
+
+class Config(_Section):
+    run_name: str = Field("paper", pattern=r"^[A-Za-z0-9_.-]+$", description="Outputs go to results/<run_name>/.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
+    data: DataConfig = DataConfig()
+    world: WorldConfig = WorldConfig()
+    model: ModelConfig = ModelConfig()
+    mining: MiningConfig = MiningConfig()
+    crops: CropConfig = CropConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
+    secondary_embedder: Optional[EmbedderConfig] = Field(
+        None, description="Second text head for the D sensitivity analysis (paper Fig. 6)."
+    )
+    prompts: PromptConfig = PromptConfig()
+    stats: StatsConfig = StatsConfig()
+    nulls: NullConfig = NullConfig()
+    shards: ShardConfig = ShardConfig()
+    interventions: InterventionConfig = InterventionConfig()
+    report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        if len(set(self.model.layers)) != len(self.model.layers):
+            raise ValueError(f"model.layers has duplicates: {self.model.layers}")
+        if self.crops.size_rule == "fixed":
+            missing = [l for l in self.model.layers if l not in self.crops.size]
+            if missing:
+                raise ValueError(
+                    f"crops.size has no entry for layer(s) {missing}; add e.g. `crops: {{size: {{{missing[0]}: 96}}}}`"
+                )
+        il = self.interventions.layer
+        if il is not None and il not in self.model.layers:
+            raise ValueError(f"interventions.layer '{il}' is not one of model.layers {self.model.layers}")
+        if any(k > self.mining.topk for k in self.report.k_values):
+            raise ValueError(f"report.k_values {self.report.k_values} must not exceed mining.topk ({self.mining.topk})")
+        if self.mining.topk < self.stats.k_max:
+            raise ValueError(f"mining.topk ({self.mining.topk}) must be >= stats.k_max ({self.stats.k_max})")
+        return self
+
+    @property
+    def intervention_layer(self) -> str:
+        return self.interventions.layer or self.model.layers[-1]
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _section_at(loc: tuple) -> Optional[type[BaseModel]]:
+    """The pydantic class that owns the key at `loc` (for did-you-mean suggestions)."""
+    cls: Any = Config
+    for part in loc[:-1]:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        cands = [a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not cands:
+            return None
+        cls = cands[0]
+    return cls
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "<root>"
+        if e["type"] == "extra_forbidden":
+            owner = _section_at(loc)
+            hint = ""
+            if owner is not None:
+                close = difflib.get_close_matches(str(loc[-1]), _known_keys(owner), n=1)
+                if close:
+                    prefix = ".".join(str(p) for p in loc[:-1])
+                    hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?"
+            lines.append(f"  - unknown key '{key}'{hint}")
+        else:
+            got = e.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  - key '{key}': {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def load_config(raw: dict | None, source: str = "config") -> Config:
+    """Validate a plain dict (e.g. Snakemake's merged `config`) into a typed Config."""
+    try:
+        return Config.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_config_file(path: str | Path) -> Config:
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    return load_config(raw, str(path))
+
+
+def json_schema() -> dict:
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":  # regenerate config/schema.json
+    import sys
+
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "config" / "schema.json"
+    out.write_text(schema_text())
+    print(f"wrote {out}")
