@@ -167,11 +167,24 @@ class ShardConfig(_Section):
 class InterventionConfig(_Section):
     enabled: bool = True
     layer: Optional[str] = Field(None, description="Layer to intervene on; null = the deepest analysed layer.")
-    n_channels: int = Field(10, ge=1, description="Highest-PSI channels tested.")
-    sites_per_channel: int = Field(5, ge=1)
-    fill: Literal["mean", "zero", "noise"] = Field("mean", description="Ablate-elsewhere fill.")
+    n_channels: int = Field(10, ge=1, description="Highest-PSI channels tested (status ok, k_hat >= 2).")
+    sites_per_channel: int = Field(5, ge=1, description="Top sites (by rank) intervened on per channel.")
+    fill: Literal["mean", "zero", "noise"] = Field(
+        "mean", description="Ablate-elsewhere fill: mean = the model's normalisation mean colour, noise = uniform."
+    )
     normalize: Literal["top1"] = Field("top1", description="Delta divided by the channel's top-1 activation.")
-    seed: int = 0
+    region_scale: float = Field(
+        1.0, gt=0.0, le=1.0,
+        description="Side of the replaced square as a fraction of the layer's crop (1 = the whole crop). "
+        "Smaller values leave room for the non-overlapping controls when the crop covers most of the image.",
+    )
+    blend_px: int = Field(0, ge=0, description="Feather width of pasted regions in pixels (0 = hard paste).")
+    test_unit: Literal["site", "channel"] = Field(
+        "site", description="Unit of the paired t-tests: (channel, site) pairs, or per-channel means of them."
+    )
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="Level of the reported confidence intervals.")
+    batch_size: int = Field(32, ge=1, description="Images per forward pass.")
+    seed: int = Field(0, description="Seed of donor, position and noise choices (per channel and site).")
 
 
 class ReportConfig(_Section):
