@@ -1,0 +1,126 @@
+"""A small generated run folder in the contract's formats, shared by the report and browser tests."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from polypsi.crops import crop_boxes
+from polypsi.io import read_json, read_table, write_json, write_table
+
+INPUT = 32
+LAYERS = {"layer3": dict(stride=4.0, offset=2.0, crop=16, channels=6, height=8, width=8),
+          "layer4": dict(stride=8.0, offset=4.0, crop=24, channels=5, height=4, width=4)}
+CLASSES = ["red", "green", "blue"]
+K = 12
+DIM = 8
+
+
+def _hats(rng, n, shift):
+    return 1 / (1 + np.exp(-rng.normal(shift, 1.0, size=(n, 3))))
+
+
+def _score_table(rng, channels, shift, dead=()):
+    h = _hats(rng, len(channels), shift)
+    df = pd.DataFrame({"channel": channels})
+    for i, c in enumerate("SQD"):
+        df[c] = rng.uniform(0, 0.3, len(df))
+        df[f"{c}_mu"], df[f"{c}_sd"] = 0.1, 0.05
+        df[f"{c}_hat"] = h[:, i]
+    df["psi"] = df.S_hat * df.Q_hat * df.D_hat
+    df["log_psi"] = np.log(df.psi)
+    df["k_hat"] = rng.integers(2, 4, len(df))
+    df["status"] = "ok"
+    df["top_activation"] = rng.uniform(1, 5, len(df))
+    for c in dead:
+        m = df.channel == c
+        df.loc[m, ["S", "Q", "D", "S_hat", "Q_hat", "D_hat", "psi", "log_psi", "k_hat"]] = np.nan
+        df.loc[m, "status"] = "dead: top activation <= 0"
+        df.loc[m, "top_activation"] = 0.0
+    return df
+
+
+def make_run(root: Path, seed: int = 0) -> Path:
+    """Write images, dataset, geometry, psi, null_psi, patches, clusters and prompts into root; return root."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    img_dir = root / "images"
+    rows = []
+    for i in range(18):
+        label = i % 3
+        arr = (rng.uniform(0, 60, (INPUT, INPUT, 3))).astype(np.uint8)
+        arr[..., label] += 180  # each class is one dominant colour
+        arr[8:16, 8 + i % 12 : 16 + i % 12] = 255  # a white mark that moves with the image id
+        p = img_dir / CLASSES[label] / f"{i:03d}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(p)
+        rows.append((i, str(p), label, CLASSES[label]))
+    ds = pd.DataFrame(rows, columns=["image_id", "path", "label", "class_name"])
+    write_table(ds, root / "dataset.parquet")
+    write_json({"input_size": INPUT, "layers": LAYERS}, root / "geometry.json")
+    concepts = ["dog face", "car wheel", "stripes", "foliage", "column"]
+    prompts = pd.DataFrame(
+        [("main", c, j, t, t.format(c)) for j, c in enumerate(concepts) for t in ["a photo of {}", "{}"]]
+        + [("null", c, j, "{}", c) for j, c in enumerate(["invoice", "tax law"])],
+        columns=["set", "concept", "concept_id", "template", "prompt"],
+    )
+    pe = rng.normal(size=(len(prompts), DIM))
+    write_table(prompts, root / "prompts" / "text.parquet", embeddings={"embedding": pe / np.linalg.norm(pe, axis=1, keepdims=True)})
+    for li, (layer, g) in enumerate(LAYERS.items()):
+        chans = np.arange(g["channels"])
+        dead = (g["channels"] - 1,)
+        write_table(_score_table(rng, chans, 0.8 + li, dead), root / "psi" / f"{layer}.parquet")
+        write_table(_score_table(rng, chans, 0.0), root / "null_psi" / f"{layer}.parquet")
+        prow, crow, embs = [], [], []
+        for c in chans:
+            if c in dead:
+                continue
+            n_cl = 2 + c % 2
+            cl = np.arange(K) % n_cl
+            centres = rng.normal(size=(n_cl, DIM))
+            e = centres[cl] + 0.3 * rng.normal(size=(K, DIM))
+            embs.append(e / np.linalg.norm(e, axis=1, keepdims=True))
+            img = rng.choice(len(ds), K, replace=False)
+            u, v = rng.integers(0, g["height"], K), rng.integers(0, g["width"], K)
+            box = crop_boxes(u, v, g, INPUT)
+            act = np.sort(rng.uniform(0.5, 4, K))[::-1].astype(np.float32)
+            for r in range(K):
+                prow.append((c, r, int(img[r]), int(u[r]), int(v[r]), act[r], int(cl[r]),
+                             int(ds.label[img[r]]), *map(int, box[r])))
+            for j in range(n_cl):
+                crow.append((c, j, int((cl == j).sum()), float(rng.uniform(0, 0.4)), concepts[(c + j) % 5],
+                             float(rng.uniform(0, 0.05)), concepts[(c + j + 1) % 5], float(rng.uniform(0.2, 0.3))))
+        pdf = pd.DataFrame(prow, columns=["channel", "rank", "image_id", "u", "v", "activation", "cluster", "label",
+                                          "y0", "x0", "y1", "x1"])
+        write_table(pdf, root / "patches" / f"{layer}.parquet", embeddings={"embedding": np.concatenate(embs)})
+        cdf = pd.DataFrame(crow, columns=["channel", "cluster", "size", "silhouette", "concept_1", "gap", "concept_2",
+                                          "similarity_1"])
+        write_table(cdf, root / "clusters" / f"{layer}.parquet")
+    return root
+
+
+def load_run(root: Path):
+    """(psi, null, clusters, patches, dataset, geometry) dicts keyed by layer, as the report reads them."""
+    root = Path(root)
+    psi = {l: read_table(root / "psi" / f"{l}.parquet") for l in LAYERS}
+    null = {l: read_table(root / "null_psi" / f"{l}.parquet") for l in LAYERS}
+    clusters = {l: read_table(root / "clusters" / f"{l}.parquet") for l in LAYERS}
+    patches = {l: read_table(root / "patches" / f"{l}.parquet") for l in LAYERS}
+    return psi, null, clusters, patches, read_table(root / "dataset.parquet"), read_json(root / "geometry.json")
+
+
+def test_generated_run_follows_the_contract(tmp_path):
+    make_run(tmp_path)
+    psi, null, clusters, patches, ds, geom = load_run(tmp_path)
+    need = {"channel", "S", "Q", "D", "S_hat", "Q_hat", "D_hat", "psi", "log_psi", "k_hat", "status", "top_activation"}
+    for layer in LAYERS:
+        assert need <= set(psi[layer].columns) and need <= set(null[layer].columns)
+        assert (psi[layer].status != "ok").sum() == 1
+        p = patches[layer]
+        assert {"channel", "rank", "image_id", "activation", "cluster", "label", "y0", "x0", "y1", "x1"} <= set(p.columns)
+        assert ((p.y1 - p.y0) == geom["layers"][layer]["crop"]).all() and (p.y1 <= INPUT).all()
+        sizes = clusters[layer].groupby("channel")["size"].sum()
+        assert (sizes == K).all()
+    _, emb = read_table(tmp_path / "patches" / "layer3.parquet", embedding="embedding")
+    assert emb.shape == (len(patches["layer3"]), DIM)
