@@ -44,11 +44,28 @@ class WorldConfig(_Section):
         0.4, ge=0.0, le=1.0, description="Share of planted channels that respond to 2-3 concepts."
     )
     dead_share: float = Field(0.1, ge=0.0, le=1.0, description="Share of planted channels that never fire.")
+    distractors: float = Field(
+        2.0, ge=0.0, le=4.0, description="Mean number of small distractor objects per image (Poisson, at most 4)."
+    )
+    channels: int = Field(48, ge=4, description="Channels in each of the world model's layer3 and layer4.")
+    crosstalk: float = Field(
+        0.1, ge=0.0, le=1.0, description="Weak random wiring from every concept into every live channel (entanglement)."
+    )
+
+
+class SyntheticConfig(_Section):
+    """Tiny generated image set used by the offline smoke run (coloured shapes on noise)."""
+
+    n_images: int = Field(48, ge=2)
+    n_classes: int = Field(4, ge=2, le=12)
+    image_size: int = Field(64, ge=16)
+    seed: int = 0
 
 
 class DataConfig(_Section):
-    source: Literal["tiny_imagenet", "imagefolder", "world"] = Field(
-        "tiny_imagenet", description="Dataset layout: Tiny-ImageNet's own, an ImageFolder tree, or the planted world."
+    source: Literal["tiny_imagenet", "imagefolder", "world", "synthetic"] = Field(
+        "tiny_imagenet",
+        description="Dataset layout: Tiny-ImageNet's own, an ImageFolder tree, the planted world, or generated shapes.",
     )
     root: str = Field("data/tiny-imagenet-200", description="Dataset root folder.")
     split: Literal["train", "val"] = Field("val", description="Tiny-ImageNet split to scan.")
@@ -58,6 +75,7 @@ class DataConfig(_Section):
     md5: Optional[str] = Field(
         "90528d7ca1a48142e341f4ef8d21d0de", description="MD5 of the archive; null skips the check."
     )
+    synthetic: SyntheticConfig = SyntheticConfig()
 
 
 class ModelConfig(_Section):
@@ -162,6 +180,7 @@ class NullConfig(_Section):
 class ShardConfig(_Section):
     images: int = Field(1, ge=1, description="Image shards for mining (results do not depend on it).")
     channels: int = Field(1, ge=1, description="Channel shards per layer for embedding and scoring.")
+    draws: int = Field(1, ge=1, description="Jobs the M+1 scoring draws (real + nulls) are split into.")
 
 
 class InterventionConfig(_Section):
@@ -234,6 +253,22 @@ class Config(_Section):
     @property
     def intervention_layer(self) -> str:
         return self.interventions.layer or self.model.layers[-1]
+
+
+def from_sections(sections: dict[str, Any]) -> Config:
+    """A Config from the sections a rule received through `params:` (others keep their defaults).
+
+    The full config was validated when the Snakefile loaded; here each section is validated
+    on its own and cross-section checks are skipped, so a rule sees only what it declared.
+    """
+    built = {}
+    for name, value in sections.items():
+        field = Config.model_fields[name]
+        ann = field.annotation
+        cls = next(a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)) \
+            if isinstance(value, dict) else None
+        built[name] = cls.model_validate(value) if cls is not None else value
+    return Config.model_construct(**{**{k: getattr(Config(), k) for k in Config.model_fields}, **built})
 
 
 def _known_keys(model: type[BaseModel]) -> list[str]:

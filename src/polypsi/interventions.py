@@ -479,3 +479,46 @@ def plot_summary(summary: pd.DataFrame, trials: pd.DataFrame, path, title: str =
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=130)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- pipeline stages
+
+
+def intervention_stage(psi_path, patches_path, dataset_path, geometry_path, out_path, layer: str, cfg,
+                       log_file=None) -> pd.DataFrame:
+    """The `interventions` rule: read the tables, load the model, run the trials, write one row per trial."""
+    from .io import read_json, read_table, write_table
+    from .models import load_model
+    from .runtime import get_logger, resolve_device
+
+    lg = get_logger("polypsi.interventions", log_file)
+    device = resolve_device(cfg.device)
+    patches = read_table(patches_path)
+    patches = patches.drop(columns=[c for c in ("embedding",) if c in patches])  # not needed here
+    model = load_model(cfg, device)
+    lg.info("model loaded on %s; layer %s; settings %s", device, layer, cfg.interventions.model_dump())
+    trials = run_interventions(model, layer, read_table(psi_path), patches, read_table(dataset_path),
+                               read_json(geometry_path), cfg.interventions, device, cfg.model.input_size,
+                               cfg.model.mean, cfg.model.std, logger=lg)
+    write_table(trials, out_path)
+    lg.info("wrote %s (%d rows)", out_path, len(trials))
+    return trials
+
+
+def summary_stage(trials_path, csv_path, png_path, unit: str = "site", confidence: float = 0.95,
+                  log_file=None) -> pd.DataFrame:
+    """The `interventions_summary` rule: statistics table and bar chart of one trial table."""
+    from .io import read_table, write_csv
+    from .runtime import get_logger
+
+    lg = get_logger("polypsi.interventions", log_file)
+    trials = read_table(trials_path)
+    summary = summarize(trials, unit=unit, confidence=confidence)
+    write_csv(summary, csv_path)
+    layer = trials["layer"].iloc[0] if len(trials) else "?"
+    title = (f"Patch-swap interventions, {layer}: {trials['channel'].nunique()} channels "
+             f"(mean, {100 * confidence:g}% CI; paired t vs Aligned, unit={unit})")
+    plot_summary(summary, trials, png_path, title=title, confidence=confidence)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        lg.info("intervention summary:\n%s", summary.to_string(index=False))
+    return summary

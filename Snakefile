@@ -1,0 +1,23 @@
+# polypsi: the null-calibrated Polysemanticity Index for every channel of the named layers.
+#   snakemake --cores 16 --resources gpu=1                        (paper setup, config/config.yaml)
+#   snakemake --cores 2 --configfile config/smoke.yaml            (offline smoke run)
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/mining.smk"
+include: "workflow/rules/embedding.smk"
+include: "workflow/rules/scoring.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

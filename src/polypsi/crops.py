@@ -1,0 +1,143 @@
+"""Layer geometry (where a feature-map site looks in the input) and patch crops.
+
+The theoretical receptive field of deep ResNet layers is larger than the image, so the
+crop side is a documented rule (`crops.size_rule`): a configured size per layer, or the
+square that holds a given share of the measured input-gradient mass (effective RF).
+The centre of a site is measured, not assumed: for a grid of interior units we take the
+centre of mass of |d activation / d input| and fit centre = offset + index * stride.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .config import Config
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """An RGB image resized (bilinear, upsampled for Tiny-ImageNet) to size x size, as [3,S,S] in [0,1]."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"cannot read image {path}: {e}") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def crop_box(u: int, v: int, geom: dict, input_size: int) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1) of the crop around site (u, v); the square is shifted to lie inside the image."""
+    y0, x0, y1, x1 = crop_boxes(np.array([u]), np.array([v]), geom, input_size)[0]
+    return int(y0), int(x0), int(y1), int(x1)
+
+
+def crop_boxes(u: np.ndarray, v: np.ndarray, geom: dict, input_size: int) -> np.ndarray:
+    """Vectorised crop_box: [n, 4] int array of (y0, x0, y1, x1)."""
+    side = int(min(geom["crop"], input_size))
+    c = geom["offset"] + np.stack([u, v], 1).astype(np.float64) * geom["stride"]
+    lo = np.clip(np.floor(c - side / 2 + 0.5).astype(np.int64), 0, input_size - side)
+    return np.concatenate([lo, lo + side], axis=1)
+
+
+def _grad_maps(model: nn.Module, layer: str, input_size: int, units: list[tuple[int, int]], mean, std,
+               n_images: int = 4, seed: int = 0) -> tuple[tuple[int, int, int], list[np.ndarray]]:
+    """|d sum_c A[c,u,v] / d input| summed over colour channels and a few noise images, per unit."""
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    x01 = torch.rand(n_images, 3, input_size, input_size, generator=g)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    x = ((x01 - m) / s).to(device).requires_grad_(True)
+    store = {}
+    h = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, o: store.__setitem__("a", o))
+    try:
+        with torch.enable_grad():
+            model(x)
+            a = store["a"]
+            shape = tuple(a.shape[1:])
+            maps = []
+            for u, v in units:
+                (grad,) = torch.autograd.grad(a[:, :, u, v].sum(), x, retain_graph=True)
+                maps.append(grad.abs().sum(dim=(0, 1)).float().cpu().numpy())
+    finally:
+        h.remove()
+    return shape, maps
+
+
+def _erf_side(gmap: np.ndarray, cy: float, cx: float, mass: float) -> int:
+    total = gmap.sum()
+    if total <= 0:
+        return gmap.shape[0]
+    yy, xx = np.mgrid[0 : gmap.shape[0], 0 : gmap.shape[1]]
+    cheb = np.maximum(np.abs(yy - cy), np.abs(xx - cx)).ravel()
+    order = np.argsort(cheb, kind="stable")
+    cum = np.cumsum(gmap.ravel()[order]) / total
+    radius = cheb[order][np.searchsorted(cum, mass)]
+    return int(min(gmap.shape[0], 2 * np.ceil(radius) + 1))
+
+
+def measure_geometry(model: nn.Module, cfg: Config) -> dict:
+    """Stride, centre offset, crop side and feature-map shape of every analysed layer."""
+    size = cfg.model.input_size
+    model = model.float()
+    out = {"input_size": size, "layers": {}}
+    for layer in cfg.model.layers:
+        with torch.no_grad():
+            store = {}
+            h = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, o: store.__setitem__("a", o))
+            model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+            h.remove()
+        c, hh, ww = store["a"].shape[1:]
+        stride = size / hh
+        # Interior units only: border units' gradients are truncated by the image edge.
+        idx = sorted({i for i in (hh // 4, hh // 2, (3 * hh) // 4) if 0 < i < hh - 1} or {hh // 2})
+        units = [(i, i) for i in idx]
+        _, maps = _grad_maps(model, layer, size, units, cfg.model.mean, cfg.model.std)
+        offsets, sides = [], []
+        for (u, v), gm in zip(units, maps):
+            tot = gm.sum()
+            if tot <= 0:
+                continue
+            yy, xx = np.mgrid[0:size, 0:size]
+            cy, cx = (gm * yy).sum() / tot, (gm * xx).sum() / tot
+            offsets += [cy - u * stride, cx - v * stride]
+            sides.append(_erf_side(gm, cy, cx, cfg.crops.erf_mass))
+        if cfg.crops.center == "half_stride" or not offsets:
+            offset = 0.5 * stride
+        else:
+            offset = round(float(np.mean(offsets)) * 2) / 2  # half-pixel resolution is all a crop needs
+        if cfg.crops.size_rule == "erf" and sides:
+            crop = int(np.median(sides))
+        else:
+            crop = int(cfg.crops.size.get(layer, size))
+        out["layers"][layer] = {
+            "stride": float(stride), "offset": float(offset), "crop": int(min(crop, size)),
+            "channels": int(c), "height": int(hh), "width": int(ww),
+            "measured_offsets": [float(o) for o in offsets], "erf_side": int(np.median(sides)) if sides else None,
+        }
+    return out
+
+
+@lru_cache(maxsize=256)
+def _cached_image(path: str, size: int) -> torch.Tensor:
+    return load_image(path, size)
+
+
+def extract_crops(paths: list[str], boxes: np.ndarray, input_size: int, out_size: int) -> torch.Tensor:
+    """Crops [n,3,out,out] in [0,1]; each image is read once per call (sites come sorted by image)."""
+    crops = torch.empty(len(paths), 3, out_size, out_size)
+    for i, (p, (y0, x0, y1, x1)) in enumerate(zip(paths, boxes)):
+        img = _cached_image(p, input_size)
+        patch = img[:, y0:y1, x0:x1].unsqueeze(0)
+        crops[i] = torch.nn.functional.interpolate(
+            patch, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True
+        )[0]
+    return crops

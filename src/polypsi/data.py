@@ -1,0 +1,216 @@
+"""Datasets: index an image set into one table (image_id, path, label, class_name).
+
+Layouts: Tiny-ImageNet's own (wnids.txt, words.txt, train/<wnid>/images, val/images +
+val_annotations.txt), an ImageFolder tree (root/<class>/<image>), the planted world
+(an ImageFolder tree the workflow renders) and a small generated set for the smoke run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .config import Config, DataConfig, SyntheticConfig
+from .io import write_table
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+class DatasetError(RuntimeError):
+    """The dataset on disk is missing or not in the expected layout."""
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def index_imagefolder(root: str | Path) -> pd.DataFrame:
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"image folder {root} does not exist; set data.root to a folder of <class>/<image> files")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DatasetError(f"{root} has no class subfolders; expected {root}/<class_name>/<image files>")
+    rows = []
+    for label, cls in enumerate(classes):
+        for p in _images_in(root / cls):
+            rows.append((str(p), label, cls))
+    if not rows:
+        raise DatasetError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) under {root}/<class>/")
+    return _finish(rows)
+
+
+def _tiny_names(root: Path) -> tuple[list[str], dict[str, str]]:
+    wnids_file, words_file = root / "wnids.txt", root / "words.txt"
+    for f in (wnids_file, words_file):
+        if not f.is_file():
+            raise DatasetError(
+                f"{f} is missing: {root} is not a Tiny-ImageNet folder (expected wnids.txt, words.txt, train/, val/). "
+                "Set data.root to the extracted tiny-imagenet-200 folder, or enable data.download."
+            )
+    wnids = [w.strip() for w in wnids_file.read_text().split() if w.strip()]
+    names = {}
+    for line in words_file.read_text().splitlines():
+        wnid, _, words = line.partition("\t")
+        names[wnid.strip()] = words.split(",")[0].strip()
+    return wnids, names
+
+
+def index_tiny_imagenet(root: str | Path, split: str = "val") -> pd.DataFrame:
+    root = Path(root)
+    wnids, names = _tiny_names(root)
+    label_of = {w: i for i, w in enumerate(wnids)}
+    rows = []
+    if split == "train":
+        for w in wnids:
+            folder = root / "train" / w / "images"
+            if not folder.is_dir():
+                raise DatasetError(f"{folder} is missing (Tiny-ImageNet train layout: train/<wnid>/images/*.JPEG)")
+            rows += [(str(p), label_of[w], names.get(w, w)) for p in _images_in(folder)]
+    else:
+        ann = root / "val" / "val_annotations.txt"
+        if not ann.is_file():
+            raise DatasetError(f"{ann} is missing (Tiny-ImageNet val layout: val/images/ + val/val_annotations.txt)")
+        for n, line in enumerate(ann.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) < 2 or parts[1] not in label_of:
+                raise DatasetError(f"{ann}:{n}: expected '<file>\\t<wnid>\\t...' with a wnid from wnids.txt, got {line!r}")
+            p = root / "val" / "images" / parts[0]
+            if not p.is_file():
+                raise DatasetError(f"{ann}:{n} names {p}, which does not exist")
+            rows.append((str(p), label_of[parts[1]], names.get(parts[1], parts[1])))
+    if not rows:
+        raise DatasetError(f"no images found in {root} ({split} split)")
+    return _finish(rows)
+
+
+def _finish(rows: list[tuple[str, int, str]]) -> pd.DataFrame:
+    rows.sort(key=lambda r: r[0])  # image ids follow sorted paths: stable across runs and machines
+    df = pd.DataFrame(rows, columns=["path", "label", "class_name"])
+    df.insert(0, "image_id", np.arange(len(df), dtype=np.int64))
+    df["label"] = df["label"].astype(np.int64)
+    return df
+
+
+def index_dataset(cfg: Config, world_dir: str | Path | None = None) -> pd.DataFrame:
+    d = cfg.data
+    if d.source == "tiny_imagenet":
+        df = index_tiny_imagenet(d.root, d.split)
+    elif d.source == "imagefolder":
+        df = index_imagefolder(d.root)
+    else:  # world / synthetic: rendered by the workflow into an ImageFolder tree
+        if world_dir is None:
+            raise DatasetError(f"data.source={d.source} needs the rendered image folder")
+        df = index_imagefolder(Path(world_dir) / "images")
+    if d.max_images is not None:
+        df = df.iloc[: d.max_images].reset_index(drop=True)
+    return df
+
+
+def write_dataset_index(cfg: Config, out: str | Path, world_dir: str | Path | None = None) -> pd.DataFrame:
+    df = index_dataset(cfg, world_dir)
+    write_table(df, out)
+    return df
+
+
+# ---------------------------------------------------------------- synthetic smoke images
+
+_SYN_CLASSES = ["red disk", "green square", "blue triangle", "yellow ring", "magenta bar", "cyan cross",
+                "orange disk", "white square", "purple triangle", "lime ring", "pink bar", "teal cross"]
+_SYN_RGB = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (40, 60, 220), "yellow": (230, 220, 30),
+            "magenta": (210, 40, 200), "cyan": (40, 210, 220), "orange": (240, 140, 20), "white": (240, 240, 240),
+            "purple": (120, 40, 170), "lime": (160, 240, 40), "pink": (250, 150, 180), "teal": (20, 130, 130)}
+
+
+def _draw_shape(img: np.ndarray, shape: str, rgb, cy: float, cx: float, r: float) -> None:
+    h, w, _ = img.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    dy, dx = yy - cy, xx - cx
+    if shape == "disk":
+        m = dy**2 + dx**2 <= r**2
+    elif shape == "square":
+        m = (abs(dy) <= r * 0.8) & (abs(dx) <= r * 0.8)
+    elif shape == "triangle":
+        m = (dy <= r * 0.7) & (dy >= -r) & (abs(dx) <= (dy + r) * 0.6)
+    elif shape == "ring":
+        d2 = dy**2 + dx**2
+        m = (d2 <= r**2) & (d2 >= (0.55 * r) ** 2)
+    elif shape == "bar":
+        m = (abs(dy) <= r * 0.3) & (abs(dx) <= r)
+    else:  # cross
+        m = ((abs(dy) <= r * 0.25) & (abs(dx) <= r)) | ((abs(dx) <= r * 0.25) & (abs(dy) <= r))
+    img[m] = rgb
+
+
+def render_synthetic(syn: SyntheticConfig, out_dir: str | Path) -> None:
+    """Coloured shapes on noise, one class per (colour, shape); deterministic from the seed."""
+    out = Path(out_dir) / "images"
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".images.", dir=out_dir))  # renamed into place when complete
+    rng = np.random.default_rng(syn.seed)
+    s = syn.image_size
+    for i in range(syn.n_images):
+        c = i % syn.n_classes
+        colour, shape = _SYN_CLASSES[c].split()
+        img = rng.integers(0, 90, size=(s, s, 3)).astype(np.uint8)
+        for _ in range(2):  # a little clutter
+            other = _SYN_CLASSES[rng.integers(len(_SYN_CLASSES))].split()
+            _draw_shape(img, other[1], tuple(v // 3 for v in _SYN_RGB[other[0]]), *rng.uniform(0, s, 2), s * 0.12)
+        r = rng.uniform(0.15, 0.3) * s
+        _draw_shape(img, shape, _SYN_RGB[colour], *rng.uniform(r, s - r, 2), r)
+        folder = tmp / _SYN_CLASSES[c].replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"{i:05d}.png")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+# ---------------------------------------------------------------- Tiny-ImageNet download
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_tiny_imagenet(d: DataConfig, timeout: float = 30.0) -> Path:
+    """Fetch, checksum and extract Tiny-ImageNet into data.root; fails fast with what to do by hand."""
+    root = Path(d.root)
+    if (root / "wnids.txt").is_file():
+        return root
+    how = (
+        f"Download {d.url} yourself, unzip it so that {root}/wnids.txt exists "
+        "(or set data.root to where it is), then rerun."
+    )
+    if not d.download:
+        raise DatasetError(f"Tiny-ImageNet not found at {root} and data.download is false. {how}")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root.parent, prefix=".tiny-download.") as tmpd:
+        archive = Path(tmpd) / "tiny-imagenet.zip"
+        try:
+            with urllib.request.urlopen(d.url, timeout=timeout) as r, open(archive, "wb") as f:
+                shutil.copyfileobj(r, f, length=1 << 20)
+        except OSError as e:
+            raise DatasetError(f"could not download Tiny-ImageNet from {d.url}: {e}. {how}") from None
+        if d.md5 and _md5(archive) != d.md5:
+            raise DatasetError(f"checksum mismatch for {d.url} (expected md5 {d.md5}). {how} Or set data.md5: null.")
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(tmpd)
+        tops = [p for p in Path(tmpd).iterdir() if p.is_dir() and (p / "wnids.txt").is_file()]
+        if not tops:
+            raise DatasetError(f"the archive from {d.url} has no folder with wnids.txt. {how}")
+        shutil.move(str(tops[0]), root)
+    return root

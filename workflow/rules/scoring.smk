@@ -1,0 +1,47 @@
+# Raw S, Q, D for the real data (draw 0) and the null draws; calibration per layer.
+
+
+rule score:
+    input:
+        topk=f"{R}/topk/{{layer}}.parquet",
+        embeddings=f"{R}/embeddings/{{layer}}/shard{{cshard}}.parquet",
+        dataset=f"{R}/dataset.parquet",
+        prompts=f"{R}/prompts/text.parquet",
+    output:
+        f"{R}/scores/{{layer}}/shard{{cshard}}/draws{{dshard}}.parquet",
+    params:
+        **sections("stats", "nulls", "device"),
+        n_draw_shards=cfg.shards.draws,
+        code=POLYPSI_VERSION,
+    threads: 1
+    log:
+        f"{R}/logs/score/{{layer}}_shard{{cshard}}_draws{{dshard}}.log",
+    benchmark:
+        f"{R}/benchmarks/score/{{layer}}_shard{{cshard}}_draws{{dshard}}.tsv"
+    script:
+        f"{SCRIPTS}/score.py"
+
+
+rule calibrate:
+    input:
+        scores=expand(
+            f"{R}/scores/{{{{layer}}}}/shard{{cshard}}/draws{{dshard}}.parquet",
+            cshard=CHANNEL_SHARDS,
+            dshard=DRAW_SHARDS,
+        ),
+        embeddings=expand(f"{R}/embeddings/{{{{layer}}}}/shard{{cshard}}.parquet", cshard=CHANNEL_SHARDS),
+        topk=f"{R}/topk/{{layer}}.parquet",
+        dataset=f"{R}/dataset.parquet",
+        geometry=f"{R}/geometry.json",
+    output:
+        psi=f"{R}/psi/{{layer}}.parquet",
+        null_psi=f"{R}/null_psi/{{layer}}.parquet",
+        patches=f"{R}/patches/{{layer}}.parquet",
+        clusters=f"{R}/clusters/{{layer}}.parquet",
+    params:
+        **sections("nulls"),
+        code=POLYPSI_VERSION,
+    log:
+        f"{R}/logs/calibrate/{{layer}}.log",
+    script:
+        f"{SCRIPTS}/calibrate.py"
