@@ -84,44 +84,55 @@ def _erf_side(gmap: np.ndarray, cy: float, cx: float, mass: float) -> int:
     return int(min(gmap.shape[0], 2 * np.ceil(radius) + 1))
 
 
-def measure_geometry(model: nn.Module, cfg: Config) -> dict:
-    """Stride, centre offset, crop side and feature-map shape of every analysed layer."""
+def _feature_shape(model: nn.Module, layer: str, size: int) -> tuple[int, int, int]:
+    store = {}
+    h = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, o: store.__setitem__("a", o))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+    finally:
+        h.remove()
+    return tuple(store["a"].shape[1:])
+
+
+def measure_geometry(model: nn.Module, cfg: Config, probe_size: int = 384) -> dict:
+    """Stride, centre offset, crop side and feature-map shape of every analysed layer.
+
+    The offset is measured on a larger probe image (at least `probe_size` px) around its central
+    units, where the image border does not truncate the gradient; for a convolutional network
+    stride and offset do not depend on the input size.
+    """
     size = cfg.model.input_size
+    probe = max(size, probe_size)
     model = model.float()
     out = {"input_size": size, "layers": {}}
     for layer in cfg.model.layers:
-        with torch.no_grad():
-            store = {}
-            h = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, o: store.__setitem__("a", o))
-            model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
-            h.remove()
-        c, hh, ww = store["a"].shape[1:]
+        c, hh, ww = _feature_shape(model, layer, size)
         stride = size / hh
-        # Interior units only: border units' gradients are truncated by the image edge.
-        idx = sorted({i for i in (hh // 4, hh // 2, (3 * hh) // 4) if 0 < i < hh - 1} or {hh // 2})
-        units = [(i, i) for i in idx]
-        _, maps = _grad_maps(model, layer, size, units, cfg.model.mean, cfg.model.std)
+        _, ph, _ = _feature_shape(model, layer, probe)
+        pstride = probe / ph
+        mid = ph // 2
+        units = [(i, i) for i in sorted({max(mid - 1, 0), mid})]
+        _, maps = _grad_maps(model, layer, probe, units, cfg.model.mean, cfg.model.std)
         offsets, sides = [], []
+        yy, xx = np.mgrid[0:probe, 0:probe]
         for (u, v), gm in zip(units, maps):
             tot = gm.sum()
             if tot <= 0:
                 continue
-            yy, xx = np.mgrid[0:size, 0:size]
             cy, cx = (gm * yy).sum() / tot, (gm * xx).sum() / tot
-            offsets += [cy - u * stride, cx - v * stride]
+            offsets += [cy - u * pstride, cx - v * pstride]
             sides.append(_erf_side(gm, cy, cx, cfg.crops.erf_mass))
         if cfg.crops.center == "half_stride" or not offsets:
             offset = 0.5 * stride
         else:
             offset = round(float(np.mean(offsets)) * 2) / 2  # half-pixel resolution is all a crop needs
-        if cfg.crops.size_rule == "erf" and sides:
-            crop = int(np.median(sides))
-        else:
-            crop = int(cfg.crops.size.get(layer, size))
+        erf_side = int(np.median(sides)) if sides else None
+        crop = erf_side if (cfg.crops.size_rule == "erf" and erf_side) else int(cfg.crops.size.get(layer, size))
         out["layers"][layer] = {
             "stride": float(stride), "offset": float(offset), "crop": int(min(crop, size)),
             "channels": int(c), "height": int(hh), "width": int(ww),
-            "measured_offsets": [float(o) for o in offsets], "erf_side": int(np.median(sides)) if sides else None,
+            "measured_offsets": [float(o) for o in offsets], "erf_side": erf_side,
         }
     return out
 

@@ -14,7 +14,7 @@ try:
 except ConfigError as err:
     sys.stderr.write(f"\n{err}\n\n")
     sys.exit(1)
-validate(config, str(Path(workflow.basedir) / "config" / "schema.json"))
+validate(config, str(Path(workflow.basedir) / "config" / "schema.json"), set_default=False)
 
 R = f"results/{cfg.run_name}"
 LAYERS = list(cfg.model.layers)
