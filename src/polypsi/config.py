@@ -152,6 +152,10 @@ class StatsConfig(_Section):
         "concept", description="D's purity gap over concepts (templates averaged) or single prompts (paper)."
     )
     backend: Literal["torch", "sklearn"] = Field("torch", description="Batched torch scorer or sklearn reference.")
+    kmeans: Literal["spherical", "euclidean"] = Field(
+        "spherical",
+        description="spherical: cosine k-means (unit centroids); euclidean: sklearn KMeans on the unit vectors.",
+    )
 
     @model_validator(mode="after")
     def _k_range(self) -> "StatsConfig":
@@ -164,11 +168,23 @@ class NullConfig(_Section):
     m: int = Field(20, ge=3, description="M: null draws per component.")
     seed: int = Field(0, description="Base seed of all null draws.")
     s_null: Literal["gaussian", "rotation"] = Field(
-        "gaussian", description="gaussian: structure-free, same mean/covariance; rotation: paper (degenerate)."
+        "gaussian",
+        description="gaussian: patches redrawn given their mean and covariance (structure-free); "
+        "rotation: paper, rotates the embedding space (degenerate: every cosine is unchanged).",
     )
-    q_null: Literal["permutation"] = Field("permutation")
+    q_null: Literal["permutation"] = Field("permutation", description="Permutation of the cluster labels (paper).")
     d_null: Literal["unrelated_prompts", "random_directions", "shuffle"] = Field(
-        "unrelated_prompts", description="shuffle is the paper's variant and is degenerate."
+        "unrelated_prompts",
+        description="unrelated_prompts: real prototypes vs a random subset of the unrelated-domain prompts; "
+        "random_directions: prototypes of structure-free patches vs the main prompts; "
+        "shuffle: paper's shuffled prompt-concept assignment (degenerate at prompt level).",
+    )
+    d_null_fraction: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="unrelated_prompts: share of the unrelated concepts drawn per D-null draw "
+        "(capped at the main set's concept count).",
     )
     eps: float = Field(1e-6, gt=0.0, description="epsilon in sigmoid((x - mu) / (sd + eps)).")
     sd_tol: float = Field(1e-4, ge=0.0, description="Null sd below this flags the channel in `status`.")

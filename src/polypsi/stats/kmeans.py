@@ -1,0 +1,189 @@
+"""Batched k-means on Gram matrices: many channels, null draws, restarts and K' at once.
+
+With K = 50 patches per channel every k-means quantity is a function of the K x K Gram
+matrix G = Z Z^T: for a cluster with indicator a, the summed member vector s has
+x_i . s = (G a)_i and |s|^2 = a^T G a. One batched matmul G @ A, with the indicators of
+every restart and every K' side by side in A, therefore runs one Lloyd step for all of
+them, and the cost no longer depends on the embedding dimension.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .metrics import silhouette_gram
+from .nulls import n_local_trials
+
+
+def _gather_rows(D2: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """D2 [U, R, K, K] (expanded), idx [U, R, L] -> rows D2[u, r, idx] as [U, R, L, K]."""
+    U, R, K, _ = D2.shape
+    return D2.gather(2, idx.unsqueeze(-1).expand(U, R, idx.shape[-1], K))
+
+
+def kmeanspp(G: torch.Tensor, k: int, u: torch.Tensor) -> torch.Tensor:
+    """Greedy k-means++ seeding (scikit-learn's variant) for R restarts: initial labels [U, R, K].
+
+    u: [U, R, k_max, trials + 1] uniforms; step 0 uses u[..., 0, 0], step t uses u[..., t, 1:].
+    """
+    U, K, _ = G.shape
+    R = u.shape[1]
+    diag = G.diagonal(dim1=1, dim2=2)
+    D2 = (diag.unsqueeze(2) + diag.unsqueeze(1) - 2 * G).clamp_min(0).unsqueeze(1).expand(U, R, K, K)
+    first = (u[:, :, 0, 0] * K).long().clamp_max(K - 1)
+    closest = _gather_rows(D2, first.unsqueeze(-1)).squeeze(2)  # [U, R, K]
+    centers = [first]
+    L = n_local_trials(k)
+    for t in range(1, k):
+        pot = closest.sum(-1, keepdim=True)
+        cand = torch.searchsorted(closest.cumsum(-1).contiguous(), (u[:, :, t, 1 : 1 + L] * pot).contiguous())
+        cand = cand.clamp_max(K - 1)
+        trial = torch.minimum(_gather_rows(D2, cand), closest.unsqueeze(2))  # [U, R, L, K]
+        best = trial.sum(-1).argmin(-1)  # candidate that lowers the potential most
+        closest = trial.gather(2, best.view(U, R, 1, 1).expand(U, R, 1, K)).squeeze(2)
+        centers.append(cand.gather(2, best.unsqueeze(-1)).squeeze(-1))
+    c = torch.stack(centers, -1)  # [U, R, k]
+    return D2.gather(3, c.unsqueeze(2).expand(U, R, K, k)).argmin(-1)
+
+
+class _Layout:
+    """Column layout of the side-by-side indicator matrix: (K' index a, restart r, cluster j)."""
+
+    def __init__(self, ks: list[int], R: int):
+        self.ks, self.R = ks, R
+        self.off = [0]
+        for k in ks:
+            self.off.append(self.off[-1] + R * k)
+        self.C = self.off[-1]
+
+    def onehot(self, lab: torch.Tensor) -> torch.Tensor:
+        """lab [U, nk, R, K] -> A [U, K, C]."""
+        U, nk, R, K = lab.shape
+        base = torch.tensor(
+            [[self.off[a] + r * k for r in range(R)] for a, k in enumerate(self.ks)], device=lab.device
+        )
+        col = (lab + base.view(1, nk, R, 1)).permute(0, 3, 1, 2).reshape(U, K, nk * R)
+        A = torch.zeros(U, K, self.C, device=lab.device, dtype=torch.float32)
+        return A.scatter_(2, col, 1.0)
+
+    def blocks(self, x: torch.Tensor):
+        """Yield (a, k, view [U, ..., R, k]) of the last dimension of x."""
+        for a, k in enumerate(self.ks):
+            yield a, k, x[..., self.off[a] : self.off[a + 1]].unflatten(-1, (self.R, k))
+
+
+def _stats(G: torch.Tensor, A: torch.Tensor):
+    GA = torch.bmm(G, A)
+    return GA, A.sum(1), (A * GA).sum(1)  # x_i . s_j, cluster sizes, |s_j|^2
+
+
+def _lloyd_step(G: torch.Tensor, lab: torch.Tensor, lay: _Layout, spherical: bool) -> torch.Tensor:
+    """One assignment step for every (unit, K', restart): new labels [U, nk, R, K]."""
+    GA, n, ss = _stats(G, lay.onehot(lab))
+    n, ss = n.unsqueeze(1), ss.unsqueeze(1)
+    if spherical:  # cosine to the centroid's direction
+        score = GA / ss.clamp_min(1e-30).sqrt()
+    else:  # minus squared Euclidean distance to the centroid, up to |x_i|^2
+        score = 2 * GA / n.clamp_min(1) - ss / n.clamp_min(1) ** 2
+    score = score.masked_fill(n == 0, float("-inf"))
+    new = torch.empty_like(lab)
+    for a, k, sc in lay.blocks(score):  # sc [U, K, R, k]
+        lab_a = sc.argmax(-1)  # [U, K, R]
+        _fill_empty(lab_a, sc, k)
+        new[:, a] = lab_a.transpose(1, 2)
+    return new
+
+
+def _fill_empty(lab: torch.Tensor, score: torch.Tensor, k: int) -> None:
+    """Give each empty cluster the worst-fitting point of a cluster with >1 members (in place).
+
+    lab: [U, K, R]; score: [U, K, R, k] each point's score to each centroid.
+    """
+    counts = torch.nn.functional.one_hot(lab, k).sum(1)  # [U, R, k]
+    if not (counts == 0).any():
+        return
+    own = score.gather(-1, lab.unsqueeze(-1)).squeeze(-1).clone()  # [U, K, R]
+    for j in range(k):
+        empty = counts[..., j] == 0
+        if not empty.any():
+            continue
+        own_count = counts.gather(2, lab.transpose(1, 2)).transpose(1, 2)  # [U, K, R]
+        worst = own.masked_fill(own_count <= 1, float("inf")).argmin(1)  # [U, R]
+        u, r = empty.nonzero(as_tuple=True)
+        p = worst[u, r]
+        old = lab[u, p, r]
+        counts[u, r, old] -= 1
+        counts[u, r, j] += 1
+        lab[u, p, r] = j
+        own[u, p, r] = float("inf")
+
+
+def objective(G: torch.Tensor, lab: torch.Tensor, lay: _Layout, spherical: bool) -> torch.Tensor:
+    """Quality of each (unit, K', restart) partition [U, nk, R]; higher is better.
+
+    spherical: summed cosine of points to their centroid direction (sum_j |s_j|);
+    euclidean: minus the inertia (sum_i |x_i|^2 - sum_j |s_j|^2 / n_j).
+    """
+    _, n, ss = _stats(G, lay.onehot(lab))
+    if spherical:
+        per = ss.clamp_min(0).sqrt()
+    else:
+        per = ss / n.clamp_min(1)
+    out = torch.stack([v.sum(-1) for _, _, v in lay.blocks(per)], 1)  # [U, nk, R]
+    if not spherical:
+        out = out - G.diagonal(dim1=1, dim2=2).sum(-1).view(-1, 1, 1)
+    return out
+
+
+@dataclass
+class SearchResult:
+    labels: torch.Tensor  # [U, nk, K] best restart's labels for each K'
+    silhouette: torch.Tensor  # [U, nk] mean cosine silhouette for each K'
+    samples: torch.Tensor  # [U, nk, K] per-point silhouettes
+    objective: torch.Tensor  # [U, nk] k-means objective of the kept restart
+    n_iter: int
+
+
+def cluster_search(
+    G: torch.Tensor, u: torch.Tensor, ks: list[int], *, max_iter: int, spherical: bool = True
+) -> SearchResult:
+    """k-means for every K' in ks with R restarts each, keep the best restart, score it.
+
+    G: [U, K, K] Gram matrices of unit vectors; u: [U, len(ks), R, k_max, trials + 1] uniforms.
+    Restarts iterate to a fixed point of Lloyd's algorithm (or max_iter); a converged unit
+    is frozen, so its result does not depend on the other units of the batch.
+    """
+    U, K, _ = G.shape
+    R = u.shape[2]
+    lay = _Layout(ks, R)
+    lab = torch.stack([kmeanspp(G, k, u[:, a]) for a, k in enumerate(ks)], 1)  # [U, nk, R, K]
+    out = lab.clone()
+    act = torch.arange(U, device=G.device)
+    G_act, lab_act = G, lab
+    it = 0
+    for it in range(1, max_iter + 1):
+        new = _lloyd_step(G_act, lab_act, lay, spherical)
+        changed = (new != lab_act).flatten(1).any(1)
+        out[act] = new
+        if not changed.any():
+            break
+        if changed.sum() < 0.8 * len(act):  # drop converged units once enough have finished
+            act, G_act, new = act[changed], G_act[changed], new[changed]
+        lab_act = new
+    obj = objective(G, out, lay, spherical)  # [U, nk, R]
+    best = obj.argmax(-1)  # first best restart on ties
+    labels = out.gather(2, best.view(U, -1, 1, 1).expand(U, len(ks), 1, K)).squeeze(2)
+    sil, samples = [], []
+    for a, k in enumerate(ks):
+        m, s = silhouette_gram(G, labels[:, a], k)
+        sil.append(m)
+        samples.append(s)
+    return SearchResult(
+        labels=labels,
+        silhouette=torch.stack(sil, 1),
+        samples=torch.stack(samples, 1),
+        objective=obj.gather(2, best.unsqueeze(-1)).squeeze(-1),
+        n_iter=it,
+    )

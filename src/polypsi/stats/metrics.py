@@ -1,0 +1,99 @@
+"""Batched S, Q and D ingredients: cosine silhouette from Gram matrices, NMI, purity gaps."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def cosine_distances(G: torch.Tensor) -> torch.Tensor:
+    """1 - cosine from a Gram matrix of unit vectors, clipped to [0, 2] with a zero diagonal (as scikit-learn)."""
+    D = (1.0 - G).clamp(0.0, 2.0)
+    D.diagonal(dim1=-2, dim2=-1).zero_()
+    return D
+
+
+def silhouette_gram(G: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cosine silhouette [U] and per-point silhouettes [U, K] of partitions of unit vectors.
+
+    G: [U, K, K] Gram matrices; labels: [U, K] in 0..k-1. Same conventions as
+    sklearn.metrics.silhouette_samples: a point alone in its cluster scores 0.
+    """
+    D = cosine_distances(G)
+    A = torch.nn.functional.one_hot(labels, k).to(G.dtype)  # [U, K, k]
+    DA = torch.bmm(D, A)  # summed distance of each point to each cluster
+    n = A.sum(1)  # [U, k]
+    own_n = n.gather(1, labels)  # [U, K]
+    a = DA.gather(2, labels.unsqueeze(-1)).squeeze(-1) / (own_n - 1).clamp_min(1)
+    mean_to = DA / n.unsqueeze(1)  # inf/nan for empty clusters, masked below
+    mask = A.bool() | (n == 0).unsqueeze(1)
+    b = mean_to.masked_fill(mask, float("inf")).amin(-1)
+    s = (b - a) / torch.maximum(a, b)
+    s = torch.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0)
+    s = s.masked_fill(own_n <= 1, 0.0)
+    return s.mean(-1), s
+
+
+def _entropy(p: np.ndarray, axis) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.where(p > 0, p * np.log(p), 0.0).sum(axis=axis)
+
+
+def nmi(y: np.ndarray, l: np.ndarray) -> np.ndarray:
+    """Arithmetic NMI of label rows y [N, K] and cluster rows l [N, K] (natural log), as scikit-learn.
+
+    Both hold small non-negative integers (e.g. class index per row, cluster id).
+    """
+    y = np.asarray(y, dtype=np.int64)
+    l = np.asarray(l, dtype=np.int64)
+    N, K = y.shape
+    cy, cl = int(y.max()) + 1, int(l.max()) + 1
+    flat = (np.arange(N)[:, None] * cy + y) * cl + l
+    p = np.bincount(flat.ravel(), minlength=N * cy * cl).reshape(N, cy, cl) / K
+    py, pl = p.sum(2), p.sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(p > 0, p / (py[:, :, None] * pl[:, None, :]), 1.0)
+        mi = np.clip((p * np.log(ratio)).sum((1, 2)), 0.0, None)
+    hy, hl = _entropy(py, 1), _entropy(pl, 1)
+    out = mi / np.maximum((hy + hl) / 2.0, np.finfo(np.float64).eps)
+    n_y, n_l = (py > 0).sum(1), (pl > 0).sum(1)
+    out[mi == 0] = 0.0
+    out[(n_y == 1) & (n_l == 1)] = 1.0  # two constant labelings agree perfectly
+    return out
+
+
+def dense_labels(y: np.ndarray) -> np.ndarray:
+    """Map each row's arbitrary class ids to 0..C-1 (row-wise)."""
+    out = np.empty_like(y, dtype=np.int64)
+    for i, row in enumerate(np.asarray(y)):
+        out[i] = np.unique(row, return_inverse=True)[1].reshape(-1)
+    return out
+
+
+def top2_gaps(
+    sims: torch.Tensor, valid: torch.Tensor, allowed: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-cluster purity gap from similarities [U, k, n] to n candidates.
+
+    valid: [U, k] which cluster slots exist; allowed: optional [U, n] candidate mask.
+    Returns (D [U] = mean gap over valid clusters, gap [U, k], top-2 indices [U, k, 2], top-1 similarity [U, k]).
+    """
+    if allowed is not None:
+        sims = sims.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+    top, idx = sims.topk(2, dim=-1)
+    gap = (top[..., 0] - top[..., 1]).masked_fill(~valid, 0.0)
+    D = gap.sum(-1) / valid.sum(-1).clamp_min(1)
+    return D, gap, idx, top[..., 0]
+
+
+def canonical_labels(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Renumber clusters by size (largest first), ties by their smallest member index."""
+    U, K = labels.shape
+    A = torch.nn.functional.one_hot(labels, k)
+    size = A.sum(1)  # [U, k]
+    pos = torch.arange(K, device=labels.device).view(1, K, 1).expand(U, K, k)
+    first = torch.where(A.bool(), pos, torch.full_like(pos, K)).amin(1)  # [U, k]
+    key = (K - size) * (K + 1) + first  # small key = big cluster, then early member
+    order = key.argsort(-1)  # new id -> old id
+    rank = order.argsort(-1)  # old id -> new id
+    return rank.gather(1, labels)

@@ -1,0 +1,143 @@
+"""Seeded random objects of the null draws, shared by the batched scorer and the reference.
+
+Every random choice of a (layer, channel, draw) comes from its own seed sequence, so a
+channel's scores never depend on which other channels share its shard or batch. The
+sequence is split into independent streams (k-means restarts, S-null, Q-null, D-null):
+the two backends consume the k-means stream differently, but draw the same null objects.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+STREAMS = ("kmeans", "s_null", "q_null", "d_null")
+
+
+def unit_rngs(seed: int, layer: str, channel: int, draw: int) -> dict[str, np.random.Generator]:
+    """Independent generators of one (layer, channel, draw), keyed by STREAMS."""
+    key = [int(seed) % (1 << 64), zlib.crc32(layer.encode()), int(channel), int(draw)]
+    kids = np.random.SeedSequence(key).spawn(len(STREAMS))
+    return {name: np.random.default_rng(s) for name, s in zip(STREAMS, kids)}
+
+
+def n_local_trials(k: int) -> int:
+    """Candidates per greedy k-means++ step (scikit-learn's rule)."""
+    return 2 + int(math.log(k))
+
+
+def kmeans_uniforms(rng: np.random.Generator, n_k: int, n_init: int, k_max: int) -> np.ndarray:
+    """Uniforms driving k-means++ seeding: [n_k, n_init, k_max, trials + 1] (one fixed-size block)."""
+    return rng.random((n_k, n_init, k_max, n_local_trials(k_max) + 1))
+
+
+def helmert_basis(K: int) -> np.ndarray:
+    """[K, K-1] orthonormal basis of the vectors that sum to zero."""
+    B = np.zeros((K, K - 1))
+    for j in range(1, K):
+        B[:j, j - 1] = 1.0
+        B[j, j - 1] = -j
+        B[:, j - 1] /= math.sqrt(j * (j + 1))
+    return B
+
+
+def haar_orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A Haar-distributed matrix of O(n): QR of a Gaussian matrix with R's signs moved into Q."""
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
+
+
+def mixing_matrix(rng: np.random.Generator, K: int) -> np.ndarray:
+    """W [K, K] of the structure-free ("gaussian") null: X' = W X.
+
+    W = 11^T/K + B O B^T with O Haar on the centred subspace. X' keeps the sample mean and
+    the singular values and feature-space directions of the centred samples exactly, and
+    draws the samples' loadings on them uniformly at random. For i.i.d. Gaussian patches this
+    is their exact distribution given the sample mean and covariance (a rotation test in
+    sample space), so clusters in the loadings are what the null removes.
+    """
+    B = helmert_basis(K)
+    return np.full((K, K), 1.0 / K) + B @ haar_orthogonal(rng, K - 1) @ B.T
+
+
+def rotation_matrix(rng: np.random.Generator, d: int) -> np.ndarray:
+    """A Haar rotation of the embedding space (the paper's S-null; leaves every cosine unchanged)."""
+    return haar_orthogonal(rng, d)
+
+
+def d_null_subset_size(n_main: int, n_null: int, fraction: float) -> int:
+    """Unrelated-domain concepts per D-null draw: a share of the pool, capped at the main set's size.
+
+    The cap keeps real and null gaps over the same number of candidates when the pool is
+    large enough (the top-1 minus top-2 gap shrinks as candidates are added).
+    """
+    n = min(n_main, int(math.floor(fraction * n_null)))
+    if n < 2:
+        raise ValueError(
+            f"the unrelated-domain prompt set has {n_null} concepts; a D-null draw needs at least 2 "
+            f"(nulls.d_null_fraction={fraction}). Add concepts to prompts.null_concepts or use "
+            "nulls.d_null: random_directions"
+        )
+    return n
+
+
+@dataclass
+class NullDraw:
+    """The random objects of one null draw of one channel."""
+
+    permutation: np.ndarray  # [K] Q-null: cluster labels l -> l[permutation]
+    s_mixing: np.ndarray | None = None  # [K, K] gaussian S-null
+    s_rotation: np.ndarray | None = None  # [d, d] rotation S-null (reference only)
+    d_subset: np.ndarray | None = None  # [C0] bool, unrelated concepts used by this draw
+    d_mixing: np.ndarray | None = None  # [K, K] random_directions D-null
+    d_prompt_perm: np.ndarray | None = None  # [P] shuffle D-null: prompt p gets concept of prompt perm[p]
+
+
+def null_draw(
+    rngs: dict[str, np.random.Generator],
+    K: int,
+    *,
+    s_null: str,
+    d_null: str,
+    n_main_concepts: int,
+    n_null_concepts: int,
+    n_main_prompts: int,
+    d_fraction: float,
+    d: int | None = None,
+) -> NullDraw:
+    """Draw the null objects of one (channel, draw). `d` is needed only for explicit rotations."""
+    out = NullDraw(permutation=rngs["q_null"].permutation(K))
+    if s_null == "gaussian":
+        out.s_mixing = mixing_matrix(rngs["s_null"], K)
+    elif s_null == "rotation":
+        if d is not None:
+            out.s_rotation = rotation_matrix(rngs["s_null"], d)
+    else:
+        raise ValueError(f"unknown nulls.s_null {s_null!r}; use gaussian or rotation")
+    if d_null == "unrelated_prompts":
+        n = d_null_subset_size(n_main_concepts, n_null_concepts, d_fraction)
+        mask = np.zeros(n_null_concepts, dtype=bool)
+        mask[rngs["d_null"].choice(n_null_concepts, size=n, replace=False)] = True
+        out.d_subset = mask
+    elif d_null == "random_directions":
+        out.d_mixing = mixing_matrix(rngs["d_null"], K)
+    elif d_null == "shuffle":
+        out.d_prompt_perm = rngs["d_null"].permutation(n_main_prompts)
+    else:
+        raise ValueError(f"unknown nulls.d_null {d_null!r}; use unrelated_prompts, random_directions or shuffle")
+    return out
+
+
+def block_partition(sizes: np.ndarray, K: int) -> np.ndarray:
+    """Labels [K] giving the first sizes[0] points cluster 0, the next sizes[1] cluster 1, ...
+
+    Null points are exchangeable, so consecutive blocks are a random partition with the
+    real cluster sizes.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if sizes.sum() != K:
+        raise ValueError(f"cluster sizes {sizes.tolist()} do not add up to K={K}")
+    return np.repeat(np.arange(len(sizes)), sizes)

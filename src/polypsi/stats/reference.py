@@ -1,0 +1,157 @@
+"""Plain per-channel reference of the scorer: scikit-learn, scipy and numpy, one channel and draw at a time.
+
+It draws the same null objects (Q permutations, D subsets, mixing matrices) as the batched
+scorer from the same seeds, but builds the null embeddings explicitly in the embedding
+space (the batched scorer only ever touches their Gram matrices), clusters with
+scikit-learn's KMeans (or a plain spherical Lloyd loop seeded by scikit-learn's
+k-means++) and scores with sklearn.metrics. Slow; it exists to check the batched scorer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.cluster import KMeans, kmeans_plusplus
+from sklearn.metrics import normalized_mutual_info_score, silhouette_samples
+
+from ..config import NullConfig, StatsConfig
+from .nulls import block_partition, null_draw, unit_rngs
+from .score import rows_to_frame
+from .text import TextBank
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def spherical_kmeans(X: np.ndarray, k: int, n_init: int, max_iter: int, rng: np.random.Generator):
+    """Cosine k-means: assign to the nearest centroid direction, centroid = normalised member mean.
+
+    Returns (labels, objective = summed cosine of points to their centroid) of the best restart.
+    """
+    best = (None, -np.inf)
+    for _ in range(n_init):
+        _, idx = kmeans_plusplus(X, k, random_state=int(rng.integers(2**31)))
+        lab = np.argmax(X @ X[idx].T, axis=1)
+        for _ in range(max_iter):
+            cent = np.zeros((k, X.shape[1]))
+            np.add.at(cent, lab, X)
+            norm = np.linalg.norm(cent, axis=1)
+            sim = X @ (cent / np.where(norm > 0, norm, 1)[:, None]).T
+            sim[:, norm == 0] = -np.inf
+            new = np.argmax(sim, axis=1)
+            for j in range(k):  # an emptied cluster takes the worst-fitting point of a cluster with >1 members
+                counts = np.bincount(new, minlength=k)
+                if counts[j] == 0:
+                    own = sim[np.arange(len(X)), new]
+                    own[counts[new] <= 1] = np.inf
+                    new[np.argmin(own)] = j
+            if np.array_equal(new, lab):
+                break
+            lab = new
+        cent = np.zeros((k, X.shape[1]))
+        np.add.at(cent, lab, X)
+        obj = np.linalg.norm(cent, axis=1).sum()
+        if obj > best[1]:
+            best = (lab, obj)
+    return best
+
+
+def cluster_reference(X: np.ndarray, stats: StatsConfig, rng: np.random.Generator):
+    """Best partition for each K' and its cosine silhouette; returns (S, k_hat, labels, samples)."""
+    results = []
+    for k in range(stats.k_min, stats.k_max + 1):
+        if stats.kmeans == "euclidean":
+            km = KMeans(k, n_init=stats.n_init, max_iter=stats.max_iter, random_state=int(rng.integers(2**31)))
+            lab = km.fit_predict(X)
+        else:
+            lab, _ = spherical_kmeans(X, k, stats.n_init, stats.max_iter, rng)
+        samples = silhouette_samples(X, lab, metric="cosine")
+        results.append((float(samples.mean()), k, lab, samples))
+    best = max(results, key=lambda r: r[0])  # first K' on ties
+    return max(0.0, best[0]), best[1], best[2], best[3]
+
+
+def canonical(lab: np.ndarray) -> np.ndarray:
+    """Clusters renumbered by size (largest first), ties by smallest member index."""
+    ids = np.unique(lab)
+    order = sorted(ids, key=lambda j: (-np.sum(lab == j), np.flatnonzero(lab == j)[0]))
+    remap = {old: new for new, old in enumerate(order)}
+    return np.array([remap[v] for v in lab])
+
+
+def purity_gap(proto: np.ndarray, cand: np.ndarray) -> tuple[float, int, int, float]:
+    """(top-1 minus top-2 cosine, index of top-1, index of top-2, top-1 cosine) of one prototype."""
+    sims = _unit(cand) @ (proto / np.linalg.norm(proto))
+    order = np.argsort(-sims, kind="stable")
+    return float(sims[order[0]] - sims[order[1]]), int(order[0]), int(order[1]), float(sims[order[0]])
+
+
+def concept_means(emb: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:
+    return _unit(np.stack([emb[ids == c].mean(0) for c in range(n)]))
+
+
+def candidates(text: TextBank, which: str, level: str, ids_override=None):
+    emb, ids, names = (
+        (text.emb, text.concept_id, text.concepts) if which == "main" else (text.null_emb, text.null_concept_id, text.null_concepts)
+    )
+    if ids_override is not None:
+        ids = ids_override
+    if level == "concept":
+        return concept_means(emb, ids, len(names)), np.arange(len(names))
+    return emb, ids
+
+
+def _d_score(protos, cand) -> float:
+    return float(np.mean([purity_gap(p, cand)[0] for p in protos]))
+
+
+def score_channels_reference(Z, labels, channels, text: TextBank, draws, stats: StatsConfig, nulls: NullConfig, layer: str):
+    level = stats.gap_level
+    E, E_ids = candidates(text, "main", level)
+    per_draw = {m: dict(S=[], Q=[], D=[], k_hat=[], details=[]) for m in draws}
+    for X, y, c in zip(Z.astype(np.float64), labels, channels):
+        K = len(X)
+        S, k_hat, lab, samples = cluster_reference(X, stats, unit_rngs(nulls.seed, layer, c, 0)["kmeans"])
+        lab = canonical(lab)
+        protos = [X[lab == j].mean(0) for j in range(k_hat)]
+        for m in draws:
+            r = per_draw[m]
+            if m == 0:
+                gaps = [purity_gap(p, E) for p in protos]
+                r["S"].append(S)
+                r["Q"].append(normalized_mutual_info_score(y, lab))
+                r["D"].append(float(np.mean([g[0] for g in gaps])))
+                r["k_hat"].append(k_hat)
+                r["details"].append(dict(
+                    assignments=lab.tolist(),
+                    cluster_size=[int(np.sum(lab == j)) for j in range(k_hat)],
+                    cluster_silhouette=[float(samples[lab == j].mean()) for j in range(k_hat)],
+                    cluster_concept_1=[text.concepts[E_ids[g[1]]] for g in gaps],
+                    cluster_concept_2=[text.concepts[E_ids[g[2]]] for g in gaps],
+                    cluster_gap=[g[0] for g in gaps],
+                    cluster_similarity_1=[g[3] for g in gaps],
+                ))
+                continue
+            rngs = unit_rngs(nulls.seed, layer, c, m)
+            o = null_draw(
+                rngs, K, s_null=nulls.s_null, d_null=nulls.d_null,
+                n_main_concepts=len(text.concepts), n_null_concepts=len(text.null_concepts),
+                n_main_prompts=len(text.emb), d_fraction=nulls.d_null_fraction, d=X.shape[1],
+            )
+            Xn = _unit(o.s_mixing @ X) if o.s_mixing is not None else X @ o.s_rotation.T
+            S_m, k_m, _, _ = cluster_reference(Xn, stats, rngs["kmeans"])
+            r["S"].append(S_m)
+            r["k_hat"].append(k_m)
+            r["Q"].append(normalized_mutual_info_score(y, lab[o.permutation]))
+            if o.d_subset is not None:
+                keep = np.flatnonzero(o.d_subset)
+                E0, ids0 = candidates(text, "null", level)
+                r["D"].append(_d_score(protos, E0[np.isin(ids0, keep)]))
+            elif o.d_mixing is not None:
+                Xr = _unit(o.d_mixing @ X)
+                blocks = block_partition([np.sum(lab == j) for j in range(k_hat)], K)
+                r["D"].append(_d_score([Xr[blocks == j].mean(0) for j in range(k_hat)], E))
+            else:
+                Es, _ = candidates(text, "main", level, ids_override=text.concept_id[o.d_prompt_perm])
+                r["D"].append(_d_score(protos, Es))
+    return rows_to_frame(np.asarray(channels), list(draws), per_draw)

@@ -1,0 +1,308 @@
+"""Raw S, Q, D of channels (draw 0) and of their null draws (draws 1..M), batched in torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import NullConfig, StatsConfig
+from .kmeans import cluster_search
+from .metrics import canonical_labels, dense_labels, nmi, top2_gaps
+from .nulls import block_partition, kmeans_uniforms, null_draw, unit_rngs
+from .text import TextBank
+
+SCORE_COLUMNS = ["channel", "draw", "S", "Q", "D", "k_hat"]
+CLUSTER_COLUMNS = [
+    "assignments",
+    "cluster_size",
+    "cluster_silhouette",
+    "cluster_concept_1",
+    "cluster_concept_2",
+    "cluster_gap",
+    "cluster_similarity_1",
+]
+NORM_TOL = 1e-3
+
+
+def _as_draws(draw: int | Sequence[int], m: int) -> list[int]:
+    draws = [int(draw)] if np.ndim(draw) == 0 else [int(d) for d in draw]
+    bad = [d for d in draws if not 0 <= d <= m]
+    if bad or not draws:
+        raise ValueError(f"draw {bad or draws} is outside 0..nulls.m ({m}); draw 0 is the real data")
+    if len(set(draws)) != len(draws):
+        raise ValueError(f"draws {draws} contain duplicates")
+    return draws
+
+
+def check_inputs(Z, labels, channels, text: TextBank, stats: StatsConfig, layer: str):
+    Z = np.asarray(Z, dtype=np.float32)
+    labels = np.asarray(labels)
+    channels = np.asarray(channels, dtype=np.int64).reshape(-1)
+    if Z.ndim != 3:
+        raise ValueError(f"layer {layer}: patch embeddings must be [channels, K, d], got shape {Z.shape}")
+    n, K, d = Z.shape
+    if labels.shape != (n, K):
+        raise ValueError(f"layer {layer}: labels must be [channels, K] = {(n, K)}, got {labels.shape}")
+    if len(channels) != n:
+        raise ValueError(f"layer {layer}: {len(channels)} channel ids for {n} channels of embeddings")
+    if K <= stats.k_max:
+        raise ValueError(f"layer {layer}: K={K} patches per channel; stats.k_max={stats.k_max} needs K > k_max")
+    if text.dim != d:
+        raise ValueError(f"layer {layer}: patch embeddings have d={d} but prompt embeddings d={text.dim}; "
+                         "embed both with the same CLIP model")
+    norms = np.linalg.norm(Z, axis=-1)
+    bad = np.abs(norms - 1) > NORM_TOL
+    if bad.any():
+        c = int(channels[np.argwhere(bad)[0, 0]])
+        raise ValueError(f"layer {layer}, channel {c}: patch embeddings are not L2-normalised "
+                         f"(norms {norms[bad].min():.3g}..{norms[bad].max():.3g}); re-run the embedding stage")
+    if not np.isfinite(Z).all():
+        c = int(channels[np.argwhere(~np.isfinite(Z).all(-1))[0, 0]])
+        raise ValueError(f"layer {layer}, channel {c}: patch embeddings contain NaN or inf")
+    return Z, labels.astype(np.int64), channels
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+@dataclass
+class _Real:
+    """The real clustering of a chunk of channels at K-hat."""
+
+    S: np.ndarray
+    k_hat: np.ndarray  # [n] chosen K'
+    labels: torch.Tensor  # [n, K] canonical cluster ids
+    samples: torch.Tensor  # [n, K] per-point silhouettes at K-hat
+    proto: torch.Tensor  # [n, k_max, d] unit cluster prototypes (zeros beyond K-hat)
+    valid: torch.Tensor  # [n, k_max] cluster slot exists
+
+
+def _best_k(res, ks: list[int]):
+    sil = res.silhouette
+    a = sil.argmax(1)  # first K' on ties
+    S = sil.gather(1, a.unsqueeze(1)).squeeze(1).clamp_min(0)
+    k_hat = torch.tensor(ks, device=sil.device)[a]
+    return a, S, k_hat
+
+
+def _search(G, unif, stats: StatsConfig, ks):
+    return cluster_search(
+        G, unif, ks, max_iter=stats.max_iter, spherical=stats.kmeans == "spherical"
+    )
+
+
+def _real(Zc, G, unif, stats: StatsConfig, ks) -> _Real:
+    res = _search(G, unif, stats, ks)
+    a, S, k_hat = _best_k(res, ks)
+    idx = a.view(-1, 1, 1).expand(-1, 1, G.shape[1])
+    raw = res.labels.gather(1, idx).squeeze(1)
+    labels = canonical_labels(raw, stats.k_max)
+    samples = res.samples.gather(1, idx).squeeze(1)
+    A = torch.nn.functional.one_hot(labels, stats.k_max).to(Zc.dtype)  # [n, K, k_max]
+    proto = _normalise(torch.bmm(A.transpose(1, 2), Zc))
+    valid = A.sum(1) > 0
+    return _Real(S.cpu().numpy().astype(float), k_hat.cpu().numpy(), labels, samples, proto, valid)
+
+
+def _shuffled_sims(proto: torch.Tensor, text: TextBank, level: str, perms: np.ndarray):
+    """Similarities and candidate concept ids after shuffling which concept each main prompt belongs to."""
+    T = torch.from_numpy(text.emb).to(proto.device)
+    new_ids = torch.from_numpy(text.concept_id[perms]).to(proto.device)  # [U, P]
+    if level == "prompt":  # a prompt-level gap ignores concept membership: unchanged (degenerate)
+        return torch.bmm(proto, T.T.unsqueeze(0).expand(len(proto), -1, -1)), new_ids
+    C = len(text.concepts)
+    sums = torch.zeros(len(proto), C, T.shape[1], device=proto.device)
+    for u in range(len(proto)):
+        sums[u].index_add_(0, new_ids[u], T)
+    ids = torch.arange(C, device=proto.device).expand(len(proto), C)
+    return torch.bmm(proto, _normalise(sums).transpose(1, 2)), ids
+
+
+def _score_chunk(Z, y, chans, text, draws, stats: StatsConfig, nulls: NullConfig, layer, dev, ks):
+    """Rows of one chunk of channels for the requested draws (as dicts), plus cluster details for draw 0."""
+    n, K, d = Z.shape
+    Zc = torch.from_numpy(Z).to(dev)
+    G = torch.bmm(Zc, Zc.transpose(1, 2))
+    rngs = {(c, m): unit_rngs(nulls.seed, layer, c, m) for c in chans for m in set(draws) | {0}}
+    unif0 = np.stack([kmeans_uniforms(rngs[c, 0]["kmeans"], len(ks), stats.n_init, stats.k_max) for c in chans])
+    real = _real(Zc, G, torch.from_numpy(unif0).float().to(dev), stats, ks)
+    level = stats.gap_level
+    E, E_ids = text.candidates("main", level)
+    E_t = torch.from_numpy(E).to(dev)
+    sims_main = torch.einsum("nkd,pd->nkp", real.proto, E_t)
+    D_real, gap, top_idx, top_sim = top2_gaps(sims_main, real.valid)
+    y_dense = dense_labels(y)
+    lab_np = real.labels.cpu().numpy()
+    out: dict[int, dict] = {}
+    if 0 in draws:
+        out[0] = dict(S=real.S, Q=nmi(y_dense, lab_np), D=D_real.cpu().numpy().astype(float), k_hat=real.k_hat)
+        out[0]["details"] = _details(real, gap, top_idx, top_sim, E_ids, text.concepts)
+    nd = [m for m in draws if m > 0]
+    if not nd:
+        return out
+    # Null draws of all channels in the chunk, stacked as units (draw-major).
+    objs = [
+        [
+            null_draw(
+                rngs[c, m], K, s_null=nulls.s_null, d_null=nulls.d_null,
+                n_main_concepts=len(text.concepts), n_null_concepts=len(text.null_concepts),
+                n_main_prompts=len(text.emb), d_fraction=nulls.d_null_fraction,
+            )
+            for c in chans
+        ]
+        for m in nd
+    ]
+    flat = [o for row in objs for o in row]
+    Gr = G.repeat(len(nd), 1, 1)
+    if nulls.s_null == "gaussian":
+        W = torch.from_numpy(np.stack([o.s_mixing for o in flat])).float().to(dev)
+        Gn = W @ Gr @ W.transpose(1, 2)
+        dg = Gn.diagonal(dim1=1, dim2=2).clamp_min(1e-12).sqrt()
+        Gn = Gn / (dg.unsqueeze(2) * dg.unsqueeze(1))
+    else:  # a rotation of the embedding space leaves the Gram matrix exactly unchanged
+        Gn = Gr
+    unif = np.stack(
+        [kmeans_uniforms(rngs[c, m]["kmeans"], len(ks), stats.n_init, stats.k_max) for m in nd for c in chans]
+    )
+    _, S_null, k_null = _best_k(_search(Gn, torch.from_numpy(unif).float().to(dev), stats, ks), ks)
+    S_null, k_null = S_null.cpu().numpy().astype(float), k_null.cpu().numpy()
+    perm = np.stack([o.permutation for o in flat])
+    lab_rep = np.tile(lab_np, (len(nd), 1))
+    Q_null = nmi(np.tile(y_dense, (len(nd), 1)), np.take_along_axis(lab_rep, perm, 1))
+    D_null = _d_null(Zc, real, flat, text, nulls, level, len(nd)).cpu().numpy().astype(float)
+    for i, m in enumerate(nd):
+        sl = slice(i * n, (i + 1) * n)
+        out[m] = dict(S=S_null[sl], Q=Q_null[sl], D=D_null[sl], k_hat=k_null[sl])
+    return out
+
+
+def _d_null(Zc, real: _Real, flat, text: TextBank, nulls: NullConfig, level: str, reps: int) -> torch.Tensor:
+    dev = Zc.device
+    proto = real.proto.repeat(reps, 1, 1)
+    valid = real.valid.repeat(reps, 1)
+    if nulls.d_null == "unrelated_prompts":
+        if len(text.null_concepts) == 0:
+            raise ValueError("nulls.d_null is unrelated_prompts but the prompt table has no 'null' set; "
+                             "set prompts.null_concepts or choose nulls.d_null: random_directions")
+        E0, ids0 = text.candidates("null", level)
+        sims = torch.einsum("nkd,pd->nkp", proto, torch.from_numpy(E0).to(dev))
+        allowed = torch.from_numpy(np.stack([o.d_subset for o in flat])[:, ids0]).to(dev)
+        return top2_gaps(sims, valid, allowed)[0]
+    if nulls.d_null == "random_directions":
+        # Prototypes of structure-free patches drawn like the gaussian S-null, with the real cluster sizes.
+        n, K, _ = Zc.shape
+        k_max = proto.shape[1]
+        sizes = torch.nn.functional.one_hot(real.labels, k_max).sum(1).cpu().numpy()  # [n, k_max]
+        blocks = np.stack([block_partition(s, K) for s in sizes])
+        W = torch.from_numpy(np.stack([o.d_mixing for o in flat])).float().to(dev)
+        Zr = Zc.repeat(reps, 1, 1)
+        X = _normalise(torch.bmm(W, Zr))  # [U, K, d] structure-free unit patches
+        B = torch.nn.functional.one_hot(torch.from_numpy(np.tile(blocks, (reps, 1))).to(dev), k_max).float()
+        proto_null = _normalise(torch.bmm(B.transpose(1, 2), X))
+        E, _ = text.candidates("main", level)
+        sims = torch.einsum("nkd,pd->nkp", proto_null, torch.from_numpy(E).to(dev))
+        return top2_gaps(sims, valid)[0]
+    if nulls.d_null == "shuffle":
+        sims, _ = _shuffled_sims(proto, text, level, np.stack([o.d_prompt_perm for o in flat]))
+        return top2_gaps(sims, valid)[0]
+    raise ValueError(f"unknown nulls.d_null {nulls.d_null!r}")
+
+
+def _details(real: _Real, gap, top_idx, top_sim, cand_ids: np.ndarray, names: list[str]) -> list[dict]:
+    lab = real.labels.cpu().numpy()
+    samp = real.samples.cpu().numpy()
+    gap, top_idx, top_sim = gap.cpu().numpy(), top_idx.cpu().numpy(), top_sim.cpu().numpy()
+    rows = []
+    for i in range(len(lab)):
+        k = int(real.k_hat[i])
+        size = np.bincount(lab[i], minlength=k)[:k]
+        sil = np.bincount(lab[i], weights=samp[i], minlength=k)[:k] / np.maximum(size, 1)
+        rows.append(dict(
+            assignments=lab[i].tolist(),
+            cluster_size=size.tolist(),
+            cluster_silhouette=sil.astype(float).tolist(),
+            cluster_concept_1=[names[cand_ids[top_idx[i, j, 0]]] for j in range(k)],
+            cluster_concept_2=[names[cand_ids[top_idx[i, j, 1]]] for j in range(k)],
+            cluster_gap=gap[i, :k].astype(float).tolist(),
+            cluster_similarity_1=top_sim[i, :k].astype(float).tolist(),
+        ))
+    return rows
+
+
+def rows_to_frame(channels: np.ndarray, draws: list[int], per_draw: dict[int, dict]) -> pd.DataFrame:
+    """Assemble the score table (draw-major) from per-draw column arrays."""
+    frames = []
+    for m in draws:
+        r = per_draw[m]
+        df = pd.DataFrame({
+            "channel": channels.astype(np.int64),
+            "draw": np.full(len(channels), m, dtype=np.int64),
+            "S": np.asarray(r["S"], dtype=float),
+            "Q": np.asarray(r["Q"], dtype=float),
+            "D": np.asarray(r["D"], dtype=float),
+            "k_hat": np.asarray(r["k_hat"], dtype=np.int64),
+        })
+        if 0 in draws:
+            det = r.get("details") or None  # null draws carry no cluster details
+            for col in CLUSTER_COLUMNS:
+                df[col] = [row[col] for row in det] if det is not None else [None] * len(df)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def score_channels(
+    Z: np.ndarray,
+    labels: np.ndarray,
+    channels: np.ndarray,
+    text: TextBank,
+    draw: int | Sequence[int],
+    stats: StatsConfig,
+    nulls: NullConfig,
+    layer: str,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    chunk_units: int = 1024,
+) -> pd.DataFrame:
+    """Raw S, Q, D and K-hat of n channels for one draw (0 = real data, 1..M = null draws).
+
+    Z: [n, K, d] unit patch embeddings; labels: [n, K] class labels of the patches' images.
+    `draw` may also be a list of draws (the real clustering is then computed once).
+    Every random choice is seeded by (nulls.seed, layer, channel, draw), so the result does
+    not depend on how channels are split into shards or chunks.
+    """
+    draws = _as_draws(draw, nulls.m)
+    Z, labels, channels = check_inputs(Z, labels, channels, text, stats, layer)
+    if stats.backend == "sklearn":
+        from .reference import score_channels_reference
+
+        return score_channels_reference(Z, labels, channels, text, draws, stats, nulls, layer)
+    if stats.backend != "torch":
+        raise ValueError(f"unknown stats.backend {stats.backend!r}; use torch or sklearn")
+    dev = torch.device(device)
+    ks = list(range(stats.k_min, stats.k_max + 1))
+    n_null = sum(m > 0 for m in draws)
+    step = max(1, chunk_units // (1 + n_null))
+    starts = range(0, len(channels), step)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"score {layer}", unit="chunk")
+    parts: dict[int, list] = {m: [] for m in draws}
+    with torch.no_grad():
+        for s in starts:
+            sl = slice(s, s + step)
+            res = _score_chunk(Z[sl], labels[sl], channels[sl].tolist(), text, draws, stats, nulls, layer, dev, ks)
+            for m in draws:
+                parts[m].append(res[m])
+    per_draw = {}
+    for m in draws:
+        merged = {key: np.concatenate([p[key] for p in parts[m]]) for key in ("S", "Q", "D", "k_hat")}
+        if m == 0:
+            merged["details"] = [row for p in parts[m] for row in p["details"]]
+        per_draw[m] = merged
+    return rows_to_frame(channels, draws, per_draw)
