@@ -223,8 +223,21 @@ class InterventionConfig(_Section):
 
 
 class ReportConfig(_Section):
-    k_values: list[int] = Field([10, 20, 30, 40], description="K values of the K-sensitivity analysis.")
+    k_values: list[int] = Field(
+        [10, 20, 30, 40], description="K values of the K-sensitivity analysis (each must exceed stats.k_max)."
+    )
+    k_sensitivity_draws: Optional[int] = Field(
+        None,
+        ge=3,
+        description="Null draws per component when re-scoring the top-k subsets; null = nulls.m. Fewer draws "
+        "bound the cost; the mined K is then re-scored with as many draws as a control.",
+    )
+    high_psi_quantile: float = Field(
+        0.95, gt=0.0, lt=1.0, description="High-PSI channels (K-hat histogram) beat this quantile of the null neurons."
+    )
     gallery_channels: int = Field(3, ge=1, description="Channels in each of the high/low-PSI galleries.")
+    gallery_patches: int = Field(8, ge=1, description="Patches shown per cluster in the gallery figures.")
+    thumb_size: int = Field(64, ge=16, le=256, description="Side in pixels of the patch thumbnails (JPEG).")
     browser: bool = Field(True, description="Write the static neuron browser.")
 
 
@@ -262,6 +275,9 @@ class Config(_Section):
             raise ValueError(f"interventions.layer '{il}' is not one of model.layers {self.model.layers}")
         if any(k > self.mining.topk for k in self.report.k_values):
             raise ValueError(f"report.k_values {self.report.k_values} must not exceed mining.topk ({self.mining.topk})")
+        kd = self.report.k_sensitivity_draws
+        if kd is not None and kd > self.nulls.m:
+            raise ValueError(f"report.k_sensitivity_draws ({kd}) must not exceed nulls.m ({self.nulls.m})")
         if self.mining.topk < self.stats.k_max:
             raise ValueError(f"mining.topk ({self.mining.topk}) must be >= stats.k_max ({self.stats.k_max})")
         return self
