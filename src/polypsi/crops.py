@@ -98,7 +98,8 @@ def _feature_shape(model: nn.Module, layer: str, size: int) -> tuple[int, int, i
 def measure_geometry(model: nn.Module, cfg: Config, probe_size: int = 384) -> dict:
     """Stride, centre offset, crop side and feature-map shape of every analysed layer.
 
-    The offset is measured on a larger probe image (at least `probe_size` px) around its central
+    The stride is the input growth that adds one feature-map unit (probe and twice the probe).
+    The offset is measured on a probe image (at least `probe_size` px) around its central
     units, where the image border does not truncate the gradient; for a convolutional network
     stride and offset do not depend on the input size.
     """
@@ -108,9 +109,10 @@ def measure_geometry(model: nn.Module, cfg: Config, probe_size: int = 384) -> di
     out = {"input_size": size, "layers": {}}
     for layer in cfg.model.layers:
         c, hh, ww = _feature_shape(model, layer, size)
-        stride = size / hh
         _, ph, _ = _feature_shape(model, layer, probe)
-        pstride = probe / ph
+        # Growing the input by one stride adds one unit, whatever the padding: measure it over many units.
+        _, ph2, _ = _feature_shape(model, layer, 2 * probe)
+        stride = pstride = probe / (ph2 - ph)
         mid = ph // 2
         units = [(i, i) for i in sorted({max(mid - 1, 0), mid})]
         _, maps = _grad_maps(model, layer, probe, units, cfg.model.mean, cfg.model.std)

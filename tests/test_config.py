@@ -1,0 +1,74 @@
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from polypsi.config import Config, ConfigError, from_sections, load_config, load_config_file, schema_text
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_schema_file_is_in_sync():
+    assert (ROOT / "config" / "schema.json").read_text() == schema_text(), "run `make schema`"
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "paper.yaml", "demo.yaml"])
+def test_shipped_configs_validate_over_the_defaults(name):
+    path = ROOT / "config" / name
+    if not path.exists():
+        pytest.skip(f"{name} not present")
+    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    over = yaml.safe_load(path.read_text())
+
+    def merge(a, b):  # Snakemake's --configfile merge: nested dicts updated, others replaced
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return out
+
+    cfg = load_config(merge(base, over), name)
+    assert cfg.run_name
+
+
+def test_misspelt_key_is_named_with_a_suggestion():
+    with pytest.raises(ConfigError) as e:
+        load_config({"mining": {"topkk": 3}})
+    assert "mining.topkk" in str(e.value) and "did you mean 'mining.topk'" in str(e.value)
+
+
+def test_wrong_type_names_the_key_and_value():
+    with pytest.raises(ConfigError) as e:
+        load_config({"nulls": {"m": "twenty"}})
+    assert "nulls.m" in str(e.value) and "twenty" in str(e.value)
+
+
+def test_cross_checks():
+    with pytest.raises(ConfigError, match="crops.size has no entry"):
+        load_config({"model": {"layers": ["layer2"]}})
+    with pytest.raises(ConfigError, match="k_max"):
+        load_config({"stats": {"k_min": 4, "k_max": 3}})
+    with pytest.raises(ConfigError, match="interventions.layer"):
+        load_config({"interventions": {"layer": "layer1"}})
+
+
+def test_schema_rejects_unknown_keys_like_pydantic():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(schema_text())
+    jsonschema.validate({"mining": {"topk": 5}}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"mining": {"topkk": 5}}, schema)
+
+
+def test_from_sections_keeps_only_declared_sections():
+    cfg = from_sections({"mining": {"topk": 7}, "device": "cpu"})
+    assert cfg.mining.topk == 7 and cfg.device == "cpu" and cfg.nulls.m == Config().nulls.m
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config_file(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mining: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config_file(bad)
