@@ -1,14 +1,181 @@
-# Report: AUROC of real channels against null neurons (more analyses are added here).
+# Report: the paper's tables and figures (results/<run>/report/), robustness analyses and the neuron browser.
+# Every figure and table is marked with report(...) so `snakemake --report report.html` collects it.
+# The costly re-scoring (K sensitivity) and the null-seed split run per layer in their own jobs.
+
+REPORT = f"{R}/report"
+CAPTIONS = str(Path(workflow.basedir) / "workflow" / "report")
+
+
+report: f"{CAPTIONS}/workflow.rst"
+
+
+def caption(name):
+    return f"{CAPTIONS}/{name}.rst"
+
+
+rule k_sensitivity:
+    input:
+        patches=f"{R}/patches/{{layer}}.parquet",
+        prompts=f"{R}/prompts/text.parquet",
+    output:
+        f"{REPORT}/robustness/k_sensitivity_{{layer}}.parquet",
+    params:
+        **sections("report", "stats", "nulls", "device"),
+        code=POLYPSI_VERSION,
+    threads: 1
+    log:
+        f"{R}/logs/report/k_sensitivity_{{layer}}.log",
+    benchmark:
+        f"{R}/benchmarks/report/k_sensitivity_{{layer}}.tsv"
+    script:
+        f"{SCRIPTS}/report_k_sensitivity.py"
+
+
+rule seed_split:
+    input:
+        scores=expand(
+            f"{R}/scores/{{{{layer}}}}/shard{{cshard}}/draws{{dshard}}.parquet",
+            cshard=CHANNEL_SHARDS,
+            dshard=DRAW_SHARDS,
+        ),
+    output:
+        f"{REPORT}/robustness/null_seeds_{{layer}}.parquet",
+    params:
+        **sections("nulls"),
+        code=POLYPSI_VERSION,
+    log:
+        f"{R}/logs/report/null_seeds_{{layer}}.log",
+    script:
+        f"{SCRIPTS}/report_seed_split.py"
+
+
+# Text-head sensitivity (paper Fig. 6) needs patch and prompt embeddings from a second embedder.
+# They reuse the embedding scripts with the `embedder` section swapped for `secondary_embedder`,
+# written under R/secondary/ with the same layout as R/embeddings/ and R/prompts/.
+if cfg.secondary_embedder is not None:
+    SECONDARY = {"embedder": cfg.secondary_embedder.model_dump(mode="json")}
+
+    rule embed_patches_secondary:
+        input:
+            topk=f"{R}/topk/{{layer}}.parquet",
+            dataset=f"{R}/dataset.parquet",
+            geometry=f"{R}/geometry.json",
+        output:
+            f"{R}/secondary/embeddings/{{layer}}/shard{{cshard}}.parquet",
+        params:
+            **SECONDARY,
+            **sections("world", "device"),
+            n_shards=cfg.shards.channels,
+        threads: 2
+        resources:
+            gpu=1,
+        log:
+            f"{R}/logs/embed_patches_secondary/{{layer}}_shard{{cshard}}.log",
+        script:
+            f"{SCRIPTS}/embed_patches.py"
+
+    rule embed_prompts_secondary:
+        input:
+            dataset=f"{R}/dataset.parquet",
+        output:
+            f"{R}/secondary/prompts/text.parquet",
+        params:
+            **SECONDARY,
+            **sections("prompts", "world", "device"),
+        threads: 2
+        resources:
+            gpu=1,
+        log:
+            f"{R}/logs/embed_prompts_secondary.log",
+        script:
+            f"{SCRIPTS}/embed_prompts.py"
+
+    rule text_head:
+        input:
+            patches=f"{R}/patches/{{layer}}.parquet",
+            prompts=f"{R}/prompts/text.parquet",
+            secondary=expand(
+                f"{R}/secondary/embeddings/{{{{layer}}}}/shard{{cshard}}.parquet", cshard=CHANNEL_SHARDS
+            ),
+            secondary_prompts=f"{R}/secondary/prompts/text.parquet",
+        output:
+            f"{REPORT}/robustness/text_head_{{layer}}.parquet",
+        params:
+            **sections("stats"),
+            code=POLYPSI_VERSION,
+        log:
+            f"{R}/logs/report/text_head_{{layer}}.log",
+        script:
+            f"{SCRIPTS}/report_text_head.py"
+
+
+if cfg.report.browser:
+
+    rule browser:
+        input:
+            psi=expand(f"{R}/psi/{{layer}}.parquet", layer=LAYERS),
+            clusters=expand(f"{R}/clusters/{{layer}}.parquet", layer=LAYERS),
+            patches=expand(f"{R}/patches/{{layer}}.parquet", layer=LAYERS),
+            dataset=f"{R}/dataset.parquet",
+            geometry=f"{R}/geometry.json",
+        output:
+            directory(f"{REPORT}/browser"),
+        params:
+            **sections("report", "run_name"),
+            layers=LAYERS,
+            code=POLYPSI_VERSION,
+        log:
+            f"{R}/logs/report/browser.log",
+        benchmark:
+            f"{R}/benchmarks/report/browser.tsv"
+        script:
+            f"{SCRIPTS}/report_browser.py"
 
 
 rule report:
     input:
         psi=expand(f"{R}/psi/{{layer}}.parquet", layer=LAYERS),
         null_psi=expand(f"{R}/null_psi/{{layer}}.parquet", layer=LAYERS),
+        clusters=expand(f"{R}/clusters/{{layer}}.parquet", layer=LAYERS),
+        patches=expand(f"{R}/patches/{{layer}}.parquet", layer=LAYERS),
+        k_sensitivity=expand(f"{REPORT}/robustness/k_sensitivity_{{layer}}.parquet", layer=LAYERS),
+        seed_split=expand(f"{REPORT}/robustness/null_seeds_{{layer}}.parquet", layer=LAYERS),
+        text_head=(
+            expand(f"{REPORT}/robustness/text_head_{{layer}}.parquet", layer=LAYERS)
+            if cfg.secondary_embedder is not None
+            else []
+        ),
+        dataset=f"{R}/dataset.parquet",
+        geometry=f"{R}/geometry.json",
+        # The report job finishes only once the browser is written, so `report` yields both.
+        browser=[f"{REPORT}/browser"] if cfg.report.browser else [],
     output:
-        auroc=f"{R}/report/auroc.csv",
+        auroc=report(f"{REPORT}/auroc.csv", caption=caption("auroc"), category="1. Real vs null"),
+        fig_hist=report(f"{REPORT}/psi_hist.png", caption=caption("psi_hist"), category="1. Real vs null"),
+        fig_roc=report(f"{REPORT}/roc.png", caption=caption("roc"), category="1. Real vs null"),
+        ks=report(f"{REPORT}/ks.csv", caption=caption("ks"), category="2. Depth"),
+        fig_violin=report(f"{REPORT}/depth_violin.png", caption=caption("depth_violin"), category="2. Depth"),
+        gallery=report(f"{REPORT}/gallery.csv", caption=caption("gallery_table"), category="3. Galleries"),
+        gallery_high=report(
+            expand(f"{REPORT}/gallery/high_{{layer}}.png", layer=LAYERS),
+            caption=caption("gallery"),
+            category="3. Galleries",
+        ),
+        gallery_low=report(
+            expand(f"{REPORT}/gallery/low_{{layer}}.png", layer=LAYERS),
+            caption=caption("gallery"),
+            category="3. Galleries",
+        ),
+        robustness=report(f"{REPORT}/robustness.csv", caption=caption("robustness"), category="4. Robustness"),
+        fig_k=report(f"{REPORT}/k_sensitivity.png", caption=caption("k_sensitivity"), category="4. Robustness"),
+        k_hat=report(f"{REPORT}/k_hat.csv", caption=caption("k_hat_table"), category="4. Robustness"),
+        fig_khat=report(f"{REPORT}/k_hat.png", caption=caption("k_hat"), category="4. Robustness"),
+        fig_text_head=report(f"{REPORT}/text_head.png", caption=caption("text_head"), category="4. Robustness"),
+        fig_seeds=report(f"{REPORT}/null_seeds.png", caption=caption("null_seeds"), category="4. Robustness"),
     params:
+        **sections("report", "stats", "nulls", "mining", "secondary_embedder", "run_name"),
         layers=LAYERS,
+        code=POLYPSI_VERSION,
     log:
         f"{R}/logs/report.log",
     script:
