@@ -153,7 +153,7 @@ def cluster_d(patches: pd.DataFrame, emb: np.ndarray, text, gap_level: str, k_ma
                          "both must come from the same embedder")
     n_slots = max(k_max, int(cl.max()) + 1 if cl.size else 1)
     Z = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))
-    A = torch.nn.functional.one_hot(torch.from_numpy(cl), n_slots).float()  # [n, K, slots]
+    A = torch.nn.functional.one_hot(torch.from_numpy(np.array(cl, dtype=np.int64)), n_slots).float()  # [n, K, slots]
     proto = torch.bmm(A.transpose(1, 2), Z)
     proto = proto / proto.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     E, _ = text.candidates("main", gap_level)

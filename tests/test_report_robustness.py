@@ -1,0 +1,104 @@
+"""Robustness analyses of the report: top-k subsets, null-seed split, text-head D."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from polypsi.config import NullConfig, StatsConfig
+from polypsi.report import robustness
+from polypsi.stats import TextBank, score_channels
+from polypsi.stats.synthetic import make_world, planted_channels
+
+D_DIM = 32
+
+
+def _patches_table(Z, labels, clusters, channels, rng, shuffle=True):
+    n, K, _ = Z.shape
+    df = pd.DataFrame({
+        "channel": np.repeat(channels, K),
+        "rank": np.tile(np.arange(K), n),
+        "label": labels.reshape(-1),
+        "cluster": clusters.reshape(-1),
+    })
+    emb = Z.reshape(n * K, -1)
+    if shuffle:  # files need not be sorted; the analyses must not depend on row order
+        perm = rng.permutation(len(df))
+        df, emb = df.iloc[perm].reset_index(drop=True), emb[perm]
+    return df, emb
+
+
+@pytest.fixture(scope="module")
+def planted():
+    rng = np.random.default_rng(0)
+    world = make_world(rng, d=D_DIM, n_concepts=12, n_null_concepts=20)
+    Z, labels, truth = planted_channels(rng, world, n=6, k=2, K=16, separation=1.5)
+    channels = np.array([3, 7, 1, 9, 4, 0])
+    return rng, world, Z, labels, truth, channels
+
+
+def test_patch_arrays_orders_by_channel_and_rank_and_takes_first_k(planted):
+    rng, _, Z, labels, truth, channels = planted
+    df, emb = _patches_table(Z, labels, truth, channels, rng)
+    ch, z, lab, cl = robustness.patch_arrays(df, emb)
+    order = np.argsort(channels)
+    np.testing.assert_array_equal(ch, channels[order])
+    np.testing.assert_allclose(z, Z[order])
+    np.testing.assert_array_equal(lab, labels[order])
+    ch, z, lab, cl = robustness.patch_arrays(df, emb, k=10)
+    np.testing.assert_allclose(z, Z[order][:, :10])
+    np.testing.assert_array_equal(cl, truth[order][:, :10])
+    with pytest.raises(ValueError, match="exceeds the 16 mined patches"):
+        robustness.patch_arrays(df, emb, k=20)
+
+
+def test_cluster_d_reproduces_the_scorers_d(planted):
+    """D from the stored assignments equals the D the scorer computed for the real draw."""
+    rng, world, Z, labels, _, channels = planted
+    stats_cfg, nulls = StatsConfig(), NullConfig(m=3)
+    s = score_channels(Z, labels, channels, world.text, 0, stats_cfg, nulls, "layer4")
+    assign = np.stack(s["assignments"].to_numpy())
+    df, emb = _patches_table(Z, labels, assign, channels, rng)
+    for level in ["concept", "prompt"]:
+        got = robustness.cluster_d(df, emb, world.text, level, stats_cfg.k_max).set_index("channel")["D"]
+        if level == "concept":
+            np.testing.assert_allclose(got.loc[channels].to_numpy(), s["D"].to_numpy(), atol=1e-5)
+        # Brute force: unit mean prototype per cluster, top-1 minus top-2 over the candidates.
+        E, _ = world.text.candidates("main", level)
+        for i, c in enumerate(channels):
+            gaps = []
+            for j in np.unique(assign[i]):
+                p = Z[i][assign[i] == j].mean(0)
+                sims = np.sort(E @ (p / np.linalg.norm(p)))[::-1]
+                gaps.append(sims[0] - sims[1])
+            assert got.loc[c] == pytest.approx(np.mean(gaps), abs=1e-5)
+
+
+def test_text_head_same_embedder_agrees_and_other_embedder_differs(planted):
+    rng, world, Z, labels, truth, channels = planted
+    df, emb = _patches_table(Z, labels, truth, channels, rng)
+    # The second embedder's table in another row order: rows are matched by (channel, rank).
+    perm = rng.permutation(len(df))
+    th = robustness.text_head(df, emb, world.text, df.iloc[perm].reset_index(drop=True), emb[perm], world.text,
+                              "concept", 5)
+    np.testing.assert_allclose(th.D_primary, th.D_secondary, atol=1e-6)
+    # A different embedding space (a random rotation of images and texts together) leaves D unchanged...
+    q, _ = np.linalg.qr(rng.standard_normal((D_DIM, D_DIM)))
+    t = world.text
+    rot = TextBank(t.emb @ q, t.concept_id, t.concepts, t.null_emb @ q, t.null_concept_id, t.null_concepts)
+    th = robustness.text_head(df, emb, t, df, (emb @ q).astype(np.float32), rot, "concept", 5)
+    np.testing.assert_allclose(th.D_primary, th.D_secondary, atol=1e-5)
+    # ...while unrelated text embeddings change it.
+    other = make_world(np.random.default_rng(5), d=D_DIM, n_concepts=12).text
+    th = robustness.text_head(df, emb, t, df, emb, other, "concept", 5)
+    assert not np.allclose(th.D_primary, th.D_secondary, atol=1e-3)
+    with pytest.raises(ValueError, match="no embedding for channel"):
+        robustness.text_head(df, emb, t, df.iloc[1:], emb[1:], t, "concept", 5)
+
+
+def test_text_head_rows_say_when_skipped():
+    psi = pd.DataFrame({"channel": [0, 1, 2, 3], "psi": [0.1, 0.2, 0.3, 0.4], "status": ["ok"] * 4})
+    (row,) = robustness.text_head_rows("layer4", None, psi, None)
+    assert row["note"].startswith("skipped") and np.isnan(row["rho"]) and row["n"] == 0
+    th = pd.DataFrame({"channel": [0, 1, 2, 3], "D_primary": [0.1, 0.2, 0.3, 0.4], "D_secondary": [1, 2, 4, 3]})
+    (row,) = robustness.text_head_rows("layer4", th, psi.assign(status=["ok", "ok", "ok", "dead"]), "open_clip:RN50")
+    assert row["n"] == 3 and row["rho"] == pytest.approx(1.0)
