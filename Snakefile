@@ -1,12 +1,18 @@
 # polypsi: the null-calibrated Polysemanticity Index for every channel of the named layers.
 #   snakemake --cores 16 --resources gpu=1                        (paper setup, config/config.yaml)
 #   snakemake --cores 2 --configfile config/smoke.yaml            (offline smoke run)
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("8.0")
 
 
-configfile: "config/config.yaml"
+configfile: str(Path(workflow.basedir) / "config" / "config.yaml")
+
+
+# Used only with --software-deployment-method conda (cluster profile).
+conda: str(Path(workflow.basedir) / "envs" / "polypsi.yaml")
 
 
 include: "workflow/rules/common.smk"

@@ -1,0 +1,129 @@
+"""End-to-end: the offline smoke configuration through every rule, in a temporary folder."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
+PSI_COLUMNS = ["channel", "S", "Q", "D", "S_mu", "S_sd", "Q_mu", "Q_sd", "D_mu", "D_sd",
+               "S_hat", "Q_hat", "D_hat", "psi", "log_psi", "k_hat", "status"]
+PATCH_COLUMNS = ["channel", "rank", "image_id", "u", "v", "activation", "cluster", "label", "embedding"]
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir, *args, check=True):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    p = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", *args],
+                       capture_output=True, text=True, env=env)
+    if check and p.returncode != 0:
+        raise AssertionError(f"snakemake failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    work = tmp_path_factory.mktemp("smoke")
+    snakemake(work, "--configfile", str(ROOT / "config" / "smoke.yaml"))
+    return work / "results" / "smoke"
+
+
+def _smoke_cfg():
+    return yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+
+
+def test_psi_tables(smoke):
+    cfg = _smoke_cfg()
+    for layer, channels in (("layer3", 256), ("layer4", 512)):
+        psi = pd.read_parquet(smoke / "psi" / f"{layer}.parquet")
+        assert list(psi.columns[: len(PSI_COLUMNS)]) == PSI_COLUMNS
+        assert len(psi) == channels and psi["channel"].tolist() == list(range(channels))
+        assert psi["status"].notna().all() and (psi["status"] != "").all()
+        ok = psi[psi["status"] == "ok"]
+        assert len(ok) > 0
+        # never a silent NaN: every NaN psi has a status that says why
+        assert not psi.loc[psi["status"] == "ok", ["S_hat", "Q_hat", "D_hat", "psi"]].isna().any().any()
+        assert ok["S"].between(0, 1).all() and ok["Q"].between(0, 1).all()
+        for h in ("S_hat", "Q_hat", "D_hat"):
+            assert ((ok[h] > 0) & (ok[h] < 1)).all()
+        assert np.allclose(ok["psi"], ok["S_hat"] * ok["Q_hat"] * ok["D_hat"], rtol=1e-5)
+        assert np.allclose(ok["log_psi"], np.log(ok["psi"]), atol=1e-5)
+        assert ok["k_hat"].between(2, 5).all()
+        null = pd.read_parquet(smoke / "null_psi" / f"{layer}.parquet")
+        assert len(null) == channels and list(null.columns[: len(PSI_COLUMNS)]) == PSI_COLUMNS
+    assert cfg["nulls"]["m"] >= 3
+
+
+def test_patch_tables(smoke):
+    k = _smoke_cfg()["mining"]["topk"]
+    for layer, channels in (("layer3", 256), ("layer4", 512)):
+        p = pd.read_parquet(smoke / "patches" / f"{layer}.parquet")
+        assert all(c in p.columns for c in PATCH_COLUMNS)
+        assert len(p) == channels * k
+        assert (p.groupby("channel")["rank"].apply(list) == [list(range(k))] * channels).all()
+        assert (p.groupby("channel")["activation"].apply(lambda a: (np.diff(a.to_numpy()) <= 0).all())).all()
+        emb = np.stack(p["embedding"].to_numpy())
+        assert emb.shape == (len(p), 64) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
+        psi = pd.read_parquet(smoke / "psi" / f"{layer}.parquet").set_index("channel")
+        assert (p.groupby("channel")["cluster"].max() == psi["k_hat"] - 1).all()
+
+
+def test_auroc_table(smoke):
+    a = pd.read_csv(smoke / "report" / "auroc.csv")
+    assert {"layer", "metric", "auroc"} <= set(a.columns)
+    assert set(a["metric"]) >= {"psi", "S_hat", "Q_hat", "D_hat"} and set(a["layer"]) == {"layer3", "layer4"}
+    assert a["auroc"].between(0, 1).all()
+
+
+def test_every_rule_logged(smoke):
+    logs = list((smoke / "logs").rglob("*.log"))
+    names = {p.parent.name if p.parent.name != "logs" else p.stem for p in logs}
+    for rule in ("render_images", "index_dataset", "geometry", "mine_topk", "merge_topk", "embed_patches",
+                 "embed_prompts", "score", "calibrate", "report"):
+        assert rule in names, f"no log for {rule}"
+
+
+def test_patches_identical_for_one_and_three_image_shards(smoke, tmp_path):
+    cfg = _smoke_cfg()
+    cfg["run_name"] = "smoke3"
+    cfg["shards"]["images"] = 3
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    cfg1 = dict(cfg, run_name="smoke1", shards=dict(cfg["shards"], images=1))
+    (tmp_path / "c1.yaml").write_text(yaml.safe_dump(cfg1))
+    targets = [f"results/{{}}/patches/{layer}.parquet" for layer in ("layer3", "layer4")]
+    snakemake(tmp_path, *[t.format("smoke3") for t in targets], "--configfile", str(tmp_path / "c.yaml"))
+    snakemake(tmp_path, *[t.format("smoke1") for t in targets], "--configfile", str(tmp_path / "c1.yaml"))
+    for layer in ("layer3", "layer4"):
+        a = pd.read_parquet(tmp_path / "results" / "smoke3" / "patches" / f"{layer}.parquet")
+        b = pd.read_parquet(tmp_path / "results" / "smoke1" / "patches" / f"{layer}.parquet")
+        c = pd.read_parquet(smoke / "patches" / f"{layer}.parquet")  # 2 shards
+        pd.testing.assert_frame_equal(a, b)
+        pd.testing.assert_frame_equal(a, c)
+
+
+def test_config_change_reruns_only_what_it_touches(smoke):
+    work = smoke.parent.parent
+
+    def planned(*extra):
+        p = snakemake(work, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"), *extra)
+        return {line.split()[1] for line in p.stdout.splitlines() if line.startswith("rule ") or line.startswith("localrule ")} \
+            | {line.split(":")[0].split()[-1] for line in p.stdout.splitlines() if line.startswith("localrule ")}
+
+    assert planned() == set()
+    changed = planned("--config", "nulls={'m': 5}")
+    assert "score" in changed and "calibrate" in changed
+    assert not changed & {"mine_topk", "merge_topk", "embed_patches", "embed_prompts", "render_images"}
+
+
+def test_misspelt_key_is_rejected_by_name(tmp_path):
+    p = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"),
+                  "--config", "minning={'topk': 3}", check=False)
+    assert p.returncode != 0
+    assert "unknown key 'minning'" in p.stderr and "did you mean 'mining'" in p.stderr
