@@ -1,0 +1,125 @@
+"""The report stage on a generated run: every table and figure, with numbers checked against sklearn/scipy."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy import stats as sps
+from sklearn.metrics import roc_auc_score
+from test_report_fixtures import LAYERS, load_run, make_run
+
+from polypsi.config import Config
+from polypsi.io import read_table, write_table
+from polypsi.report.build import run_report
+
+FIGS = ["fig_hist", "fig_roc", "fig_violin", "fig_k", "fig_khat", "fig_text_head", "fig_seeds"]
+
+
+def _fake_robustness(root, psi, k_values, rng):
+    """Per-layer k-subset and null-seed tables in the formats the k_sensitivity / seed_split rules write."""
+    ks, seeds = [], []
+    for layer, df in psi.items():
+        rows = []
+        for k in k_values:
+            noisy = df.psi + rng.normal(0, 0.3 / k, len(df))
+            rows.append(pd.DataFrame({"channel": df.channel, "psi": noisy, "status": df.status, "k": k, "m": 6}))
+        p = root / "report" / "robustness" / f"k_sensitivity_{layer}.parquet"
+        write_table(pd.concat(rows, ignore_index=True), p)
+        ks.append(str(p))
+        split = pd.DataFrame({"channel": df.channel, "psi_odd": df.psi * rng.uniform(0.9, 1.1, len(df)),
+                              "status_odd": df.status, "psi_even": df.psi, "status_even": df.status})
+        p = root / "report" / "robustness" / f"null_seeds_{layer}.parquet"
+        write_table(split, p)
+        seeds.append(str(p))
+    return ks, seeds
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = make_run(tmp_path_factory.mktemp("run"))
+    psi, null, clusters, patches, ds, geom = load_run(root)
+    cfg = Config.model_validate({"run_name": "synthetic", "mining": {"topk": 12}, "nulls": {"m": 6},
+                                 "report": {"k_values": [6, 9], "gallery_channels": 2, "gallery_patches": 4}})
+    ks, seeds = _fake_robustness(root, psi, [6, 9], np.random.default_rng(1))
+    layers = list(LAYERS)
+    inp = {kind: [str(root / kind / f"{l}.parquet") for l in layers] for kind in ["psi", "null_psi", "clusters", "patches"]}
+    inp.update(k_sensitivity=ks, seed_split=seeds, text_head=[], dataset=str(root / "dataset.parquet"),
+               geometry=str(root / "geometry.json"))
+    rep = root / "report"
+    out = {"auroc": rep / "auroc.csv", "ks": rep / "ks.csv", "k_hat": rep / "k_hat.csv",
+           "robustness": rep / "robustness.csv", "gallery": rep / "gallery.csv",
+           "fig_hist": rep / "psi_hist.png", "fig_roc": rep / "roc.png", "fig_violin": rep / "depth_violin.png",
+           "fig_k": rep / "k_sensitivity.png", "fig_khat": rep / "k_hat.png", "fig_text_head": rep / "text_head.png",
+           "fig_seeds": rep / "null_seeds.png",
+           "gallery_high": [rep / "gallery" / f"high_{l}.png" for l in layers],
+           "gallery_low": [rep / "gallery" / f"low_{l}.png" for l in layers]}
+    run_report(cfg, layers, inp, out)
+    return root, out, psi, null, clusters, ks, seeds
+
+
+def test_every_output_is_written(report):
+    _, out, *_ = report
+    for key in FIGS + ["gallery_high", "gallery_low"]:
+        for p in out[key] if isinstance(out[key], list) else [out[key]]:
+            with Image.open(p) as im:
+                assert im.size[0] > 100 and im.size[1] > 100, p
+
+
+def test_auroc_csv_matches_sklearn(report):
+    _, out, psi, null, *_ = report
+    t = pd.read_csv(out["auroc"])
+    assert set(t.columns) >= {"layer", "metric", "auroc", "n_real", "n_null"}
+    for r in t.itertuples():
+        a = psi[r.layer][psi[r.layer].status == "ok"][r.metric]
+        b = null[r.layer][null[r.layer].status == "ok"][r.metric]
+        assert r.auroc == pytest.approx(roc_auc_score(np.r_[np.ones(len(a)), np.zeros(len(b))], np.r_[a, b]))
+        assert r.n_real == len(a) and r.n_null == len(b)
+
+
+def test_ks_csv_matches_scipy(report):
+    _, out, psi, *_ = report
+    t = pd.read_csv(out["ks"])
+    assert list(t.columns[:4]) == ["layer_a", "layer_b", "statistic", "pvalue"]
+    (r,) = t.itertuples()
+    a, b = psi[r.layer_a].psi.dropna(), psi[r.layer_b].psi.dropna()
+    ref = sps.ks_2samp(a, b)
+    assert (r.statistic, r.pvalue) == pytest.approx((ref.statistic, ref.pvalue))
+    assert (r.median_a, r.median_b) == pytest.approx((np.median(a), np.median(b)))
+
+
+def test_robustness_csv(report):
+    _, out, psi, _, _, ks, seeds = report
+    t = pd.read_csv(out["robustness"])
+    assert set(t.analysis) == {"k_sensitivity", "null_seeds", "text_head"}
+    for layer, kp, sp in zip(LAYERS, ks, seeds):
+        ok = psi[layer][psi[layer].status == "ok"]
+        sub = read_table(kp)
+        for k in [6, 9]:
+            r = t[(t.analysis == "k_sensitivity") & (t.layer == layer) & (t.setting == f"K={k}")].iloc[0]
+            s = sub[(sub.k == k) & sub.channel.isin(ok.channel)].set_index("channel").psi.loc[ok.channel]
+            assert r.rho == pytest.approx(sps.spearmanr(ok.psi, s).statistic)
+            assert r.n == len(ok) and r.reference == "K=12, 6 draws"
+        sp = read_table(sp)
+        sp = sp[sp.channel.isin(ok.channel)]
+        r = t[(t.analysis == "null_seeds") & (t.layer == layer)].iloc[0]
+        assert r.rho == pytest.approx(sps.spearmanr(sp.psi_odd, sp.psi_even).statistic)
+    th = t[t.analysis == "text_head"]
+    assert len(th) == len(LAYERS) and th.note.str.startswith("skipped").all() and th.rho.isna().all()
+
+
+def test_gallery_and_k_hat_tables(report):
+    _, out, psi, null, clusters, *_ = report
+    g = pd.read_csv(out["gallery"])
+    for layer in LAYERS:
+        ok = psi[layer][psi[layer].status == "ok"].sort_values("psi")
+        high = g[(g.layer == layer) & (g.gallery == "high")]
+        low = g[(g.layer == layer) & (g.gallery == "low")]
+        assert list(dict.fromkeys(high.channel)) == ok.channel.iloc[::-1][:2].tolist()
+        assert list(dict.fromkeys(low.channel)) == ok.channel[:2].tolist()
+        n_cl = clusters[layer].groupby("channel").size()
+        assert len(high) == n_cl.loc[high.channel.unique()].sum()
+        assert high.concept_1.notna().all() and high.gap.notna().all()
+    kh = pd.read_csv(out["k_hat"])
+    for layer in LAYERS:
+        ok = psi[layer][psi[layer].status == "ok"]
+        assert kh[kh.layer == layer].n_all.sum() == len(ok)
