@@ -56,10 +56,10 @@ class WorldConfig(_Section):
 class SyntheticConfig(_Section):
     """Tiny generated image set used by the offline smoke run (coloured shapes on noise)."""
 
-    n_images: int = Field(48, ge=2)
-    n_classes: int = Field(4, ge=2, le=12)
-    image_size: int = Field(64, ge=16)
-    seed: int = 0
+    n_images: int = Field(48, ge=2, description="Number of generated images.")
+    n_classes: int = Field(4, ge=2, le=12, description="Number of (colour, shape) classes.")
+    image_size: int = Field(64, ge=16, description="Generated image size in pixels.")
+    seed: int = Field(0, description="Seed of the generated images.")
 
 
 class DataConfig(_Section):
@@ -92,8 +92,8 @@ class ModelConfig(_Section):
     init_seed: int = Field(0, description="Seed for random initialisation when no weights are given.")
     layers: list[str] = Field(["layer3", "layer4"], min_length=1, description="Named modules to analyse.")
     input_size: int = Field(224, ge=8, description="Images are resized (upsampled) to this size.")
-    mean: list[float] = Field(IMAGENET_MEAN, min_length=3, max_length=3)
-    std: list[float] = Field(IMAGENET_STD, min_length=3, max_length=3)
+    mean: list[float] = Field(IMAGENET_MEAN, min_length=3, max_length=3, description="Input normalisation mean (RGB).")
+    std: list[float] = Field(IMAGENET_STD, min_length=3, max_length=3, description="Input normalisation std (RGB).")
 
 
 class MiningConfig(_Section):
@@ -101,7 +101,7 @@ class MiningConfig(_Section):
     one_site_per_image: bool = Field(
         True, description="Keep at most one site per image (paper: false; neighbours make near-duplicate crops)."
     )
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="Images per forward pass (does not change results).")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16 changes top-K rankings; keep fp32 unless speed matters more than exactness."
     )
@@ -123,13 +123,13 @@ class CropConfig(_Section):
 
 
 class EmbedderConfig(_Section):
-    source: Literal["open_clip", "world"] = Field("open_clip")
+    source: Literal["open_clip", "world"] = Field("open_clip", description="open_clip model, or the planted world's embedder.")
     name: str = Field("ViT-B-32", description="open_clip architecture name.")
     pretrained: Optional[str] = Field("openai", description="open_clip pretrained tag; null = random init.")
     checkpoint: Optional[str] = Field(None, description="Local open_clip checkpoint file; overrides `pretrained`.")
     init_seed: int = Field(0, description="Seed for random initialisation when nothing is pretrained.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU.")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="Crops per embedding batch.")
 
 
 class PromptConfig(_Section):
@@ -137,7 +137,9 @@ class PromptConfig(_Section):
     concepts: str = Field(
         "builtin:generic_concepts.txt", description="File of generic concepts, one a line (builtin: = shipped)."
     )
-    templates: str = Field("builtin:templates.txt", description="File of prompt templates with one {}.")
+    templates: str = Field(
+        "builtin:templates.txt", description="File of prompt templates with one {} (`world`: the world's)."
+    )
     null_concepts: str = Field(
         "builtin:unrelated_concepts.txt", description="Unrelated-domain concepts for the D-null."
     )
@@ -373,6 +375,26 @@ def json_schema() -> dict:
 
 def schema_text() -> str:
     return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def keys_markdown() -> str:
+    """A table of every config key with its default and description (pasted into the README)."""
+    rows = ["| key | default | description |", "|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str):
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            subs = [a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)]
+            key = f"{prefix}{name}"
+            if subs and f.default is not None:
+                walk(subs[0], key + ".")
+                continue
+            default = f.default.model_dump(mode="json") if isinstance(f.default, BaseModel) else f.default
+            desc = (f.description or "").replace("|", "\\|")
+            rows.append(f"| `{key}` | `{json.dumps(default)}` | {desc} |")
+
+    walk(Config, "")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":  # regenerate config/schema.json
