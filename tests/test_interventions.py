@@ -24,8 +24,10 @@ from polypsi.interventions import (
     CONDITIONS,
     free_position,
     holm,
+    max_free_scale,
     paste,
     plot_summary,
+    region_box,
     run_interventions,
     select_channels,
     summarize,
@@ -164,7 +166,17 @@ def test_no_free_position_is_reported_not_silent(tmp_path):
     assert by.loc["Shuffled-position", "n"] == 0 and by.loc["Shuffled-position", "n_dropped"] == 3
     assert by.loc["Shuffled-position", "dropped_reasons"] == "no_free_position=3"
     assert np.isnan(by.loc["Shuffled-position", "pvalue"])
-    # a smaller replaced square leaves room again
+    # a smaller replaced square leaves room again; the largest such scale matches brute force
+    sites = trials.drop_duplicates("site_rank")
+    best = max_free_scale(sites, geom["layers"]["act"], S)
+    rng = np.random.default_rng(0)
+
+    def feasible(scale):
+        return all(free_position(rng, S, side, side, box) is not None
+                   for box in [region_box(u, v, geom["layers"]["act"], S, scale)
+                               for u, v in zip(sites.u, sites.v)] for side in [box[2] - box[0]])
+
+    assert feasible(best) and not feasible(best + 1 / 20)
     trials2 = run_interventions(ColourNet().eval(), "act", psi, patches, dataset, geom,
                                 cfg.model_copy(update={"region_scale": 0.4}), "cpu", S, ZERO_MEAN, UNIT_STD)
     assert (trials2["status"] == "ok").all()

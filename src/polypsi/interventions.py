@@ -103,6 +103,23 @@ def free_position(rng: np.random.Generator, size: int, h: int, w: int, avoid: Bo
     return int(y), int(x), int(y + h), int(x + w)
 
 
+def max_free_scale(sites: pd.DataFrame, layer_geom: dict, input_size: int) -> float:
+    """The largest region_scale at which every site (u, v) has a free non-overlapping square; 0 if none."""
+    crop = min(layer_geom["crop"], input_size)
+    for side in range(crop, 0, -1):
+        scale = side / crop
+        ok = True
+        for u, v in zip(sites["u"], sites["v"]):
+            y0, x0, y1, x1 = region_box(u, v, layer_geom, input_size, scale)
+            # a free square exists iff some margin beside the region is at least the side
+            if max(y0, x0, input_size - y1, input_size - x1) < y1 - y0:
+                ok = False
+                break
+        if ok:
+            return scale
+    return 0.0
+
+
 def _feather(h: int, w: int, px: int) -> torch.Tensor:
     """[1,h,w] alpha rising linearly from the border over `px` pixels (1 inside)."""
     def ramp(n: int) -> torch.Tensor:
@@ -331,6 +348,10 @@ def run_interventions(model_or_extractor, layer: str, psi: pd.DataFrame, patches
                    "(dataset, model or preprocessing differs from the mining run)", gap.max())
     for status, count in trials.loc[trials["status"] != OK, "status"].value_counts().items():
         lg.warning("%d trial(s) not run: %s", count, status)
+    if trials["status"].str.startswith("no_free_position").any():
+        best = max_free_scale(sites, layer_geom, input_size)
+        lg.warning("the elsewhere controls need interventions.region_scale <= %.3f for every site of this run "
+                   "(now %.3f)", best, cfg.region_scale)
     lg.info("layer %s: %d trials, %d run, mean delta_norm by condition: %s", layer, len(trials),
             int((trials["status"] == OK).sum()),
             trials[trials["status"] == OK].groupby("condition")["delta_norm"].mean().round(4).to_dict())
