@@ -102,3 +102,70 @@ def test_text_head_rows_say_when_skipped():
     th = pd.DataFrame({"channel": [0, 1, 2, 3], "D_primary": [0.1, 0.2, 0.3, 0.4], "D_secondary": [1, 2, 4, 3]})
     (row,) = robustness.text_head_rows("layer4", th, psi.assign(status=["ok", "ok", "ok", "dead"]), "open_clip:RN50")
     assert row["n"] == 3 and row["rho"] == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    """Planted two-cluster channels (0..5) and structure-free ones (6..11), with their score draws."""
+    from polypsi.stats.synthetic import noise_channels
+
+    rng = np.random.default_rng(1)
+    world = make_world(rng, d=D_DIM, n_concepts=12, n_null_concepts=20)
+    Zp, lp, truth = planted_channels(rng, world, n=6, k=2, K=16, separation=2.0)
+    Zn, ln = noise_channels(rng, 6, K=16, d=D_DIM)
+    Z, labels = np.concatenate([Zp, Zn]), np.concatenate([lp, ln])
+    clusters = np.concatenate([truth, np.zeros_like(ln)])
+    # Interleave the planted clusters along the rank order, as activations would.
+    perm = np.argsort(rng.random(labels.shape), axis=1)
+    Z = np.take_along_axis(Z, perm[..., None], 1)
+    labels, clusters = np.take_along_axis(labels, perm, 1), np.take_along_axis(clusters, perm, 1)
+    channels = np.arange(12)
+    nulls = NullConfig(m=6)
+    scores = score_channels(Z, labels, channels, world.text, list(range(7)), StatsConfig(), nulls, "layer4")
+    return world, Z, labels, clusters, channels, nulls, scores
+
+
+def test_seed_split_calibrates_each_half_by_hand(mixed):
+    _, _, _, _, channels, nulls, scores = mixed
+    split = robustness.seed_split(scores, nulls)
+    assert split.attrs["draws"] == {"odd": [1, 3, 5], "even": [2, 4, 6]}
+    assert len(split) == len(channels)
+    for name, draws in split.attrs["draws"].items():
+        ref = scores[scores.draw.isin(draws)].groupby("channel")[["S", "Q", "D"]]
+        mu, sd = ref.mean(), ref.std(ddof=1)
+        real = scores[scores.draw == 0].set_index("channel")[["S", "Q", "D"]]
+        hats = 1 / (1 + np.exp(-(real - mu) / (sd + nulls.eps)))
+        want = hats.prod(axis=1).loc[split.channel]
+        np.testing.assert_allclose(split[f"psi_{name}"], want, rtol=1e-6)
+    psi = split.rename(columns={"psi_odd": "psi", "status_odd": "status"})
+    (row,) = robustness.seed_rows("layer4", split, psi)
+    ok = split[(split.status_odd == "ok") & (split.status_even == "ok")]
+    assert row["n"] == len(ok)
+    with pytest.raises(ValueError, match="at least 2 odd and 2 even"):
+        robustness.seed_split(scores[scores.draw <= 2], nulls)
+
+
+def test_k_sensitivity_rescoring(mixed):
+    from polypsi.calibration import calibrate
+
+    world, Z, labels, clusters, channels, nulls, scores = mixed
+    rng = np.random.default_rng(2)
+    df, emb = _patches_table(Z, labels, clusters, channels, rng)
+    stats_cfg = StatsConfig()
+    res = robustness.k_sensitivity(df, emb, world.text, [4, 8, 12], stats_cfg, nulls, 4, "layer4")
+    # k=4 cannot be clustered with k_max=5 and is skipped; the mined K=16 is re-scored with 4 draws as a control.
+    assert sorted(res.k.unique()) == [8, 12, 16] and (res.m == 4).all()
+    # The K=16, 4-draw control is the run's own calibration restricted to draws 0..4.
+    full = calibrate(scores[scores.draw <= 4], nulls.model_copy(update={"m": 4, "holdout_null_neurons": False}))[0]
+    ctrl = res[res.k == 16].set_index("channel").loc[channels]
+    np.testing.assert_allclose(ctrl.psi, full.set_index("channel").loc[channels].psi, rtol=1e-5)
+    # Planted channels keep out-ranking structure-free ones with only 8 patches.
+    k8 = res[res.k == 8].set_index("channel").psi
+    assert k8.loc[:5].min() > k8.loc[6:].median()
+    psi, _ = calibrate(scores, nulls)
+    rows = robustness.k_sensitivity_rows("layer4", res, psi, [4, 8, 12], 16, nulls.m)
+    assert [r["setting"] for r in rows] == ["K=4", "K=8", "K=12", "K=16, 4 draws"]
+    assert rows[0]["note"].startswith("skipped") and rows[0]["n"] == 0
+    assert rows[1]["rho"] > 0.3 and rows[3]["rho"] > rows[1]["rho"] - 0.5
+    with pytest.raises(ValueError, match="must lie in 3..nulls.m"):
+        robustness.k_sensitivity(df, emb, world.text, [8], stats_cfg, nulls, 9, "layer4")
