@@ -127,7 +127,7 @@ def test_known_detector_effects(tmp_path):
             elif r.condition == "Non-aligned":
                 assert r.donor_channel == 0 and r.donor_cluster != r.cluster
             else:
-                assert r.donor_channel in (1, 2)  # no shared image with channel 0: unrelated
+                assert r.donor_channel == 1  # unrelated (no shared image) and live: channel 2 is dead
         assert r.activation_after == pytest.approx(expected_after, abs=1e-5), r
         assert r.delta_norm == pytest.approx((expected_after - r.activation_before) / 1.0, abs=1e-5)
 
@@ -141,6 +141,22 @@ def test_known_detector_effects(tmp_path):
     assert by.loc["Ablate-elsewhere", "mean_delta"] == pytest.approx(0, abs=1e-5)
     assert by.loc["Random", "t"] > 0 and by.loc["Random", "pvalue"] < 1e-3
     assert (by["n"] == 7).all()
+
+
+def test_extractor_callable_hooks_removed_and_box_check(tmp_path, caplog):
+    dataset, patches, psi = _world(tmp_path)
+    model = ColourNet().eval()
+    cfg = InterventionConfig(n_channels=1, sites_per_channel=2)
+    a = run_interventions(model, "act", psi, patches, dataset, GEOMETRY, cfg, "cpu", S, ZERO_MEAN, UNIT_STD)
+    assert not model.act._forward_hooks  # the hooks added for the run are gone
+    b = run_interventions(lambda x: {"act": model(x)}, "act", psi, patches, dataset, GEOMETRY, cfg, "cpu", S,
+                          ZERO_MEAN, UNIT_STD)
+    pd.testing.assert_frame_equal(a, b)
+    assert "differ from the embedded crop boxes" not in caplog.text
+    shifted = patches.assign(y0=patches.y0 + 1)
+    with caplog.at_level("WARNING", logger="polypsi.interventions"):
+        run_interventions(model, "act", psi, shifted, dataset, GEOMETRY, cfg, "cpu", S, ZERO_MEAN, UNIT_STD)
+    assert "2 of 2 site regions differ from the embedded crop boxes" in caplog.text
 
 
 def test_trials_are_seeded(tmp_path):

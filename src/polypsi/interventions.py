@@ -153,10 +153,10 @@ def _donor_pool(patches: pd.DataFrame) -> dict[int, pd.DataFrame]:
     return {int(c): g[cols].sort_values("rank").reset_index(drop=True) for c, g in patches.groupby("channel")}
 
 
-def _unrelated_channels(channel: int, pool: dict[int, pd.DataFrame]) -> list[int]:
-    """Channels sharing the fewest top images with `channel` (ideally none): 'unrelated' by their data."""
+def _unrelated_channels(channel: int, pool: dict[int, pd.DataFrame], live: set[int]) -> list[int]:
+    """Live channels sharing the fewest top images with `channel` (ideally none): 'unrelated' by their data."""
     mine = set(pool[channel]["image_id"].tolist())
-    overlap = {c: len(mine & set(g["image_id"].tolist())) for c, g in pool.items() if c != channel}
+    overlap = {c: len(mine & set(g["image_id"].tolist())) for c, g in pool.items() if c != channel and c in live}
     if not overlap:
         return []
     least = min(overlap.values())
@@ -168,14 +168,19 @@ def _pick(rng: np.random.Generator, rows: pd.DataFrame) -> Optional[pd.Series]:
 
 
 def plan_trials(chosen: pd.DataFrame, patches: pd.DataFrame, layer_geom: dict, input_size: int,
-                cfg: InterventionConfig) -> pd.DataFrame:
-    """One row per (channel, site, condition) saying what is pasted where; no forward passes yet."""
+                cfg: InterventionConfig, live: set[int] | None = None) -> pd.DataFrame:
+    """One row per (channel, site, condition) saying what is pasted where; no forward passes yet.
+
+    `live`: channels whose top patches may serve as Random donors (default: all); a dead
+    channel's "top patches" are arbitrary images, not features.
+    """
     pool = _donor_pool(patches)
+    live = set(pool) if live is None else set(live)
     rows = []
     for ch in chosen.itertuples(index=False):
         c = int(ch.channel)
         mine = pool[c]
-        unrelated = _unrelated_channels(c, pool)
+        unrelated = _unrelated_channels(c, pool, live)
         for site in mine.head(cfg.sites_per_channel).itertuples(index=False):
             rng = np.random.default_rng([cfg.seed, c, int(site.rank)])
             img, clu = int(site.image_id), int(site.cluster)
@@ -254,7 +259,11 @@ def _fill_patch(kind: str, h: int, w: int, mean, seed: int) -> torch.Tensor:
 def run_interventions(model_or_extractor, layer: str, psi: pd.DataFrame, patches: pd.DataFrame,
                       dataset: pd.DataFrame, geometry: dict, cfg: InterventionConfig, device, input_size: int,
                       mean, std, logger: logging.Logger | None = None) -> pd.DataFrame:
-    """Run every trial; one row per (channel, site, condition) with activations before and after."""
+    """Run every trial; one row per (channel, site, condition) with activations before and after.
+
+    `model_or_extractor`: a torch model (hooked with polypsi.models.FeatureExtractor here) or a
+    callable mapping images [B,3,S,S] in [0,1] to {layer: activations [B,C,H,W]}.
+    """
     from .crops import load_image
     from .runtime import Progress
 
@@ -285,7 +294,9 @@ def run_interventions(model_or_extractor, layer: str, psi: pd.DataFrame, patches
     if len(bad):
         raise ValueError(f"channels {bad['channel'].tolist()} have top activation <= 0; cannot normalise deltas")
 
-    trials = plan_trials(chosen, patches, layer_geom, input_size, cfg)
+    live = set(psi.loc[psi["status"] == OK, "channel"].astype(int))
+    trials = plan_trials(chosen, patches, layer_geom, input_size, cfg, live)
+    _check_boxes(trials, patches, cfg.region_scale, lg)
     paths = dict(zip(dataset["image_id"].astype(int), dataset["path"].astype(str)))
     missing = set(trials["image_id"]) | set(trials.loc[trials["donor_image_id"] >= 0, "donor_image_id"])
     missing -= set(paths)
@@ -297,43 +308,33 @@ def run_interventions(model_or_extractor, layer: str, psi: pd.DataFrame, patches
     def image(i: int) -> torch.Tensor:
         return load_image(paths[i], input_size)
 
-    def donor_patch(r) -> torch.Tensor:
-        b = region_box(r.donor_u, r.donor_v, layer_geom, input_size, cfg.region_scale)
-        return image(int(r.donor_image_id))[:, b[0]:b[2], b[1]:b[3]]
-
     def build(r) -> torch.Tensor:
         img = image(int(r.image_id))
         box = (r.region_y0, r.region_x0, r.region_y1, r.region_x1)
         if r.fill:
             patch = _fill_patch(r.fill, box[2] - box[0], box[3] - box[1], mean, int(r.noise_seed))
         else:
-            patch = donor_patch(r)
+            b = region_box(r.donor_u, r.donor_v, layer_geom, input_size, cfg.region_scale)
+            patch = image(int(r.donor_image_id))[:, b[0]:b[2], b[1]:b[3]]
         return paste(img, patch, box, cfg.blend_px)
 
     # Jobs: one unmodified image per site ("before") and one per feasible trial ("after").
     sites = trials.drop_duplicates(["channel", "site_rank"])[["channel", "site_rank", "image_id", "u", "v"]]
-    jobs = [("before", i, r) for i, r in zip(sites.index, sites.itertuples(index=False))]
-    jobs += [("after", i, r) for i, r in zip(trials.index, trials.itertuples(index=False)) if r.status == OK]
+    jobs = [(None, r, lambda r=r: image(int(r.image_id))) for r in sites.itertuples(index=False)]
+    jobs += [(i, r, lambda r=r: build(r)) for i, r in zip(trials.index, trials.itertuples(index=False))
+             if r.status == OK]
     extract = _as_extractor(model_or_extractor, layer, mean, std)
-    before: dict[tuple[int, int], float] = {}
+    try:
+        values = _site_activations(extract, layer, jobs, device, cfg.batch_size,
+                                   Progress(len(jobs), f"interventions {layer} (images)", lg))
+    finally:
+        if extract is not model_or_extractor and hasattr(extract, "close"):
+            extract.close()  # remove the hooks added to the model here
+    before = {(int(r.channel), int(r.site_rank)): a for (i, r, _), a in zip(jobs, values) if i is None}
     after = pd.Series(np.nan, index=trials.index)
-    progress = Progress(len(jobs), f"interventions {layer} (images)", lg)
-    for start in range(0, len(jobs), cfg.batch_size):
-        batch = jobs[start:start + cfg.batch_size]
-        x = torch.stack([image(int(r.image_id)) if kind == "before" else build(r) for kind, _, r in batch])
-        with torch.no_grad():
-            acts = extract(x.to(device))[layer]
-        idx = torch.arange(len(batch))
-        ch = torch.tensor([int(r.channel) for _, _, r in batch])
-        uu = torch.tensor([int(r.u) for _, _, r in batch])
-        vv = torch.tensor([int(r.v) for _, _, r in batch])
-        vals = acts[idx, ch.to(acts.device), uu.to(acts.device), vv.to(acts.device)].float().cpu().numpy()
-        for (kind, i, r), a in zip(batch, vals):
-            if kind == "before":
-                before[(int(r.channel), int(r.site_rank))] = float(a)
-            else:
-                after[i] = float(a)
-        progress.update(len(batch))
+    for (i, _, _), a in zip(jobs, values):
+        if i is not None:
+            after[i] = a
 
     trials["activation_before"] = [before[(c, s)] for c, s in zip(trials["channel"], trials["site_rank"])]
     trials["activation_after"] = after.to_numpy()
@@ -356,6 +357,39 @@ def run_interventions(model_or_extractor, layer: str, psi: pd.DataFrame, patches
             int((trials["status"] == OK).sum()),
             trials[trials["status"] == OK].groupby("condition")["delta_norm"].mean().round(4).to_dict())
     return trials
+
+
+def _site_activations(extract, layer: str, jobs: list, device, batch_size: int, progress) -> list[float]:
+    """Activation of each job's (channel, u, v) on the image its builder makes, in batches."""
+    out: list[float] = []
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start:start + batch_size]
+        x = torch.stack([make() for _, _, make in batch]).to(device)
+        with torch.no_grad():
+            acts = extract(x)[layer]
+        dev = acts.device
+        idx = torch.arange(len(batch), device=dev)
+        ch = torch.tensor([int(r.channel) for _, r, _ in batch], device=dev)
+        uu = torch.tensor([int(r.u) for _, r, _ in batch], device=dev)
+        vv = torch.tensor([int(r.v) for _, r, _ in batch], device=dev)
+        out += acts[idx, ch, uu, vv].float().cpu().tolist()
+        progress.update(len(batch))
+    return out
+
+
+def _check_boxes(trials: pd.DataFrame, patches: pd.DataFrame, scale: float, lg: logging.Logger) -> None:
+    """At region_scale 1 the replaced region should be the crop that was embedded; warn if not."""
+    cols = ["y0", "x0", "y1", "x1"]
+    if scale != 1.0 or not set(cols) <= set(patches.columns) or trials.empty:
+        return
+    mined = patches.set_index(["channel", "rank"])[cols]
+    site = trials.drop_duplicates(["channel", "site_rank"]).set_index(["channel", "site_rank"])
+    ours = site[["site_y0", "site_x0", "site_y1", "site_x1"]].to_numpy()
+    theirs = mined.loc[list(site.index)].to_numpy()
+    off = np.abs(ours - theirs).max(axis=1)
+    if (off > 0).any():
+        lg.warning("%d of %d site regions differ from the embedded crop boxes of the patches table by up to %d px "
+                   "(crop_box vs the patches stage)", int((off > 0).sum()), len(off), int(off.max()))
 
 
 # --------------------------------------------------------------------------- statistics
