@@ -51,46 +51,50 @@ def kmeanspp(G: torch.Tensor, k: int, u: torch.Tensor) -> torch.Tensor:
 class _Layout:
     """Column layout of the side-by-side indicator matrix: (K' index a, restart r, cluster j)."""
 
-    def __init__(self, ks: list[int], R: int):
+    def __init__(self, ks: list[int], R: int, device):
         self.ks, self.R = ks, R
         self.off = [0]
         for k in ks:
             self.off.append(self.off[-1] + R * k)
         self.C = self.off[-1]
+        self.base = torch.tensor([[self.off[a] + r * k for r in range(R)] for a, k in enumerate(ks)], device=device)
 
-    def onehot(self, lab: torch.Tensor) -> torch.Tensor:
-        """lab [U, nk, R, K] -> A [U, K, C]."""
+    def columns(self, lab: torch.Tensor) -> torch.Tensor:
+        """lab [U, nk, R, K] -> column of each point in each (K', restart) block, [U, K, nk * R]."""
         U, nk, R, K = lab.shape
-        base = torch.tensor(
-            [[self.off[a] + r * k for r in range(R)] for a, k in enumerate(self.ks)], device=lab.device
-        )
-        col = (lab + base.view(1, nk, R, 1)).permute(0, 3, 1, 2).reshape(U, K, nk * R)
-        A = torch.zeros(U, K, self.C, device=lab.device, dtype=torch.float32)
-        return A.scatter_(2, col, 1.0)
+        return (lab + self.base.view(1, nk, R, 1)).permute(0, 3, 1, 2).reshape(U, K, nk * R)
 
     def blocks(self, x: torch.Tensor):
-        """Yield (a, k, view [U, ..., R, k]) of the last dimension of x."""
+        """Yield (a, k, view [..., R, k]) of the last dimension of x."""
         for a, k in enumerate(self.ks):
             yield a, k, x[..., self.off[a] : self.off[a + 1]].unflatten(-1, (self.R, k))
 
 
-def _stats(G: torch.Tensor, A: torch.Tensor):
+def _stats(G: torch.Tensor, col: torch.Tensor, C: int):
+    """x_i . s_j [U, K, C], cluster sizes n_j and |s_j|^2 [U, C] for the partitions given by col."""
+    U, K, _ = G.shape
+    A = torch.zeros(U, K, C, device=G.device, dtype=G.dtype).scatter_(2, col, 1.0)
     GA = torch.bmm(G, A)
-    return GA, A.sum(1), (A * GA).sum(1)  # x_i . s_j, cluster sizes, |s_j|^2
+    flat = col.reshape(U, -1)
+    n = torch.zeros(U, C, device=G.device, dtype=G.dtype).scatter_add_(1, flat, torch.ones_like(flat, dtype=G.dtype))
+    ss = torch.zeros_like(n).scatter_add_(1, flat, GA.gather(2, col).reshape(U, -1))
+    return GA, n, ss
 
 
 def _lloyd_step(G: torch.Tensor, lab: torch.Tensor, lay: _Layout, spherical: bool) -> torch.Tensor:
     """One assignment step for every (unit, K', restart): new labels [U, nk, R, K]."""
-    GA, n, ss = _stats(G, lay.onehot(lab))
+    GA, n, ss = _stats(G, lay.columns(lab), lay.C)
     n, ss = n.unsqueeze(1), ss.unsqueeze(1)
     if spherical:  # cosine to the centroid's direction
-        score = GA / ss.clamp_min(1e-30).sqrt()
+        score = GA * ss.clamp_min(1e-30).rsqrt()
     else:  # minus squared Euclidean distance to the centroid, up to |x_i|^2
-        score = 2 * GA / n.clamp_min(1) - ss / n.clamp_min(1) ** 2
-    score = score.masked_fill(n == 0, float("-inf"))
+        inv = 1.0 / n.clamp_min(1)
+        score = GA * (2 * inv) - ss * inv * inv
+    if (n == 0).any():
+        score = score.masked_fill(n == 0, float("-inf"))
     new = torch.empty_like(lab)
     for a, k, sc in lay.blocks(score):  # sc [U, K, R, k]
-        lab_a = sc.argmax(-1)  # [U, K, R]
+        lab_a = sc.max(-1).indices  # [U, K, R], first maximum on ties
         _fill_empty(lab_a, sc, k)
         new[:, a] = lab_a.transpose(1, 2)
     return new
@@ -101,7 +105,9 @@ def _fill_empty(lab: torch.Tensor, score: torch.Tensor, k: int) -> None:
 
     lab: [U, K, R]; score: [U, K, R, k] each point's score to each centroid.
     """
-    counts = torch.nn.functional.one_hot(lab, k).sum(1)  # [U, R, k]
+    U, K, R = lab.shape
+    counts = torch.zeros(U, R, k, dtype=torch.long, device=lab.device)
+    counts.scatter_add_(2, lab.transpose(1, 2), torch.ones(U, R, K, dtype=torch.long, device=lab.device))
     if not (counts == 0).any():
         return
     own = score.gather(-1, lab.unsqueeze(-1)).squeeze(-1).clone()  # [U, K, R]
@@ -126,7 +132,7 @@ def objective(G: torch.Tensor, lab: torch.Tensor, lay: _Layout, spherical: bool)
     spherical: summed cosine of points to their centroid direction (sum_j |s_j|);
     euclidean: minus the inertia (sum_i |x_i|^2 - sum_j |s_j|^2 / n_j).
     """
-    _, n, ss = _stats(G, lay.onehot(lab))
+    _, n, ss = _stats(G, lay.columns(lab), lay.C)
     if spherical:
         per = ss.clamp_min(0).sqrt()
     else:
@@ -146,21 +152,15 @@ class SearchResult:
     n_iter: int
 
 
-def cluster_search(
-    G: torch.Tensor, u: torch.Tensor, ks: list[int], *, max_iter: int, spherical: bool = True
-) -> SearchResult:
-    """k-means for every K' in ks with R restarts each, keep the best restart, score it.
+def lloyd(G: torch.Tensor, lab: torch.Tensor, ks: list[int], *, max_iter: int, spherical: bool):
+    """Lloyd iterations from labels [U, nk, R, K] until no label changes (or max_iter): (labels, iterations).
 
-    G: [U, K, K] Gram matrices of unit vectors; u: [U, len(ks), R, k_max, trials + 1] uniforms.
-    Restarts iterate to a fixed point of Lloyd's algorithm (or max_iter); a converged unit
-    is frozen, so its result does not depend on the other units of the batch.
+    A unit whose restarts all reached a fixed point is frozen and dropped from the batch,
+    so its result does not depend on the other units of the batch.
     """
-    U, K, _ = G.shape
-    R = u.shape[2]
-    lay = _Layout(ks, R)
-    lab = torch.stack([kmeanspp(G, k, u[:, a]) for a, k in enumerate(ks)], 1)  # [U, nk, R, K]
+    lay = _Layout(ks, lab.shape[2], G.device)
     out = lab.clone()
-    act = torch.arange(U, device=G.device)
+    act = torch.arange(len(G), device=G.device)
     G_act, lab_act = G, lab
     it = 0
     for it in range(1, max_iter + 1):
@@ -172,6 +172,21 @@ def cluster_search(
         if changed.sum() < 0.8 * len(act):  # drop converged units once enough have finished
             act, G_act, new = act[changed], G_act[changed], new[changed]
         lab_act = new
+    return out, it
+
+
+def cluster_search(
+    G: torch.Tensor, u: torch.Tensor, ks: list[int], *, max_iter: int, spherical: bool = True
+) -> SearchResult:
+    """k-means for every K' in ks with R restarts each, keep the best restart, score it.
+
+    G: [U, K, K] Gram matrices of unit vectors; u: [U, len(ks), R, k_max, trials + 1] uniforms.
+    """
+    U, K, _ = G.shape
+    R = u.shape[2]
+    lab = torch.stack([kmeanspp(G, k, u[:, a]) for a, k in enumerate(ks)], 1)  # [U, nk, R, K]
+    out, it = lloyd(G, lab, ks, max_iter=max_iter, spherical=spherical)
+    lay = _Layout(ks, R, G.device)
     obj = objective(G, out, lay, spherical)  # [U, nk, R]
     best = obj.argmax(-1)  # first best restart on ties
     labels = out.gather(2, best.view(U, -1, 1, 1).expand(U, len(ks), 1, K)).squeeze(2)

@@ -8,6 +8,7 @@ the two backends consume the k-means stream differently, but draw the same null 
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from dataclasses import dataclass
@@ -17,11 +18,22 @@ import numpy as np
 STREAMS = ("kmeans", "s_null", "q_null", "d_null")
 
 
-def unit_rngs(seed: int, layer: str, channel: int, draw: int) -> dict[str, np.random.Generator]:
-    """Independent generators of one (layer, channel, draw), keyed by STREAMS."""
-    key = [int(seed) % (1 << 64), zlib.crc32(layer.encode()), int(channel), int(draw)]
-    kids = np.random.SeedSequence(key).spawn(len(STREAMS))
-    return {name: np.random.default_rng(s) for name, s in zip(STREAMS, kids)}
+class UnitRandom:
+    """Independent generators of one (layer, channel, draw), one per name in STREAMS, made on first use."""
+
+    def __init__(self, seed: int, layer: str, channel: int, draw: int):
+        self.key = [int(seed) % (1 << 64), zlib.crc32(layer.encode()), int(channel), int(draw)]
+        self._made: dict[str, np.random.Generator] = {}
+
+    def __getitem__(self, stream: str) -> np.random.Generator:
+        if stream not in self._made:
+            self._made[stream] = np.random.default_rng([*self.key, STREAMS.index(stream)])
+        return self._made[stream]
+
+
+def unit_rngs(seed: int, layer: str, channel: int, draw: int) -> UnitRandom:
+    """The random streams of one (layer, channel, draw): unit_rngs(...)["kmeans"] etc."""
+    return UnitRandom(seed, layer, channel, draw)
 
 
 def n_local_trials(k: int) -> int:
@@ -34,6 +46,7 @@ def kmeans_uniforms(rng: np.random.Generator, n_k: int, n_init: int, k_max: int)
     return rng.random((n_k, n_init, k_max, n_local_trials(k_max) + 1))
 
 
+@functools.lru_cache(maxsize=8)
 def helmert_basis(K: int) -> np.ndarray:
     """[K, K-1] orthonormal basis of the vectors that sum to zero."""
     B = np.zeros((K, K - 1))
@@ -41,17 +54,18 @@ def helmert_basis(K: int) -> np.ndarray:
         B[:j, j - 1] = 1.0
         B[j, j - 1] = -j
         B[:, j - 1] /= math.sqrt(j * (j + 1))
+    B.setflags(write=False)
     return B
 
 
-def haar_orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
-    """A Haar-distributed matrix of O(n): QR of a Gaussian matrix with R's signs moved into Q."""
-    q, r = np.linalg.qr(rng.standard_normal((n, n)))
-    return q * np.sign(np.diag(r))
+def haar_orthogonal(gauss: np.ndarray) -> np.ndarray:
+    """Haar-distributed matrices of O(n) from standard normal [..., n, n]: QR with R's signs moved into Q."""
+    q, r = np.linalg.qr(gauss)
+    return q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
 
 
-def mixing_matrix(rng: np.random.Generator, K: int) -> np.ndarray:
-    """W [K, K] of the structure-free ("gaussian") null: X' = W X.
+def mixing_matrices(gauss: np.ndarray) -> np.ndarray:
+    """W [..., K, K] of the structure-free ("gaussian") null from normals [..., K-1, K-1]: X' = W X.
 
     W = 11^T/K + B O B^T with O Haar on the centred subspace. X' keeps the sample mean and
     the singular values and feature-space directions of the centred samples exactly, and
@@ -59,13 +73,14 @@ def mixing_matrix(rng: np.random.Generator, K: int) -> np.ndarray:
     is their exact distribution given the sample mean and covariance (a rotation test in
     sample space), so clusters in the loadings are what the null removes.
     """
+    K = gauss.shape[-1] + 1
     B = helmert_basis(K)
-    return np.full((K, K), 1.0 / K) + B @ haar_orthogonal(rng, K - 1) @ B.T
+    return 1.0 / K + B @ haar_orthogonal(gauss) @ B.T
 
 
 def rotation_matrix(rng: np.random.Generator, d: int) -> np.ndarray:
     """A Haar rotation of the embedding space (the paper's S-null; leaves every cosine unchanged)."""
-    return haar_orthogonal(rng, d)
+    return haar_orthogonal(rng.standard_normal((d, d)))
 
 
 def d_null_subset_size(n_main: int, n_null: int, fraction: float) -> int:
@@ -89,15 +104,15 @@ class NullDraw:
     """The random objects of one null draw of one channel."""
 
     permutation: np.ndarray  # [K] Q-null: cluster labels l -> l[permutation]
-    s_mixing: np.ndarray | None = None  # [K, K] gaussian S-null
+    s_gauss: np.ndarray | None = None  # [K-1, K-1] normals of the gaussian S-null (see mixing_matrices)
     s_rotation: np.ndarray | None = None  # [d, d] rotation S-null (reference only)
     d_subset: np.ndarray | None = None  # [C0] bool, unrelated concepts used by this draw
-    d_mixing: np.ndarray | None = None  # [K, K] random_directions D-null
+    d_gauss: np.ndarray | None = None  # [K-1, K-1] random_directions D-null when s_null is not gaussian
     d_prompt_perm: np.ndarray | None = None  # [P] shuffle D-null: prompt p gets concept of prompt perm[p]
 
 
 def null_draw(
-    rngs: dict[str, np.random.Generator],
+    rngs: UnitRandom,
     K: int,
     *,
     s_null: str,
@@ -111,7 +126,7 @@ def null_draw(
     """Draw the null objects of one (channel, draw). `d` is needed only for explicit rotations."""
     out = NullDraw(permutation=rngs["q_null"].permutation(K))
     if s_null == "gaussian":
-        out.s_mixing = mixing_matrix(rngs["s_null"], K)
+        out.s_gauss = rngs["s_null"].standard_normal((K - 1, K - 1))
     elif s_null == "rotation":
         if d is not None:
             out.s_rotation = rotation_matrix(rngs["s_null"], d)
@@ -123,21 +138,10 @@ def null_draw(
         mask[rngs["d_null"].choice(n_null_concepts, size=n, replace=False)] = True
         out.d_subset = mask
     elif d_null == "random_directions":
-        out.d_mixing = mixing_matrix(rngs["d_null"], K)
+        if s_null != "gaussian":  # otherwise the D-null reuses the S-null's structure-free sample
+            out.d_gauss = rngs["d_null"].standard_normal((K - 1, K - 1))
     elif d_null == "shuffle":
         out.d_prompt_perm = rngs["d_null"].permutation(n_main_prompts)
     else:
         raise ValueError(f"unknown nulls.d_null {d_null!r}; use unrelated_prompts, random_directions or shuffle")
     return out
-
-
-def block_partition(sizes: np.ndarray, K: int) -> np.ndarray:
-    """Labels [K] giving the first sizes[0] points cluster 0, the next sizes[1] cluster 1, ...
-
-    Null points are exchangeable, so consecutive blocks are a random partition with the
-    real cluster sizes.
-    """
-    sizes = np.asarray(sizes, dtype=np.int64)
-    if sizes.sum() != K:
-        raise ValueError(f"cluster sizes {sizes.tolist()} do not add up to K={K}")
-    return np.repeat(np.arange(len(sizes)), sizes)

@@ -12,7 +12,7 @@ import torch
 from ..config import NullConfig, StatsConfig
 from .kmeans import cluster_search
 from .metrics import canonical_labels, dense_labels, nmi, top2_gaps
-from .nulls import block_partition, kmeans_uniforms, null_draw, unit_rngs
+from .nulls import kmeans_uniforms, mixing_matrices, null_draw, unit_rngs
 from .text import TextBank
 
 SCORE_COLUMNS = ["channel", "draw", "S", "Q", "D", "k_hat"]
@@ -160,29 +160,60 @@ def _score_chunk(Z, y, chans, text, draws, stats: StatsConfig, nulls: NullConfig
     flat = [o for row in objs for o in row]
     Gr = G.repeat(len(nd), 1, 1)
     if nulls.s_null == "gaussian":
-        W = torch.from_numpy(np.stack([o.s_mixing for o in flat])).float().to(dev)
-        Gn = W @ Gr @ W.transpose(1, 2)
-        dg = Gn.diagonal(dim1=1, dim2=2).clamp_min(1e-12).sqrt()
-        Gn = Gn / (dg.unsqueeze(2) * dg.unsqueeze(1))
+        Gn, scale = _null_gram(Gr, np.stack([o.s_gauss for o in flat]))
     else:  # a rotation of the embedding space leaves the Gram matrix exactly unchanged
-        Gn = Gr
+        Gn, scale = Gr, None
     unif = np.stack(
         [kmeans_uniforms(rngs[c, m]["kmeans"], len(ks), stats.n_init, stats.k_max) for m in nd for c in chans]
     )
-    _, S_null, k_null = _best_k(_search(Gn, torch.from_numpy(unif).float().to(dev), stats, ks), ks)
-    S_null, k_null = S_null.cpu().numpy().astype(float), k_null.cpu().numpy()
+    res = _search(Gn, torch.from_numpy(unif).float().to(dev), stats, ks)
+    a, S_null, k_null = _best_k(res, ks)
     perm = np.stack([o.permutation for o in flat])
     lab_rep = np.tile(lab_np, (len(nd), 1))
     Q_null = nmi(np.tile(y_dense, (len(nd), 1)), np.take_along_axis(lab_rep, perm, 1))
-    D_null = _d_null(Zc, real, flat, text, nulls, level, len(nd)).cpu().numpy().astype(float)
+    if nulls.d_null == "random_directions":
+        if nulls.s_null != "gaussian":  # draw and cluster a structure-free sample of its own
+            Gn, scale = _null_gram(Gr, np.stack([o.d_gauss for o in flat]))
+            unif = np.stack([
+                kmeans_uniforms(rngs[c, m]["d_null"], len(ks), stats.n_init, stats.k_max) for m in nd for c in chans
+            ])
+            res = _search(Gn, torch.from_numpy(unif).float().to(dev), stats, ks)
+            a, _, _ = _best_k(res, ks)
+        D_null = _d_random_directions(Zc.repeat(len(nd), 1, 1), res, a, scale, text, stats)
+    else:
+        D_null = _d_null(real, flat, text, nulls, level, len(nd))
+    S_null, k_null, D_null = (t.cpu().numpy() for t in (S_null, k_null, D_null))
     for i, m in enumerate(nd):
         sl = slice(i * n, (i + 1) * n)
         out[m] = dict(S=S_null[sl], Q=Q_null[sl], D=D_null[sl], k_hat=k_null[sl])
     return out
 
 
-def _d_null(Zc, real: _Real, flat, text: TextBank, nulls: NullConfig, level: str, reps: int) -> torch.Tensor:
-    dev = Zc.device
+def _null_gram(G: torch.Tensor, gauss: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gram matrices of the structure-free patches unit(W Z) and the mixing matrices scaled row-wise.
+
+    Returns (Gram [U, K, K] of unit rows, M [U, K, K] with unit(W Z) = M Z).
+    """
+    W = torch.from_numpy(mixing_matrices(gauss)).to(G.dtype).to(G.device)
+    Gw = W @ G @ W.transpose(1, 2)
+    norm = Gw.diagonal(dim1=1, dim2=2).clamp_min(1e-12).sqrt()
+    return Gw / (norm.unsqueeze(2) * norm.unsqueeze(1)), W / norm.unsqueeze(2)
+
+
+def _d_random_directions(Z, res, a, M, text: TextBank, stats: StatsConfig) -> torch.Tensor:
+    """D of structure-free patches unit(W Z) = M Z, clustered like a real channel, against the main prompts."""
+    K = Z.shape[1]
+    labels = res.labels.gather(1, a.view(-1, 1, 1).expand(-1, 1, K)).squeeze(1)
+    A = torch.nn.functional.one_hot(labels, stats.k_max).to(Z.dtype)  # [U, K, k_max]
+    proto = _normalise(torch.bmm(torch.bmm(A.transpose(1, 2), M), Z))  # cluster sums of the null patches
+    E, _ = text.candidates("main", stats.gap_level)
+    sims = torch.einsum("nkd,pd->nkp", proto, torch.from_numpy(E).to(Z.device))
+    return top2_gaps(sims, A.sum(1) > 0)[0]
+
+
+def _d_null(real: _Real, flat, text: TextBank, nulls: NullConfig, level: str, reps: int) -> torch.Tensor:
+    """D-null from the real prototypes: unrelated-domain prompt subsets, or shuffled prompt concepts."""
+    dev = real.proto.device
     proto = real.proto.repeat(reps, 1, 1)
     valid = real.valid.repeat(reps, 1)
     if nulls.d_null == "unrelated_prompts":
@@ -193,20 +224,6 @@ def _d_null(Zc, real: _Real, flat, text: TextBank, nulls: NullConfig, level: str
         sims = torch.einsum("nkd,pd->nkp", proto, torch.from_numpy(E0).to(dev))
         allowed = torch.from_numpy(np.stack([o.d_subset for o in flat])[:, ids0]).to(dev)
         return top2_gaps(sims, valid, allowed)[0]
-    if nulls.d_null == "random_directions":
-        # Prototypes of structure-free patches drawn like the gaussian S-null, with the real cluster sizes.
-        n, K, _ = Zc.shape
-        k_max = proto.shape[1]
-        sizes = torch.nn.functional.one_hot(real.labels, k_max).sum(1).cpu().numpy()  # [n, k_max]
-        blocks = np.stack([block_partition(s, K) for s in sizes])
-        W = torch.from_numpy(np.stack([o.d_mixing for o in flat])).float().to(dev)
-        Zr = Zc.repeat(reps, 1, 1)
-        X = _normalise(torch.bmm(W, Zr))  # [U, K, d] structure-free unit patches
-        B = torch.nn.functional.one_hot(torch.from_numpy(np.tile(blocks, (reps, 1))).to(dev), k_max).float()
-        proto_null = _normalise(torch.bmm(B.transpose(1, 2), X))
-        E, _ = text.candidates("main", level)
-        sims = torch.einsum("nkd,pd->nkp", proto_null, torch.from_numpy(E).to(dev))
-        return top2_gaps(sims, valid)[0]
     if nulls.d_null == "shuffle":
         sims, _ = _shuffled_sims(proto, text, level, np.stack([o.d_prompt_perm for o in flat]))
         return top2_gaps(sims, valid)[0]

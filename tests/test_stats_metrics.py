@@ -1,0 +1,198 @@
+"""The batched ingredients of S, Q and D against scikit-learn, scipy and brute force."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import special_ortho_group
+from sklearn.cluster import KMeans
+from sklearn.metrics import normalized_mutual_info_score, silhouette_samples
+
+from polypsi.stats.kmeans import cluster_search, kmeanspp, lloyd
+from polypsi.stats.metrics import canonical_labels, dense_labels, nmi, silhouette_gram, top2_gaps
+from polypsi.stats.nulls import helmert_basis, kmeans_uniforms, mixing_matrices, unit_rngs
+from polypsi.stats.reference import canonical
+from polypsi.stats.score import _null_gram
+from polypsi.stats.synthetic import make_world, planted_channels
+from polypsi.stats.text import TextBank, concept_embeddings
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def gram(X):
+    X = torch.from_numpy(np.asarray(X, dtype=np.float32))
+    return X @ X.transpose(-1, -2)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    rng = np.random.default_rng(0)
+    world = make_world(rng, d=64, n_concepts=12)
+    Z, y, truth = planted_channels(rng, world, 6, 3, separation=1.5)
+    return Z, y, truth
+
+
+def test_silhouette_matches_sklearn_random_and_planted(planted):
+    rng = np.random.default_rng(1)
+    Z = unit(rng.standard_normal((8, 30, 16))).astype(np.float32)
+    labels = rng.integers(0, 4, (8, 30))
+    labels[0, :] = np.r_[0, np.ones(29, int)]  # a singleton cluster scores 0
+    labels[1, :] = np.r_[np.zeros(15, int), np.full(15, 3)]  # empty cluster ids in between
+    Zp, _, truth = planted
+    for X, lab, k in [(Z, labels, 4), (Zp, truth, 3)]:
+        mean, samples = silhouette_gram(gram(X), torch.from_numpy(lab), k)
+        for i in range(len(X)):
+            ref = silhouette_samples(X[i].astype(np.float64), lab[i], metric="cosine")
+            np.testing.assert_allclose(samples[i].numpy(), ref, atol=2e-5)
+            assert mean[i].item() == pytest.approx(ref.mean(), abs=2e-5)
+
+
+def test_nmi_matches_sklearn_including_edge_cases():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 7, (200, 50))
+    l = rng.integers(0, 5, (200, 50))
+    y[0] = 3  # constant classes
+    l[1] = 0  # constant clusters
+    y[2], l[2] = 1, 4  # both constant
+    l[3] = y[3] % 5  # a function of the classes
+    y[4] = l[4]  # identical labelings
+    got = nmi(dense_labels(y), l)
+    want = [normalized_mutual_info_score(a, b) for a, b in zip(y, l)]
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    assert got[2] == 1.0 and got[0] == 0.0 and got[4] == pytest.approx(1.0)
+
+
+def test_purity_gaps_match_brute_force():
+    rng = np.random.default_rng(3)
+    proto = unit(rng.standard_normal((5, 4, 12))).astype(np.float32)
+    cand = unit(rng.standard_normal((30, 12))).astype(np.float32)
+    valid = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], bool)
+    allowed = rng.random((5, 30)) < 0.5
+    sims = torch.einsum("nkd,pd->nkp", torch.from_numpy(proto), torch.from_numpy(cand))
+    for mask in (None, allowed):
+        D, gap, idx, top = top2_gaps(sims, torch.from_numpy(valid), None if mask is None else torch.from_numpy(mask))
+        for u in range(5):
+            gaps = []
+            for j in np.flatnonzero(valid[u]):
+                s = [(float(proto[u, j] @ cand[p]), p) for p in range(30) if mask is None or mask[u, p]]
+                (s1, p1), (s2, p2) = sorted(s, reverse=True)[:2]
+                assert gap[u, j].item() == pytest.approx(s1 - s2, abs=1e-6)
+                assert (idx[u, j, 0].item(), idx[u, j, 1].item()) == (p1, p2)
+                assert top[u, j].item() == pytest.approx(s1, abs=1e-6)
+                gaps.append(s1 - s2)
+            assert D[u].item() == pytest.approx(np.mean(gaps), abs=1e-6)
+
+
+def test_concept_level_candidates_average_templates():
+    rng = np.random.default_rng(4)
+    emb = unit(rng.standard_normal((12, 8)))
+    ids = np.repeat(np.arange(4), 3)
+    bank = TextBank(emb, ids, list("abcd"), emb[:6], np.repeat(np.arange(2), 3), ["x", "y"])
+    C, cid = bank.candidates("main", "concept")
+    for c in range(4):
+        np.testing.assert_allclose(C[c], unit(emb[ids == c].mean(0)), atol=1e-6)
+    np.testing.assert_array_equal(cid, np.arange(4))
+    P, pid = bank.candidates("main", "prompt")
+    np.testing.assert_array_equal(pid, ids)
+    np.testing.assert_allclose(concept_embeddings(emb, ids, 4), C, atol=1e-6)
+
+
+def test_canonical_labels_order_by_size_then_first_member():
+    rng = np.random.default_rng(5)
+    lab = rng.integers(0, 5, (50, 20))
+    lab[0] = np.r_[np.full(10, 3), np.full(10, 1)]  # tie in size: the earlier cluster comes first
+    got = canonical_labels(torch.from_numpy(lab), 5).numpy()
+    for a, b in zip(got, lab):
+        np.testing.assert_array_equal(a, canonical(b))
+    np.testing.assert_array_equal(got[0], np.r_[np.zeros(10, int), np.ones(10, int)])
+
+
+def test_euclidean_lloyd_matches_sklearn_from_the_same_init(planted):
+    rng = np.random.default_rng(6)
+    Z = np.concatenate([planted[0], unit(rng.standard_normal((6, 50, 64))).astype(np.float32)])
+    for k in (2, 3, 5):
+        centres = np.stack([rng.choice(50, k, replace=False) for _ in Z])
+        G = gram(Z)
+        init = torch.stack([G[i][:, centres[i]].argmax(1) for i in range(len(Z))])  # nearest centre
+        got, _ = lloyd(G, init.view(len(Z), 1, 1, 50), [k], max_iter=300, spherical=False)
+        for i, X in enumerate(Z.astype(np.float64)):
+            km = KMeans(k, init=X[centres[i]], n_init=1, tol=0, max_iter=300, algorithm="lloyd").fit(X)
+            np.testing.assert_array_equal(got[i, 0, 0].numpy(), km.labels_)
+
+
+def _spherical_brute_force(X, lab, k):
+    for _ in range(300):
+        cent = unit(np.stack([X[lab == j].sum(0) for j in range(k)]))
+        new = np.argmax(X @ cent.T, axis=1)
+        if np.array_equal(new, lab):
+            return lab
+        lab = new
+    return lab
+
+
+def test_spherical_lloyd_matches_brute_force(planted):
+    rng = np.random.default_rng(7)
+    Z = np.concatenate([planted[0], unit(rng.standard_normal((6, 50, 64))).astype(np.float32)])
+    G = gram(Z)
+    for k in (2, 4):
+        u = torch.from_numpy(np.stack([kmeans_uniforms(rng, 1, 3, 5) for _ in Z])).float()
+        init = kmeanspp(G, k, u[:, 0])  # [U, R, K]
+        got, _ = lloyd(G, init.unsqueeze(1), [k], max_iter=300, spherical=True)
+        for i in range(len(Z)):
+            for r in range(3):
+                if len(np.unique(got[i, 0, r].numpy())) < k:
+                    continue  # the brute force has no empty-cluster rule
+                want = _spherical_brute_force(Z[i].astype(np.float64), init[i, r].numpy(), k)
+                np.testing.assert_array_equal(got[i, 0, r].numpy(), want)
+
+
+def test_kmeanspp_picks_distinct_centres_and_recovers_planted(planted):
+    Z, _, truth = planted
+    rng = np.random.default_rng(8)
+    u = torch.from_numpy(np.stack([kmeans_uniforms(rng, 1, 10, 5) for _ in Z])).float()
+    lab = kmeanspp(gram(Z), 3, u[:, 0])
+    assert all(len(np.unique(l)) == 3 for l in lab.reshape(-1, 50).numpy())
+    res = cluster_search(gram(Z), u.expand(-1, 4, -1, -1, -1), [2, 3, 4, 5], max_iter=100)
+    assert (res.silhouette.argmax(1) == 1).all()  # K' = 3
+    for i in range(len(Z)):
+        assert normalized_mutual_info_score(truth[i], res.labels[i, 1].numpy()) == 1.0
+
+
+def test_gaussian_null_keeps_mean_and_spectrum_and_gram_trick_is_exact():
+    rng = np.random.default_rng(9)
+    X = unit(rng.standard_normal((50, 32)) + 2.0).astype(np.float64)
+    W = mixing_matrices(rng.standard_normal((3, 49, 49)))
+    np.testing.assert_allclose(W[0] @ W[0].T, np.eye(50), atol=1e-10)  # orthogonal
+    B = helmert_basis(50)
+    np.testing.assert_allclose(B.T @ B, np.eye(49), atol=1e-12)
+    np.testing.assert_allclose(B.sum(0), 0, atol=1e-12)
+    Xn = W[0] @ X
+    np.testing.assert_allclose(Xn.mean(0), X.mean(0), atol=1e-12)
+    sv = lambda A: np.linalg.svd(A - A.mean(0), compute_uv=False)
+    np.testing.assert_allclose(sv(Xn), sv(X), atol=1e-10)
+    assert not np.allclose(unit(Xn) @ unit(Xn).T, X @ X.T, atol=1e-2)  # but the geometry changes
+    G = gram(np.stack([X] * 3))
+    gauss = np.random.default_rng(10).standard_normal((3, 49, 49))
+    Gn, M = _null_gram(G, gauss)
+    for i, Wi in enumerate(mixing_matrices(gauss)):
+        Xi = unit(Wi @ X)
+        np.testing.assert_allclose(Gn[i].numpy(), Xi @ Xi.T, atol=1e-5)
+        np.testing.assert_allclose(M[i].numpy() @ X, Xi, atol=1e-5)
+
+
+def test_rotation_null_leaves_every_cosine_unchanged():
+    rng = np.random.default_rng(11)
+    X = unit(rng.standard_normal((50, 64)))
+    R = special_ortho_group.rvs(64, random_state=1)
+    np.testing.assert_allclose((X @ R.T) @ (X @ R.T).T, X @ X.T, atol=1e-12)
+
+
+def test_unit_streams_are_keyed_and_independent():
+    a = unit_rngs(0, "layer4", 7, 3)
+    b = unit_rngs(0, "layer4", 7, 3)
+    assert a["kmeans"].random() == b["kmeans"].random()
+    assert unit_rngs(0, "layer4", 7, 3)["kmeans"].random() != unit_rngs(0, "layer4", 7, 3)["q_null"].random()
+    seen = {unit_rngs(*key)["kmeans"].random() for key in
+            [(0, "layer4", 7, 3), (1, "layer4", 7, 3), (0, "layer3", 7, 3), (0, "layer4", 8, 3), (0, "layer4", 7, 4)]}
+    assert len(seen) == 5
