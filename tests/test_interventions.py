@@ -105,6 +105,7 @@ def test_known_detector_effects(tmp_path):
     trials, patches = _run(tmp_path)
     assert set(trials["channel"]) == {0}  # channel 1 has k_hat 1, channel 2 is dead
     assert (trials["status"] == "ok").all()
+    assert (trials["region_scale"] == 1.0).all()  # auto: the whole 8 px cell leaves room elsewhere
     assert len(trials) == 7 * len(CONDITIONS)
     colour = patches.set_index(["channel", "image_id"])["colour"]
     for r in trials.itertuples(index=False):
@@ -171,7 +172,7 @@ def test_trials_are_seeded(tmp_path):
 def test_no_free_position_is_reported_not_silent(tmp_path):
     dataset, patches, psi = _world(tmp_path)
     geom = {"input_size": S, "layers": {"act": dict(GEOMETRY["layers"]["act"], crop=20)}}
-    cfg = InterventionConfig(n_channels=1, sites_per_channel=3)
+    cfg = InterventionConfig(n_channels=1, sites_per_channel=3, region_scale=1.0)
     trials = run_interventions(ColourNet().eval(), "act", psi, patches, dataset, geom, cfg, "cpu", S,
                                ZERO_MEAN, UNIT_STD)
     elsewhere = trials["condition"].isin(["Shuffled-position", "Ablate-elsewhere"])
@@ -193,6 +194,12 @@ def test_no_free_position_is_reported_not_silent(tmp_path):
                                for u, v in zip(sites.u, sites.v)] for side in [box[2] - box[0]])
 
     assert feasible(best) and not feasible(best + 1 / 20)
+    # region_scale null picks the largest scale that works at every site of the 4x4 grid
+    grid = pd.DataFrame([(u, v) for u in range(4) for v in range(4)], columns=["u", "v"])
+    auto = run_interventions(ColourNet().eval(), "act", psi, patches, dataset, geom,
+                             cfg.model_copy(update={"region_scale": None}), "cpu", S, ZERO_MEAN, UNIT_STD)
+    assert (auto["status"] == "ok").all()
+    assert auto["region_scale"].unique().tolist() == [max_free_scale(grid, geom["layers"]["act"], S)] != [1.0]
     trials2 = run_interventions(ColourNet().eval(), "act", psi, patches, dataset, geom,
                                 cfg.model_copy(update={"region_scale": 0.4}), "cpu", S, ZERO_MEAN, UNIT_STD)
     assert (trials2["status"] == "ok").all()

@@ -210,10 +210,10 @@ class InterventionConfig(_Section):
         "mean", description="Ablate-elsewhere fill: mean = the model's normalisation mean colour, noise = uniform."
     )
     normalize: Literal["top1"] = Field("top1", description="Delta divided by the channel's top-1 activation.")
-    region_scale: float = Field(
-        1.0, gt=0.0, le=1.0,
-        description="Side of the replaced square as a fraction of the layer's crop (1 = the whole crop). "
-        "Smaller values leave room for the non-overlapping controls when the crop covers most of the image.",
+    region_scale: Optional[float] = Field(
+        None, gt=0.0, le=1.0,
+        description="Side of the replaced square as a fraction of the layer's crop (1 = the whole crop); "
+        "null = the largest fraction at which every site of the layer leaves room for a non-overlapping square.",
     )
     blend_px: int = Field(0, ge=0, description="Feather width of pasted regions in pixels (0 = hard paste).")
     test_unit: Literal["site", "channel"] = Field(

@@ -76,12 +76,12 @@ def select_channels(psi: pd.DataFrame, patches: pd.DataFrame, n: int) -> tuple[p
 # --------------------------------------------------------------------------- geometry helpers
 
 
-def region_box(u: int, v: int, layer_geom: dict, input_size: int, scale: float) -> Box:
+def region_box(u: int, v: int, layer_geom: dict, input_size: int, scale: float | None) -> Box:
     """The replaced square of site (u, v): the crop box, or a square of scale x crop on the same centre."""
     from .crops import crop_box
 
     geom = dict(layer_geom)
-    geom["crop"] = max(1, int(round(scale * min(layer_geom["crop"], input_size))))
+    geom["crop"] = max(1, int(round((1.0 if scale is None else scale) * min(layer_geom["crop"], input_size))))
     return tuple(int(b) for b in crop_box(int(u), int(v), geom, input_size))
 
 
@@ -106,18 +106,28 @@ def free_position(rng: np.random.Generator, size: int, h: int, w: int, avoid: Bo
 def max_free_scale(sites: pd.DataFrame, layer_geom: dict, input_size: int) -> float:
     """The largest region_scale at which every site (u, v) has a free non-overlapping square; 0 if none."""
     crop = min(layer_geom["crop"], input_size)
+    pairs = set(zip(sites["u"].astype(int), sites["v"].astype(int)))
     for side in range(crop, 0, -1):
         scale = side / crop
-        ok = True
-        for u, v in zip(sites["u"], sites["v"]):
-            y0, x0, y1, x1 = region_box(u, v, layer_geom, input_size, scale)
-            # a free square exists iff some margin beside the region is at least the side
-            if max(y0, x0, input_size - y1, input_size - x1) < y1 - y0:
-                ok = False
-                break
-        if ok:
+        # crop_box treats rows and columns alike, so the widest margin beside a region along y
+        # depends on u only and along x on v only; a free square exists iff one margin >= side.
+        margin = {}
+        for i in {p[0] for p in pairs} | {p[1] for p in pairs}:
+            lo, _, hi, _ = region_box(i, i, layer_geom, input_size, scale)
+            margin[i] = max(lo, input_size - hi)
+        if all(max(margin[u], margin[v]) >= side for u, v in pairs):
             return scale
     return 0.0
+
+
+def resolve_region_scale(cfg: InterventionConfig, layer_geom: dict, input_size: int) -> float:
+    """cfg.region_scale, or (null) the largest scale <= 1 leaving room for the elsewhere controls at every site."""
+    if cfg.region_scale is not None:
+        return float(cfg.region_scale)
+    grid = pd.DataFrame([(u, v) for u in range(int(layer_geom["height"])) for v in range(int(layer_geom["width"]))],
+                        columns=["u", "v"])
+    best = max_free_scale(grid, layer_geom, input_size)
+    return best if best > 0 else 1.0
 
 
 def _feather(h: int, w: int, px: int) -> torch.Tensor:
@@ -176,6 +186,7 @@ def plan_trials(chosen: pd.DataFrame, patches: pd.DataFrame, layer_geom: dict, i
     """
     pool = _donor_pool(patches)
     live = set(pool) if live is None else set(live)
+    scale = resolve_region_scale(cfg, layer_geom, input_size)
     rows = []
     for ch in chosen.itertuples(index=False):
         c = int(ch.channel)
@@ -184,7 +195,7 @@ def plan_trials(chosen: pd.DataFrame, patches: pd.DataFrame, layer_geom: dict, i
         for site in mine.head(cfg.sites_per_channel).itertuples(index=False):
             rng = np.random.default_rng([cfg.seed, c, int(site.rank)])
             img, clu = int(site.image_id), int(site.cluster)
-            box = region_box(site.u, site.v, layer_geom, input_size, cfg.region_scale)
+            box = region_box(site.u, site.v, layer_geom, input_size, scale)
             h, w = box[2] - box[0], box[3] - box[1]
             others = mine[mine["image_id"] != img]  # a donor from the target image would paste its own content
             aligned = _pick(rng, others[others["cluster"] == clu])
@@ -214,8 +225,8 @@ def plan_trials(chosen: pd.DataFrame, patches: pd.DataFrame, layer_geom: dict, i
                 ("Ablate-elsewhere", "fill", elsewhere, None),
             ]
             for cond, donor, where, no_donor in plans:
-                row = dict(base, condition=cond, status=OK, donor_channel=-1, donor_rank=-1, donor_image_id=-1,
-                           donor_cluster=-1, donor_u=-1, donor_v=-1, fill="", noise_seed=noise_seed)
+                row = dict(base, region_scale=scale, condition=cond, status=OK, donor_channel=-1, donor_rank=-1,
+                           donor_image_id=-1, donor_cluster=-1, donor_u=-1, donor_v=-1, fill="", noise_seed=noise_seed)
                 if donor is None:
                     row["status"] = "no_donor: " + (no_donor or "no Aligned donor for this site")
                 elif where is None:
@@ -294,9 +305,15 @@ def run_interventions(model_or_extractor, layer: str, psi: pd.DataFrame, patches
     if len(bad):
         raise ValueError(f"channels {bad['channel'].tolist()} have top activation <= 0; cannot normalise deltas")
 
+    scale = resolve_region_scale(cfg, layer_geom, input_size)
+    side = max(1, int(round(scale * min(layer_geom["crop"], input_size))))
+    lg.info("replaced square: %d px = %.3f x the %d px crop (%s)", side, scale, layer_geom["crop"],
+            "interventions.region_scale" if cfg.region_scale is not None else
+            "auto: largest leaving a non-overlapping square at every site")
+    cfg = cfg.model_copy(update={"region_scale": scale})
     live = set(psi.loc[psi["status"] == OK, "channel"].astype(int))
     trials = plan_trials(chosen, patches, layer_geom, input_size, cfg, live)
-    _check_boxes(trials, patches, cfg.region_scale, lg)
+    _check_boxes(trials, patches, scale, lg)
     paths = dict(zip(dataset["image_id"].astype(int), dataset["path"].astype(str)))
     missing = set(trials["image_id"]) | set(trials.loc[trials["donor_image_id"] >= 0, "donor_image_id"])
     missing -= set(paths)
