@@ -21,6 +21,7 @@ include: "workflow/rules/mining.smk"
 include: "workflow/rules/embedding.smk"
 include: "workflow/rules/scoring.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/interventions.smk"
 
 
 rule all:
