@@ -123,3 +123,24 @@ def test_gallery_and_k_hat_tables(report):
     for layer in LAYERS:
         ok = psi[layer][psi[layer].status == "ok"]
         assert kh[kh.layer == layer].n_all.sum() == len(ok)
+
+
+def test_gallery_figure_has_one_strip_per_cluster(tmp_path):
+    """Channel ids are not row positions: a gallery of channels 9 and 4 draws all their clusters, best first."""
+    from polypsi.report.gallery import gallery_table, plot_gallery
+
+    root = make_run(tmp_path)
+    psi, _, clusters, patches, ds, geom = load_run(root)
+    layer = "layer3"
+    p, c, pt = psi[layer].copy(), clusters[layer].copy(), patches[layer].copy()
+    for t in (p, c, pt):
+        t["channel"] = t["channel"] * 2 + 1  # ids 1, 3, 5, ...
+    heights = []
+    for n in (1, 2):
+        chosen = p[p.status == "ok"].sort_values("psi", ascending=False).head(n)
+        t = gallery_table(layer, chosen, c, "high")
+        plot_gallery(layer, "high", t, pt, ds, geom["input_size"], tmp_path / f"g{n}.png", per_cluster=3, thumb=32)
+        with Image.open(tmp_path / f"g{n}.png") as im:
+            heights.append(im.size[1])
+        assert len(t) == c[c.channel.isin(chosen.channel)].shape[0] >= 2 * n
+    assert heights[1] > heights[0] * 1.4

@@ -43,9 +43,10 @@ def plot_gallery(layer: str, which: str, table: pd.DataFrame, patches: pd.DataFr
 
         message_figure(path, f"{layer}: {which}-PSI gallery", "No channel with a valid PSI in this layer.")
         return
-    rows = table.dropna(subset=["cluster"]).sort_values(["channel"], kind="stable")
-    order = list(dict.fromkeys(table["channel"]))  # the gallery's ranking, best first
-    rows = rows.set_index("channel").loc[[c for c in order if c in set(rows.index)]].reset_index()
+    # Keep the gallery's ranking (best first), clusters in order within a channel.
+    position = {c: i for i, c in enumerate(dict.fromkeys(table["channel"]))}
+    rows = table.dropna(subset=["cluster"])
+    rows = rows.assign(_pos=rows["channel"].map(position)).sort_values(["_pos", "cluster"]).drop(columns="_pos")
     fig, axes = plt.subplots(len(rows), 1, figsize=(per_cluster * 0.95, 1.25 * len(rows) + 0.3), squeeze=False)
     first_of = set()
     for ax, r in zip(axes[:, 0], rows.itertuples(index=False)):
