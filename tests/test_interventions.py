@@ -22,10 +22,12 @@ from torch import nn
 from polypsi.config import InterventionConfig
 from polypsi.interventions import (
     CONDITIONS,
+    donor_box,
     free_position,
     holm,
     max_free_scale,
     paste,
+    plan_trials,
     plot_summary,
     region_box,
     run_interventions,
@@ -203,6 +205,46 @@ def test_no_free_position_is_reported_not_silent(tmp_path):
     trials2 = run_interventions(ColourNet().eval(), "act", psi, patches, dataset, geom,
                                 cfg.model_copy(update={"region_scale": 0.4}), "cpu", S, ZERO_MEAN, UNIT_STD)
     assert (trials2["status"] == "ok").all()
+
+
+def test_donor_box_keeps_offset_to_site():
+    # a corner site whose crop was shifted inside the image: the donor square sits at the same offset
+    # from the donor's site centre, so the donor content lands where the replaced content was
+    box, shift = donor_box((0, 32, 32, 64), 0, 7, 4, 3, 8.0, 64)
+    assert box == (32, 0, 64, 32) and shift == 0
+    box, shift = donor_box((8, 8, 40, 40), 3, 3, 7, 6, 8.0, 64)  # would leave the image: shifted back
+    assert box == (32, 32, 64, 64) and shift == 8
+
+
+def test_matched_and_random_donors():
+    acts = {0: [1.0, 0.95, 0.7, 0.5, 0.3], 1: [0.9, 0.6, 0.4]}
+    rows = []
+    for cl, values in acts.items():
+        for a in values:
+            rows.append(dict(channel=0, cluster=cl, activation=a))
+    rows.append(dict(channel=1, cluster=0, activation=2.0))
+    rows.append(dict(channel=1, cluster=0, activation=1.2))
+    patches = pd.DataFrame(rows).sort_values(["channel", "activation"], ascending=[True, False])
+    patches["rank"] = patches.groupby("channel").cumcount()
+    patches["image_id"] = np.arange(len(patches))
+    patches["u"], patches["v"] = 1, 1
+    chosen = pd.DataFrame(dict(channel=[0], psi=[1.0], k_hat=[2], top1_activation=[1.0]))
+    cfg = InterventionConfig(sites_per_channel=3, region_scale=1.0)
+    plan = plan_trials(chosen, patches, GEOMETRY["layers"]["act"], S, cfg).set_index(["site_rank", "condition"])
+    # site rank 0 (1.0, cluster 0): closest other cluster-0 donor 0.95; other cluster 0.9; channel 1 rel 1.0
+    assert plan.loc[(0, "Aligned"), "donor_activation"] == 0.95
+    assert plan.loc[(0, "Non-aligned"), "donor_activation"] == 0.9
+    assert plan.loc[(0, "Random"), "donor_activation"] == 2.0
+    assert plan.loc[(0, "Shuffled-position"), "donor_image_id"] == plan.loc[(0, "Aligned"), "donor_image_id"]
+    # site rank 2 (0.9, cluster 1): aligned 0.6, non-aligned the closest of cluster 0, i.e. 0.95
+    assert plan.loc[(2, "Aligned"), "donor_activation"] == 0.6
+    assert plan.loc[(2, "Non-aligned"), "donor_activation"] == 0.95
+    seen = set()
+    for seed in range(30):
+        p = plan_trials(chosen, patches, GEOMETRY["layers"]["act"], S,
+                        cfg.model_copy(update={"donor": "random", "seed": seed}))
+        seen.add(p.loc[(p.site_rank == 0) & (p.condition == "Aligned"), "donor_activation"].item())
+    assert seen == {0.95, 0.7, 0.5, 0.3}
 
 
 def test_free_position_matches_brute_force():

@@ -216,6 +216,11 @@ class InterventionConfig(_Section):
         "null = the largest fraction at which every site of the layer leaves room for a non-overlapping square.",
     )
     blend_px: int = Field(0, ge=0, description="Feather width of pasted regions in pixels (0 = hard paste).")
+    donor: Literal["matched", "random"] = Field(
+        "matched",
+        description="Donor patch of each pool: matched = the one whose activation (relative to its channel's "
+        "top-1) is closest to the site's, so a swap is not biased by weaker donors; random = any.",
+    )
     test_unit: Literal["site", "channel"] = Field(
         "site", description="Unit of the paired t-tests: (channel, site) pairs, or per-channel means of them."
     )

@@ -85,6 +85,23 @@ def region_box(u: int, v: int, layer_geom: dict, input_size: int, scale: float |
     return tuple(int(b) for b in crop_box(int(u), int(v), geom, input_size))
 
 
+def donor_box(site_box: Box, u: int, v: int, donor_u: int, donor_v: int, stride: float,
+              input_size: int) -> tuple[Box, int]:
+    """The square cut from the donor image: the site's region moved by the offset between the two sites.
+
+    The donor's content thus keeps the position relative to its site that the replaced content had
+    relative to the target site, also when one of the two crops was shifted at an image border.
+    Returns the box and how many pixels it had to be shifted back inside the donor image (misalignment).
+    """
+    y0, x0, y1, x1 = site_box
+    h, w = y1 - y0, x1 - x0
+    want_y = y0 + int(round((donor_u - u) * stride))
+    want_x = x0 + int(round((donor_v - v) * stride))
+    dy0 = min(max(want_y, 0), input_size - h)
+    dx0 = min(max(want_x, 0), input_size - w)
+    return (dy0, dx0, dy0 + h, dx0 + w), max(abs(dy0 - want_y), abs(dx0 - want_x))
+
+
 def free_position(rng: np.random.Generator, size: int, h: int, w: int, avoid: Box) -> Optional[Box]:
     """A uniformly drawn h x w square inside the image that does not overlap `avoid`; None if none exists."""
     if h > size or w > size:
@@ -159,8 +176,15 @@ def paste(img: torch.Tensor, patch: torch.Tensor, box: Box, blend_px: int = 0) -
 
 
 def _donor_pool(patches: pd.DataFrame) -> dict[int, pd.DataFrame]:
+    """Per channel its patches by rank, with `rel` = activation / the channel's largest (NaN if unknown)."""
     cols = [c for c in ("channel", "rank", "image_id", "u", "v", "cluster", "activation") if c in patches]
-    return {int(c): g[cols].sort_values("rank").reset_index(drop=True) for c, g in patches.groupby("channel")}
+    pool = {}
+    for c, g in patches.groupby("channel"):
+        g = g[cols].sort_values("rank").reset_index(drop=True)
+        top = g["activation"].max() if "activation" in g else np.nan
+        g["rel"] = g["activation"] / top if top > 0 else np.nan
+        pool[int(c)] = g
+    return pool
 
 
 def _unrelated_channels(channel: int, pool: dict[int, pd.DataFrame], live: set[int]) -> list[int]:
@@ -173,8 +197,14 @@ def _unrelated_channels(channel: int, pool: dict[int, pd.DataFrame], live: set[i
     return sorted(c for c, o in overlap.items() if o == least)
 
 
-def _pick(rng: np.random.Generator, rows: pd.DataFrame) -> Optional[pd.Series]:
-    return None if rows.empty else rows.iloc[int(rng.integers(len(rows)))]
+def _pick(rng: np.random.Generator, rows: pd.DataFrame, rel: float, mode: str) -> Optional[pd.Series]:
+    """A donor row: any at random, or (matched) one whose relative activation is closest to the site's."""
+    if rows.empty:
+        return None
+    if mode == "matched" and np.isfinite(rel) and rows["rel"].notna().all():
+        gap = (rows["rel"] - rel).abs()
+        rows = rows[gap == gap.min()]
+    return rows.iloc[int(rng.integers(len(rows)))]
 
 
 def plan_trials(chosen: pd.DataFrame, patches: pd.DataFrame, layer_geom: dict, input_size: int,
@@ -198,16 +228,17 @@ def plan_trials(chosen: pd.DataFrame, patches: pd.DataFrame, layer_geom: dict, i
             box = region_box(site.u, site.v, layer_geom, input_size, scale)
             h, w = box[2] - box[0], box[3] - box[1]
             others = mine[mine["image_id"] != img]  # a donor from the target image would paste its own content
-            aligned = _pick(rng, others[others["cluster"] == clu])
+            rel = float(site.rel)
+            aligned = _pick(rng, others[others["cluster"] == clu], rel, cfg.donor)
             non_aligned = None
             other_clusters = sorted(set(others["cluster"]) - {clu})
             if other_clusters:
                 oc = other_clusters[int(rng.integers(len(other_clusters)))]
-                non_aligned = _pick(rng, others[others["cluster"] == oc])
+                non_aligned = _pick(rng, others[others["cluster"] == oc], rel, cfg.donor)
             random_donor = None
             if unrelated:
                 rc = unrelated[int(rng.integers(len(unrelated)))]
-                random_donor = _pick(rng, pool[rc][pool[rc]["image_id"] != img])
+                random_donor = _pick(rng, pool[rc][pool[rc]["image_id"] != img], rel, cfg.donor)
             elsewhere = free_position(rng, input_size, h, w, box)
             noise_seed = int(rng.integers(2**31))
             base = dict(
@@ -226,7 +257,9 @@ def plan_trials(chosen: pd.DataFrame, patches: pd.DataFrame, layer_geom: dict, i
             ]
             for cond, donor, where, no_donor in plans:
                 row = dict(base, region_scale=scale, condition=cond, status=OK, donor_channel=-1, donor_rank=-1,
-                           donor_image_id=-1, donor_cluster=-1, donor_u=-1, donor_v=-1, fill="", noise_seed=noise_seed)
+                           donor_image_id=-1, donor_cluster=-1, donor_u=-1, donor_v=-1, donor_activation=np.nan,
+                           donor_y0=-1, donor_x0=-1, donor_y1=-1, donor_x1=-1, donor_misalign_px=0, fill="",
+                           noise_seed=noise_seed)
                 if donor is None:
                     row["status"] = "no_donor: " + (no_donor or "no Aligned donor for this site")
                 elif where is None:
@@ -235,9 +268,12 @@ def plan_trials(chosen: pd.DataFrame, patches: pd.DataFrame, layer_geom: dict, i
                 if isinstance(donor, str):
                     row["fill"] = cfg.fill
                 elif donor is not None:
+                    src, shift = donor_box(box, site.u, site.v, donor.u, donor.v, layer_geom["stride"], input_size)
                     row.update(donor_channel=int(donor.channel), donor_rank=int(donor["rank"]),
                                donor_image_id=int(donor.image_id), donor_cluster=int(donor.cluster),
-                               donor_u=int(donor.u), donor_v=int(donor.v))
+                               donor_u=int(donor.u), donor_v=int(donor.v),
+                               donor_activation=float(donor.get("activation", np.nan)), donor_y0=src[0],
+                               donor_x0=src[1], donor_y1=src[2], donor_x1=src[3], donor_misalign_px=shift)
                 ry0, rx0, ry1, rx1 = where if where is not None else (-1, -1, -1, -1)
                 row.update(region_y0=ry0, region_x0=rx0, region_y1=ry1, region_x1=rx1)
                 rows.append(row)
@@ -331,8 +367,7 @@ def run_interventions(model_or_extractor, layer: str, psi: pd.DataFrame, patches
         if r.fill:
             patch = _fill_patch(r.fill, box[2] - box[0], box[3] - box[1], mean, int(r.noise_seed))
         else:
-            b = region_box(r.donor_u, r.donor_v, layer_geom, input_size, cfg.region_scale)
-            patch = image(int(r.donor_image_id))[:, b[0]:b[2], b[1]:b[3]]
+            patch = image(int(r.donor_image_id))[:, r.donor_y0:r.donor_y1, r.donor_x0:r.donor_x1]
         return paste(img, patch, box, cfg.blend_px)
 
     # Jobs: one unmodified image per site ("before") and one per feasible trial ("after").
