@@ -9,7 +9,14 @@ from sklearn.metrics import normalized_mutual_info_score, silhouette_samples
 
 from polypsi.stats.kmeans import cluster_search, kmeanspp, lloyd
 from polypsi.stats.metrics import canonical_labels, dense_labels, nmi, silhouette_gram, top2_gaps
-from polypsi.stats.nulls import helmert_basis, kmeans_uniforms, mixing_matrices, unit_rngs
+from polypsi.stats.nulls import (
+    TANGENT_MIN_COS,
+    helmert_basis,
+    kmeans_uniforms,
+    mixing_matrices,
+    structure_free_sample,
+    unit_rngs,
+)
 from polypsi.stats.reference import canonical
 from polypsi.stats.score import _null_gram
 from polypsi.stats.synthetic import make_world, planted_channels
@@ -159,7 +166,7 @@ def test_kmeanspp_picks_distinct_centres_and_recovers_planted(planted):
         assert normalized_mutual_info_score(truth[i], res.labels[i, 1].numpy()) == 1.0
 
 
-def test_gaussian_null_keeps_mean_and_spectrum_and_gram_trick_is_exact():
+def test_gaussian_null_keeps_mean_and_spectrum_and_gram_version_is_exact():
     rng = np.random.default_rng(9)
     X = unit(rng.standard_normal((50, 32)) + 2.0).astype(np.float64)
     W = mixing_matrices(rng.standard_normal((3, 49, 49)))
@@ -172,13 +179,22 @@ def test_gaussian_null_keeps_mean_and_spectrum_and_gram_trick_is_exact():
     sv = lambda A: np.linalg.svd(A - A.mean(0), compute_uv=False)
     np.testing.assert_allclose(sv(Xn), sv(X), atol=1e-10)
     assert not np.allclose(unit(Xn) @ unit(Xn).T, X @ X.T, atol=1e-2)  # but the geometry changes
-    G = gram(np.stack([X] * 3))
-    gauss = np.random.default_rng(10).standard_normal((3, 49, 49))
-    Gn, M = _null_gram(G, gauss)
-    for i, Wi in enumerate(mixing_matrices(gauss)):
-        Xi = unit(Wi @ X)
-        np.testing.assert_allclose(Gn[i].numpy(), Xi @ Xi.T, atol=1e-5)
-        np.testing.assert_allclose(M[i].numpy() @ X, Xi, atol=1e-5)
+    # The scorer's Gram-matrix version equals the explicit one, with a mean direction (central
+    # projection) and without one (the unit vectors are mixed).
+    centred = unit(rng.standard_normal((50, 32)))
+    for Y in (X, centred):
+        gauss = rng.standard_normal((3, 49, 49))
+        Gn, M = _null_gram(gram(np.stack([Y] * 3)), gauss)
+        for i in range(3):
+            Xi = structure_free_sample(Y, gauss[i])
+            np.testing.assert_allclose(Gn[i].numpy(), Xi @ Xi.T, atol=1e-5)
+            np.testing.assert_allclose(M[i].numpy() @ Y, Xi, atol=1e-5)
+    a = X @ unit(X.mean(0))
+    assert a.min() > TANGENT_MIN_COS > (centred @ unit(centred.mean(0))).min()
+    np.testing.assert_allclose(structure_free_sample(centred, gauss[0]), unit(mixing_matrices(gauss[0]) @ centred))
+    # Central projection: the projected patches keep their mean direction and lie on the tangent plane.
+    T = X / a[:, None]
+    np.testing.assert_allclose(T @ unit(X.mean(0)), 1.0, atol=1e-12)
 
 
 def test_rotation_null_leaves_every_cosine_unchanged():

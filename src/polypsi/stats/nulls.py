@@ -78,6 +78,27 @@ def mixing_matrices(gauss: np.ndarray) -> np.ndarray:
     return 1.0 / K + B @ haar_orthogonal(gauss) @ B.T
 
 
+# Below this cosine to the mean direction a patch has no usable central projection (it would land
+# at or beyond infinity), and the null mixes the unit vectors themselves.
+TANGENT_MIN_COS = 0.2
+
+
+def structure_free_sample(X: np.ndarray, gauss: np.ndarray) -> np.ndarray:
+    """The gaussian S-null's patches for unit rows X [K, d] (explicit version; the scorer uses Gram matrices).
+
+    Patches are centrally projected onto the plane tangent to the sphere at their mean direction
+    (x / (x . m), which undoes the L2 normalisation exactly for Gaussian patches whose spread is
+    orthogonal to m), redrawn there given their mean and covariance (mixing_matrices), and
+    normalised back onto the sphere. Mixing the unit vectors directly would apply the
+    normalisation's flattening of the spectrum twice and understate S under the null.
+    """
+    m = X.mean(0)
+    a = X @ (m / np.linalg.norm(m))
+    T = X / a[:, None] if a.min() > TANGENT_MIN_COS else X
+    out = mixing_matrices(gauss) @ T
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
 def rotation_matrix(rng: np.random.Generator, d: int) -> np.ndarray:
     """A Haar rotation of the embedding space (the paper's S-null; leaves every cosine unchanged)."""
     return haar_orthogonal(rng.standard_normal((d, d)))

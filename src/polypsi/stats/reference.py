@@ -14,7 +14,7 @@ from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.metrics import normalized_mutual_info_score, silhouette_samples
 
 from ..config import NullConfig, StatsConfig
-from .nulls import mixing_matrices, null_draw, unit_rngs
+from .nulls import null_draw, structure_free_sample, unit_rngs
 from .score import rows_to_frame
 from .text import TextBank
 
@@ -138,18 +138,18 @@ def score_channels_reference(Z, labels, channels, text: TextBank, draws, stats: 
                 n_main_concepts=len(text.concepts), n_null_concepts=len(text.null_concepts),
                 n_main_prompts=len(text.emb), d_fraction=nulls.d_null_fraction, d=X.shape[1],
             )
-            Xn = _unit(mixing_matrices(o.s_gauss) @ X) if o.s_gauss is not None else X @ o.s_rotation.T
+            Xn = structure_free_sample(X, o.s_gauss) if o.s_gauss is not None else X @ o.s_rotation.T
             S_m, k_m, lab_m, _ = cluster_reference(Xn, stats, rngs["kmeans"])
             r["S"].append(S_m)
             r["k_hat"].append(k_m)
             r["Q"].append(normalized_mutual_info_score(y, lab[o.permutation]))
-            if o.d_subset is not None:
+            if nulls.d_null == "unrelated_prompts":
                 keep = np.flatnonzero(o.d_subset)
                 E0, ids0 = candidates(text, "null", level)
                 r["D"].append(_d_score(protos, E0[np.isin(ids0, keep)]))
-            elif o.d_gauss is not None:  # D of structure-free patches clustered like a real channel
+            elif nulls.d_null == "random_directions":  # D of structure-free patches clustered like real ones
                 if o.s_gauss is None:
-                    Xn = _unit(mixing_matrices(o.d_gauss) @ X)
+                    Xn = structure_free_sample(X, o.d_gauss)
                     _, k_m, lab_m, _ = cluster_reference(Xn, stats, rngs["d_null"])
                 r["D"].append(_d_score([Xn[lab_m == j].mean(0) for j in range(k_m)], E))
             else:

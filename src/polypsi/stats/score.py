@@ -12,7 +12,7 @@ import torch
 from ..config import NullConfig, StatsConfig
 from .kmeans import cluster_search
 from .metrics import canonical_labels, dense_labels, nmi, top2_gaps
-from .nulls import kmeans_uniforms, mixing_matrices, null_draw, unit_rngs
+from .nulls import TANGENT_MIN_COS, kmeans_uniforms, mixing_matrices, null_draw, unit_rngs
 from .text import TextBank
 
 SCORE_COLUMNS = ["channel", "draw", "S", "Q", "D", "k_hat"]
@@ -190,11 +190,16 @@ def _score_chunk(Z, y, chans, text, draws, stats: StatsConfig, nulls: NullConfig
 
 
 def _null_gram(G: torch.Tensor, gauss: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gram matrices of the structure-free patches unit(W Z) and the mixing matrices scaled row-wise.
+    """Gram matrices of the gaussian S-null's patches, from the real Gram matrices G [U, K, K].
 
-    Returns (Gram [U, K, K] of unit rows, M [U, K, K] with unit(W Z) = M Z).
+    Same construction as nulls.structure_free_sample, in K-space: the central projection
+    x / (x . m) has Gram G / (a a^T) with a = x . m = (G 1) / sqrt(1^T G 1).
+    Returns (Gram [U, K, K] of the unit null patches, M [U, K, K] with null patches = M Z).
     """
-    W = torch.from_numpy(mixing_matrices(gauss)).to(G.dtype).to(G.device)
+    a = G.sum(-1) / G.sum((-1, -2)).clamp_min(1e-12).sqrt().unsqueeze(-1)  # cosine to the mean direction
+    ok = a.amin(-1, keepdim=True) > TANGENT_MIN_COS
+    a = torch.where(ok, a, torch.ones_like(a))
+    W = torch.from_numpy(mixing_matrices(gauss)).to(G.dtype).to(G.device) / a.unsqueeze(1)
     Gw = W @ G @ W.transpose(1, 2)
     norm = Gw.diagonal(dim1=1, dim2=2).clamp_min(1e-12).sqrt()
     return Gw / (norm.unsqueeze(2) * norm.unsqueeze(1)), W / norm.unsqueeze(2)

@@ -89,9 +89,12 @@ def noise_channels(
     rng: np.random.Generator, n: int, K: int = 50, d: int = 512, decay: float = 0.0, common: float = 0.0,
     n_classes: int = 10,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Structure-free channels: Gaussian patches (spectrum ~ i^-decay, optional common offset), random labels."""
+    """Structure-free channels: Gaussian patches, random labels.
+
+    The spread has total variance 1 and spectrum ~ i^-decay along the coordinate axes; `common`
+    is the length of an offset along a random direction (CLIP embeddings share a mean direction).
+    """
     scale = np.arange(1, d + 1, dtype=float) ** -decay
-    scale *= np.sqrt(d) / np.linalg.norm(scale)  # total variance 1, like the isotropic case
-    Z = rng.standard_normal((n, K, d)) * scale / np.sqrt(d)
-    Z[..., 0] += common
+    scale *= np.sqrt(d) / np.linalg.norm(scale)
+    Z = rng.standard_normal((n, K, d)) * scale / np.sqrt(d) + common * _unit(rng.standard_normal(d))
     return _unit(Z).astype(np.float32), rng.integers(0, n_classes, (n, K))
