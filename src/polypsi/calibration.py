@@ -1,8 +1,8 @@
 """Null calibration (paper section 3.6): hats, PSI, log PSI, and null neurons for the AUROC.
 
-hat = sigmoid((x - mu) / (sd + eps)) per component, PSI = S_hat * Q_hat * D_hat and
-log PSI = sum of log hats, with log(sigmoid(z)) = -softplus(-z) so that it stays finite
-when a hat underflows to 0.
+hat = sigmoid((x - mu) / (sd + eps)) per component (mu, sd: mean and sample sd of the null
+draws), PSI = S_hat * Q_hat * D_hat and log PSI = sum of log hats, with
+log(sigmoid(z)) = -softplus(-z) so that it stays finite when a hat underflows to 0.
 
 Null neurons: with nulls.holdout_null_neurons the last draw M of every channel is held
 out and scored exactly like a real channel against draws 1..M-1. Real channels are
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit, log_expit
 
 from .config import NullConfig
 
@@ -23,11 +24,6 @@ PSI_COLUMNS = [
     "channel", "S", "Q", "D", "S_mu", "S_sd", "Q_mu", "Q_sd", "D_mu", "D_sd",
     "S_hat", "Q_hat", "D_hat", "psi", "log_psi", "k_hat", "status",
 ]
-
-
-def log_sigmoid(z: np.ndarray) -> np.ndarray:
-    """log(1 / (1 + exp(-z))) without overflow: -softplus(-z)."""
-    return -np.logaddexp(0.0, -np.asarray(z, dtype=float))
 
 
 def _check_draws(scores: pd.DataFrame, m: int) -> None:
@@ -64,8 +60,8 @@ def _calibrate_rows(x: pd.DataFrame, ref: pd.DataFrame, nulls: NullConfig) -> pd
         out[c] = x[c].astype(float)
         out[f"{c}_mu"], out[f"{c}_sd"] = mu[c], sd[c]
         z = (x[c] - mu[c]) / (sd[c] + nulls.eps)
-        out[f"{c}_hat"] = 1.0 / (1.0 + np.exp(-z.clip(-700, 700)))
-        log_psi += log_sigmoid(z.to_numpy())
+        out[f"{c}_hat"] = expit(z)
+        log_psi += log_expit(z.to_numpy())  # -softplus(-z): finite where the hat underflows
         for i in np.flatnonzero((sd[c] < nulls.sd_tol).to_numpy()):
             flags[i].append(c)
     out["psi"] = np.exp(log_psi)
