@@ -74,20 +74,20 @@ def index_rows(psi: dict[str, pd.DataFrame], clusters: dict[str, pd.DataFrame]) 
     """One row per channel of every layer, in INDEX_COLUMNS order plus the page link."""
     rows = []
     for layer, df in psi.items():
-        cl = clusters.get(layer)
         names = {}
+        cl = clusters.get(layer)
         if cl is not None and len(cl):
-            for ch, g in cl.sort_values(["channel", "size"], ascending=[True, False]).groupby("channel", sort=False):
-                names[int(ch)] = " · ".join(_cluster_label(r) for _, r in g.iterrows())
-        for r in df.sort_values("channel").itertuples(index=False):
-            r = r._asdict()
+            # Biggest cluster first in the name list.
+            for r in cl.sort_values(["channel", "size", "cluster"], ascending=[True, False, True]).to_dict("records"):
+                names.setdefault(int(r["channel"]), []).append(_cluster_label(r))
+        for r in df.sort_values("channel").to_dict("records"):
             ch = int(r["channel"])
             k = _num(r.get("k_hat"))
             rows.append(
                 [
                     str(layer), ch, _num(r.get("psi")), _num(r.get("log_psi")), _num(r.get("S_hat")),
                     _num(r.get("Q_hat")), _num(r.get("D_hat")), None if k is None else int(k),
-                    names.get(ch, ""), str(r.get("status", "ok")), _num(r.get("top_activation")),
+                    " · ".join(names.get(ch, [])), str(r.get("status", "ok")), _num(r.get("top_activation")),
                     channel_href(layer, ch),
                 ]
             )
@@ -128,9 +128,10 @@ def activation_svg(ranks, acts, clusters, width: int = 420, height: int = 130) -
             f'{axis}{"".join(pts)}</svg>')
 
 
-def channel_page(layer: str, row: dict, patches: pd.DataFrame, clusters: pd.DataFrame, sprite_cols: int,
+def channel_page(layer: str, row: dict, patches: list[dict], clusters: dict[int, dict], sprite_cols: int,
                  thumb: int, prev_href: str | None, next_href: str | None, class_names: dict) -> str:
-    """The HTML of one channel page. `patches` rows are in sprite order (thumbnail i = row i)."""
+    """The HTML of one channel page. `patches` are records in sprite order (thumbnail i = patches[i]);
+    `clusters` maps cluster id to its clusters/<layer>.parquet record."""
     e = html.escape
     ch = int(row["channel"])
     up = "../../"
@@ -150,37 +151,38 @@ def channel_page(layer: str, row: dict, patches: pd.DataFrame, clusters: pd.Data
     ]
     summary_html = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in summary)
 
+    groups: dict[int, list[tuple[int, dict]]] = {}
+    for pos, p in enumerate(patches):
+        groups.setdefault(int(p["cluster"]), []).append((pos, p))
     sections = []
-    if len(patches):
-        pos = np.arange(len(patches))
-        groups = patches.assign(sprite_pos=pos).groupby("cluster", sort=True)
-        info = clusters.set_index("cluster") if len(clusters) else pd.DataFrame()
-        for cl, g in groups:
-            cl = int(cl)
-            if cl in info.index:
-                ci = info.loc[cl]
-                title = e(str(ci.get("concept_1", ""))) or f"cluster {cl}"
-                detail = (f'size {int(ci["size"])} · silhouette {_fmt(ci.get("silhouette"))} · '
-                          f'gap {_fmt(ci.get("gap"), 4)} · best match {_fmt(ci.get("similarity_1"))} · '
-                          f'runner-up “{e(str(ci.get("concept_2", "")))}”')
-            else:
-                title, detail = f"cluster {cl}", f"size {len(g)}"
-            figs = []
-            for r in g.itertuples(index=False):
-                rr, cc = divmod(int(r.sprite_pos), sprite_cols)
-                cname = e(str(class_names.get(int(r.label), r.label))) if hasattr(r, "label") else ""
-                figs.append(
-                    f'<figure><img class="thumb" src="{sprite}" width="{thumb}" height="{thumb}" alt="rank {int(r.rank)}" '
-                    f'style="object-position:-{cc * thumb}px -{rr * thumb}px" loading="lazy">'
-                    f'<figcaption>#{int(r.rank)} · {float(r.activation):.3g}<br>{cname}</figcaption></figure>'
-                )
-            sections.append(
-                f'<section class="cluster" data-cluster="{cl}"><h3><span class="swatch c{cl % 8}"></span>'
-                f'Cluster {cl}: {title}</h3><p class="detail">{detail}</p><div class="patches">{"".join(figs)}</div></section>'
+    for cl in sorted(groups):
+        members = groups[cl]
+        ci = clusters.get(cl)
+        if ci is not None:
+            title = e(str(ci.get("concept_1") or "")) or f"cluster {cl}"
+            detail = (f'size {int(ci["size"])} · silhouette {_fmt(ci.get("silhouette"))} · '
+                      f'gap {_fmt(ci.get("gap"), 4)} · best match {_fmt(ci.get("similarity_1"))} · '
+                      f'runner-up “{e(str(ci.get("concept_2") or ""))}”')
+        else:
+            title, detail = f"cluster {cl}", f"size {len(members)}"
+        figs = []
+        for pos, p in members:
+            rr, cc = divmod(pos, sprite_cols)
+            label = p.get("label")
+            cname = "" if label is None else e(str(class_names.get(int(label), label)))
+            figs.append(
+                f'<figure><img class="thumb" src="{sprite}" width="{thumb}" height="{thumb}" alt="rank {int(p["rank"])}" '
+                f'style="object-position:-{cc * thumb}px -{rr * thumb}px" loading="lazy">'
+                f'<figcaption>#{int(p["rank"])} · {float(p["activation"]):.3g}<br>{cname}</figcaption></figure>'
             )
-    else:
+        sections.append(
+            f'<section class="cluster" data-cluster="{cl}"><h3><span class="swatch c{cl % 8}"></span>'
+            f'Cluster {cl}: {title}</h3><p class="detail">{detail}</p><div class="patches">{"".join(figs)}</div></section>'
+        )
+    if not patches:
         sections.append("<p>No mined patches for this channel.</p>")
-    chart = activation_svg(patches["rank"], patches["activation"], patches["cluster"]) if len(patches) else ""
+    chart = activation_svg([p["rank"] for p in patches], [p["activation"] for p in patches],
+                           [p["cluster"] for p in patches]) if patches else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(layer)} channel {ch} · polypsi</title>
 <link rel="stylesheet" href="{up}style.css"></head>
@@ -192,6 +194,16 @@ def channel_page(layer: str, row: dict, patches: pd.DataFrame, clusters: pd.Data
 {"".join(sections)}
 </body></html>
 """
+
+
+def _records_by_channel(df: pd.DataFrame | None, sort: list[str]) -> dict[int, list[dict]]:
+    """Plain-dict records grouped by channel (building pages from dicts is far cheaper than from frames)."""
+    if df is None or df.empty:
+        return {}
+    out: dict[int, list[dict]] = {}
+    for r in df.sort_values(sort).to_dict("records"):
+        out.setdefault(int(r["channel"]), []).append(r)
+    return out
 
 
 def build_browser(out_dir: str | Path, psi: dict[str, pd.DataFrame], clusters: dict[str, pd.DataFrame],
@@ -212,33 +224,30 @@ def build_browser(out_dir: str | Path, psi: dict[str, pd.DataFrame], clusters: d
 
     hrefs = [r[-1] for r in rows]
     n_pages = n_sprites = 0
-    total = sum(len(df) for df in psi.values())
-    prog = Progress(total, "browser pages", log)
+    prog = Progress(len(rows), "browser pages", log)
     i_global = 0
     for layer, df in psi.items():
-        df = df.sort_values("channel").reset_index(drop=True)
-        pt = patches.get(layer, pd.DataFrame(columns=["channel", "rank"]))
-        pt = pt.sort_values(["channel", "rank"])
-        cl = clusters.get(layer, pd.DataFrame(columns=["channel", "cluster"]))
-        by_ch = {int(c): g for c, g in pt.groupby("channel", sort=False)}
-        cl_by = {int(c): g for c, g in cl.groupby("channel", sort=False)} if len(cl) else {}
-        for start in range(0, len(df), chunk):
-            block = df.iloc[start : start + chunk]
-            chans = [int(c) for c in block["channel"]]
-            blk = [by_ch[c] for c in chans if c in by_ch]
-            blk_patches = pd.concat(blk) if blk else pt.iloc[:0]
-            thumbs = thumbnails(blk_patches, dataset, input_size, thumb) if len(blk_patches) else None
+        channel_rows = df.sort_values("channel").to_dict("records")
+        pt = patches.get(layer)
+        pt_by = _records_by_channel(pt, ["channel", "rank"])
+        cl_by = {c: {int(r["cluster"]): r for r in recs}
+                 for c, recs in _records_by_channel(clusters.get(layer), ["channel", "cluster"]).items()}
+        for start in range(0, len(channel_rows), chunk):
+            block = channel_rows[start : start + chunk]
+            # Thumbnails of the whole block at once: each image is read once per block.
+            recs = [p for r in block for p in pt_by.get(int(r["channel"]), [])]
+            thumbs = thumbnails(pd.DataFrame.from_records(recs), dataset, input_size, thumb) if recs else None
             offset = 0
-            for r in block.to_dict("records"):
+            for r in block:
                 ch = int(r["channel"])
-                g = by_ch.get(ch, pt.iloc[:0])
-                if len(g):
+                g = pt_by.get(ch, [])
+                if g:
                     write_sprite(thumbs[offset : offset + len(g)], out / "sprites" / slug(layer) / f"{ch}.jpg", sprite_cols)
                     offset += len(g)
                     n_sprites += 1
                 cols_used = sprite_layout(max(len(g), 1), sprite_cols)[1]
                 page = channel_page(
-                    layer, r, g, cl_by.get(ch, pd.DataFrame(columns=["cluster"])), cols_used, thumb,
+                    layer, r, g, cl_by.get(ch, {}), cols_used, thumb,
                     hrefs[i_global - 1] if i_global > 0 else None,
                     hrefs[i_global + 1] if i_global + 1 < len(hrefs) else None, class_names,
                 )
