@@ -67,7 +67,7 @@ def build_model(cfg: Config) -> nn.Module:
     if m.source == "world":
         from .world import build_model as build_world_model
 
-        model = build_world_model(cfg.world)
+        model = build_world_model(cfg.world, input_size=cfg.model.input_size, mean=cfg.model.mean, std=cfg.model.std)
     else:
         import torchvision
 
@@ -117,6 +117,12 @@ class FeatureExtractor:
         self.model, self.layers, self.precision = model, list(layers), precision
         p = next(model.parameters(), None)
         self.device = p.device if p is not None else torch.device("cpu")
+        # Feed channels_last inputs to a model converted by load_model (4-D weights in that layout).
+        self.channels_last = any(
+            w.dim() == 4 and w.shape[1] > 1 and w.shape[2] * w.shape[3] > 1 and not w.is_contiguous()
+            and w.is_contiguous(memory_format=torch.channels_last)
+            for w in model.parameters()
+        )
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         modules = dict(model.named_modules())
@@ -132,7 +138,7 @@ class FeatureExtractor:
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images: [B,3,S,S] in [0,1]. Returns {layer: float32 [B,C,H,W]}."""
         x = (images.to(self.device) - self.mean) / self.std
-        if next(self.model.parameters()).is_contiguous(memory_format=torch.channels_last):
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         self._out = {}
         ctx = (
