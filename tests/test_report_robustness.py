@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.special import expit
 
 from polypsi.config import NullConfig, StatsConfig
 from polypsi.report import robustness
@@ -134,7 +135,7 @@ def test_seed_split_calibrates_each_half_by_hand(mixed):
         ref = scores[scores.draw.isin(draws)].groupby("channel")[["S", "Q", "D"]]
         mu, sd = ref.mean(), ref.std(ddof=1)
         real = scores[scores.draw == 0].set_index("channel")[["S", "Q", "D"]]
-        hats = 1 / (1 + np.exp(-(real - mu) / (sd + nulls.eps)))
+        hats = expit((real - mu) / (sd + nulls.eps))
         want = hats.prod(axis=1).loc[split.channel]
         np.testing.assert_allclose(split[f"psi_{name}"], want, rtol=1e-6)
     psi = split.rename(columns={"psi_odd": "psi", "status_odd": "status"})
