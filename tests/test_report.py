@@ -144,3 +144,34 @@ def test_gallery_figure_has_one_strip_per_cluster(tmp_path):
             heights.append(im.size[1])
         assert len(t) == c[c.channel.isin(chosen.channel)].shape[0] >= 2 * n
     assert heights[1] > heights[0] * 1.4
+
+
+def test_layer_without_valid_channels_still_reports(tmp_path):
+    """A layer whose channels are all dead gets NaN statistics with n = 0 and figures that say so."""
+    root = make_run(tmp_path)
+    psi, *_ = load_run(root)
+    dead = psi["layer4"].assign(psi=np.nan, log_psi=np.nan, S_hat=np.nan, Q_hat=np.nan, D_hat=np.nan,
+                                status="dead: top activation <= 0")
+    write_table(dead, root / "psi" / "layer4.parquet")
+    psi["layer4"] = dead
+    cfg = Config.model_validate({"mining": {"topk": 12}, "nulls": {"m": 6},
+                                 "report": {"k_values": [6, 9], "gallery_channels": 1}})
+    ks, seeds = _fake_robustness(root, psi, [6, 9], np.random.default_rng(3))
+    layers = list(LAYERS)
+    inp = {kind: [str(root / kind / f"{l}.parquet") for l in layers] for kind in ["psi", "null_psi", "clusters", "patches"]}
+    inp.update(k_sensitivity=ks, seed_split=seeds, text_head=[], dataset=str(root / "dataset.parquet"),
+               geometry=str(root / "geometry.json"))
+    rep = tmp_path / "out"
+    out = {k: rep / f"{k}.csv" for k in ["auroc", "ks", "k_hat", "robustness", "gallery"]}
+    out.update({k: rep / f"{k}.png" for k in FIGS})
+    out.update(gallery_high=[rep / f"high_{l}.png" for l in layers], gallery_low=[rep / f"low_{l}.png" for l in layers])
+    run_report(cfg, layers, inp, out)
+    a = pd.read_csv(out["auroc"])
+    assert a[a.layer == "layer4"].auroc.isna().all() and (a[a.layer == "layer4"].n_real == 0).all()
+    assert a[a.layer == "layer3"].auroc.notna().all()
+    k = pd.read_csv(out["ks"]).iloc[0]
+    assert np.isnan(k.statistic) and k.n_b == 0
+    r = pd.read_csv(out["robustness"])
+    assert (r[(r.layer == "layer4") & (r.analysis != "text_head")].n == 0).all()
+    for p in [*out["gallery_high"], *out["gallery_low"], *(out[f] for f in FIGS)]:
+        assert p.stat().st_size > 1000

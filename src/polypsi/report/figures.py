@@ -74,7 +74,10 @@ def roc_curves(real: dict[str, pd.DataFrame], null: dict[str, pd.DataFrame], pat
             ax.plot(fpr, tpr, color=color, lw=2 if m == "psi" else 1.2, label=f"{HAT_LABELS.get(m, m)} (AUROC {auc:.3f})")
         ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1)
         ax.set(xlabel="false positive rate (null)", ylabel="true positive rate (real)", title=layer, xlim=(0, 1), ylim=(0, 1))
-        ax.legend(fontsize=8, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="lower right")
+        else:
+            ax.text(0.5, 0.5, "no valid channels", transform=ax.transAxes, ha="center")
     save(fig, path)
 
 
