@@ -20,6 +20,7 @@ HAT_LABELS = {"psi": "PSI", "S_hat": "Ŝ", "Q_hat": "Q̂", "D_hat": "D̂"}
 
 
 def save(fig, path: str | Path, dpi: int = 120) -> None:
+    fig.tight_layout()  # keeps neighbouring panels' titles and labels apart
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
@@ -137,7 +138,7 @@ def k_hat_hist(khat: pd.DataFrame, path) -> None:
 def paired_scatter(d: pd.DataFrame, x: str, y: str, path, xlabel: str, ylabel: str, rob: pd.DataFrame, analysis: str) -> None:
     """Figs. 6 and the null-seed check: one point per channel, Spearman rho per layer in the titles."""
     layers = list(dict.fromkeys(d["layer"]))
-    fig, axes = _panels(max(len(layers), 1), 3.8, 3.6)
+    fig, axes = _panels(max(len(layers), 1), 4.4, 3.8)
     for ax, layer in zip(axes, layers):
         sub = d[d.layer == layer]
         sns.scatterplot(sub, x=x, y=y, s=14, alpha=0.7, ax=ax, edgecolor="none")

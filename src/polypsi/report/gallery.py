@@ -64,5 +64,4 @@ def plot_gallery(layer: str, which: str, table: pd.DataFrame, patches: pd.DataFr
         ax.set_title(f"{head}cluster {int(r.cluster)} (n={int(r.size)}, sil {r.silhouette:.2f}): "
                      f"“{r.concept_1}” gap {r.gap:.4f} (next “{r.concept_2}”)", loc="left", fontsize=8)
     fig.suptitle(f"{layer}: {'highest' if which == 'high' else 'lowest'}-PSI channels", fontsize=10)
-    fig.tight_layout()
     save(fig, path)
