@@ -175,3 +175,13 @@ def test_layer_without_valid_channels_still_reports(tmp_path):
     assert (r[(r.layer == "layer4") & (r.analysis != "text_head")].n == 0).all()
     for p in [*out["gallery_high"], *out["gallery_low"], *(out[f] for f in FIGS)]:
         assert p.stat().st_size > 1000
+
+
+def test_k_sensitivity_figure_with_control_row(tmp_path):
+    from polypsi.report import figures
+
+    rob = pd.DataFrame({"analysis": "k_sensitivity", "layer": ["l3", "l3", "l3", "l4", "l4", "l4"],
+                        "setting": ["K=10", "K=20", "K=50, 5 draws"] * 2, "rho": [0.2, 0.4, 0.8, 0.3, 0.5, 0.9]})
+    figures.k_sensitivity(rob, tmp_path / "k.png", 50)
+    with Image.open(tmp_path / "k.png") as im:
+        assert im.size[0] > 300

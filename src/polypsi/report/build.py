@@ -89,8 +89,10 @@ def run_report(cfg: Config, layers: list[str], inp, out, log_file=None) -> None:
 
     rows = []
     subsets = _by_layer(layers, inp["k_sensitivity"])
-    for layer in layers:
-        K = int(pd.read_parquet(inp["patches"][layers.index(layer)], columns=["channel"]).groupby("channel").size().max())
+    K = cfg.mining.topk
+    for layer, path in zip(layers, inp["patches"]):
+        counts = pd.read_parquet(path, columns=["channel"]).groupby("channel").size()
+        K = int(counts.max()) if len(counts) else K  # patches per channel as mined
         rows += robustness.k_sensitivity_rows(layer, subsets[layer], real[layer], rep.k_values, K, cfg.nulls.m)
     splits = _by_layer(layers, inp["seed_split"])
     for layer in layers:
@@ -107,9 +109,7 @@ def run_report(cfg: Config, layers: list[str], inp, out, log_file=None) -> None:
     figures.psi_histograms(real, null, out["fig_hist"])
     figures.roc_curves(real, null, out["fig_roc"])
     figures.depth_violins(real, ks, out["fig_violin"])
-    K_ref = int(rob.loc[rob.analysis == "k_sensitivity", "reference"].str.extract(r"K=(\d+)")[0].astype(float).max()) \
-        if (rob.analysis == "k_sensitivity").any() else cfg.mining.topk
-    figures.k_sensitivity(rob, out["fig_k"], K_ref)
+    figures.k_sensitivity(rob, out["fig_k"], K)
     figures.k_hat_hist(khat, out["fig_khat"])
     if th is None:
         figures.message_figure(out["fig_text_head"], "Text-head sensitivity (D)",

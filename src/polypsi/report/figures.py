@@ -112,8 +112,13 @@ def k_sensitivity(rob: pd.DataFrame, path, k_ref: int) -> None:
     if d.empty or d["rho"].isna().all():
         ax.text(0.5, 0.5, "no K-sensitivity results", transform=ax.transAxes, ha="center")
     else:
-        d["K"] = d["setting"].str.removeprefix("K=").astype(int)
-        sns.lineplot(d, x="K", y="rho", hue="layer", marker="o", ax=ax)
+        d["K"] = d["setting"].str.extract(r"K=(\d+)")[0].astype(int)
+        control = d["setting"].str.contains("draws")  # mined K re-scored with fewer null draws
+        sns.lineplot(d[~control], x="K", y="rho", hue="layer", marker="o", ax=ax)
+        if control.any():
+            sns.scatterplot(d[control], x="K", y="rho", hue="layer", marker="X", s=80, legend=False, ax=ax)
+            ax.annotate("mined K,\nfewer null draws", (d[control]["K"].iloc[0], d[control]["rho"].min()),
+                        textcoords="offset points", xytext=(-10, -28), ha="right", fontsize=8)
         ax.set_xticks(sorted(d["K"].unique()))
     ax.set(ylabel=f"Spearman ρ with K={k_ref}", xlabel="K (top patches used)", ylim=(-0.1, 1.05))
     ax.axhline(0, color="0.6", lw=0.8)
