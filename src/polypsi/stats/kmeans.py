@@ -49,7 +49,11 @@ def kmeanspp(G: torch.Tensor, k: int, u: torch.Tensor) -> torch.Tensor:
 
 
 class _Layout:
-    """Column layout of the side-by-side indicator matrix: (K' index a, restart r, cluster j)."""
+    """Column layout of the side-by-side indicator matrix.
+
+    Labels are kept point-major, [U, K, B] with one column b = (K' index a, restart r) per
+    partition; cluster j of partition b is column off[a] + r * k_a + j of A [U, K, C].
+    """
 
     def __init__(self, ks: list[int], R: int, device):
         self.ks, self.R = ks, R
@@ -57,15 +61,14 @@ class _Layout:
         for k in ks:
             self.off.append(self.off[-1] + R * k)
         self.C = self.off[-1]
-        self.base = torch.tensor([[self.off[a] + r * k for r in range(R)] for a, k in enumerate(ks)], device=device)
+        self.base = torch.tensor([self.off[a] + r * k for a, k in enumerate(ks) for r in range(R)], device=device)
 
     def columns(self, lab: torch.Tensor) -> torch.Tensor:
-        """lab [U, nk, R, K] -> column of each point in each (K', restart) block, [U, K, nk * R]."""
-        U, nk, R, K = lab.shape
-        return (lab + self.base.view(1, nk, R, 1)).permute(0, 3, 1, 2).reshape(U, K, nk * R)
+        """lab [U, K, B] -> column of A of each point in each partition, [U, K, B]."""
+        return lab + self.base
 
     def blocks(self, x: torch.Tensor):
-        """Yield (a, k, view [..., R, k]) of the last dimension of x."""
+        """Yield (a, k, view [..., R, k]) of the last dimension of x (length C)."""
         for a, k in enumerate(self.ks):
             yield a, k, x[..., self.off[a] : self.off[a + 1]].unflatten(-1, (self.R, k))
 
@@ -82,7 +85,7 @@ def _stats(G: torch.Tensor, col: torch.Tensor, C: int):
 
 
 def _lloyd_step(G: torch.Tensor, lab: torch.Tensor, lay: _Layout, spherical: bool) -> torch.Tensor:
-    """One assignment step for every (unit, K', restart): new labels [U, nk, R, K]."""
+    """One assignment step for every (unit, K', restart): new labels [U, K, B]."""
     GA, n, ss = _stats(G, lay.columns(lab), lay.C)
     n, ss = n.unsqueeze(1), ss.unsqueeze(1)
     if spherical:  # cosine to the centroid's direction
@@ -90,20 +93,26 @@ def _lloyd_step(G: torch.Tensor, lab: torch.Tensor, lay: _Layout, spherical: boo
     else:  # minus squared Euclidean distance to the centroid, up to |x_i|^2
         inv = 1.0 / n.clamp_min(1)
         score = GA * (2 * inv) - ss * inv * inv
-    if (n == 0).any():
-        score = score.masked_fill(n == 0, float("-inf"))
+    empty = n == 0
+    if empty.any():
+        score = score.masked_fill(empty, float("-inf"))
     new = torch.empty_like(lab)
+    R = lay.R
     for a, k, sc in lay.blocks(score):  # sc [U, K, R, k]
-        lab_a = sc.max(-1).indices  # [U, K, R], first maximum on ties
-        _fill_empty(lab_a, sc, k)
-        new[:, a] = lab_a.transpose(1, 2)
+        new[:, :, a * R : (a + 1) * R] = sc.max(-1).indices  # first maximum on ties
+    U, K, B = new.shape
+    counts = torch.zeros(U, lay.C, device=G.device, dtype=torch.int32)
+    counts.scatter_add_(1, lay.columns(new).reshape(U, -1), torch.ones(U, K * B, device=G.device, dtype=torch.int32))
+    if (counts == 0).any():
+        for a, k, sc in lay.blocks(score):
+            _fill_empty(new[:, :, a * R : (a + 1) * R], sc, k)
     return new
 
 
 def _fill_empty(lab: torch.Tensor, score: torch.Tensor, k: int) -> None:
     """Give each empty cluster the worst-fitting point of a cluster with >1 members (in place).
 
-    lab: [U, K, R]; score: [U, K, R, k] each point's score to each centroid.
+    lab: [U, K, R] (a view into the label tensor); score: [U, K, R, k] each point's score to each centroid.
     """
     U, K, R = lab.shape
     counts = torch.zeros(U, R, k, dtype=torch.long, device=lab.device)
@@ -127,16 +136,13 @@ def _fill_empty(lab: torch.Tensor, score: torch.Tensor, k: int) -> None:
 
 
 def objective(G: torch.Tensor, lab: torch.Tensor, lay: _Layout, spherical: bool) -> torch.Tensor:
-    """Quality of each (unit, K', restart) partition [U, nk, R]; higher is better.
+    """Quality of each (unit, K', restart) partition [U, nk, R] from labels [U, K, B]; higher is better.
 
     spherical: summed cosine of points to their centroid direction (sum_j |s_j|);
     euclidean: minus the inertia (sum_i |x_i|^2 - sum_j |s_j|^2 / n_j).
     """
     _, n, ss = _stats(G, lay.columns(lab), lay.C)
-    if spherical:
-        per = ss.clamp_min(0).sqrt()
-    else:
-        per = ss / n.clamp_min(1)
+    per = ss.clamp_min(0).sqrt() if spherical else ss / n.clamp_min(1)
     out = torch.stack([v.sum(-1) for _, _, v in lay.blocks(per)], 1)  # [U, nk, R]
     if not spherical:
         out = out - G.diagonal(dim1=1, dim2=2).sum(-1).view(-1, 1, 1)
@@ -152,13 +158,8 @@ class SearchResult:
     n_iter: int
 
 
-def lloyd(G: torch.Tensor, lab: torch.Tensor, ks: list[int], *, max_iter: int, spherical: bool):
-    """Lloyd iterations from labels [U, nk, R, K] until no label changes (or max_iter): (labels, iterations).
-
-    A unit whose restarts all reached a fixed point is frozen and dropped from the batch,
-    so its result does not depend on the other units of the batch.
-    """
-    lay = _Layout(ks, lab.shape[2], G.device)
+def _lloyd_points(G: torch.Tensor, lab: torch.Tensor, lay: _Layout, max_iter: int, spherical: bool):
+    lab = lab.contiguous()
     out = lab.clone()
     act = torch.arange(len(G), device=G.device)
     G_act, lab_act = G, lab
@@ -175,6 +176,18 @@ def lloyd(G: torch.Tensor, lab: torch.Tensor, ks: list[int], *, max_iter: int, s
     return out, it
 
 
+def lloyd(G: torch.Tensor, lab: torch.Tensor, ks: list[int], *, max_iter: int, spherical: bool):
+    """Lloyd iterations from labels [U, nk, R, K] until no label changes (or max_iter): (labels, iterations).
+
+    A unit whose restarts all reached a fixed point is frozen and dropped from the batch,
+    so its result does not depend on the other units of the batch.
+    """
+    U, nk, R, K = lab.shape
+    lay = _Layout(ks, R, G.device)
+    out, it = _lloyd_points(G, lab.permute(0, 3, 1, 2).reshape(U, K, nk * R), lay, max_iter, spherical)
+    return out.view(U, K, nk, R).permute(0, 2, 3, 1), it
+
+
 def cluster_search(
     G: torch.Tensor, u: torch.Tensor, ks: list[int], *, max_iter: int, spherical: bool = True
 ) -> SearchResult:
@@ -183,16 +196,16 @@ def cluster_search(
     G: [U, K, K] Gram matrices of unit vectors; u: [U, len(ks), R, k_max, trials + 1] uniforms.
     """
     U, K, _ = G.shape
-    R = u.shape[2]
-    lab = torch.stack([kmeanspp(G, k, u[:, a]) for a, k in enumerate(ks)], 1)  # [U, nk, R, K]
-    out, it = lloyd(G, lab, ks, max_iter=max_iter, spherical=spherical)
+    R, nk = u.shape[2], len(ks)
     lay = _Layout(ks, R, G.device)
+    init = torch.cat([kmeanspp(G, k, u[:, a]).transpose(1, 2) for a, k in enumerate(ks)], 2)  # [U, K, B]
+    out, it = _lloyd_points(G, init, lay, max_iter, spherical)
     obj = objective(G, out, lay, spherical)  # [U, nk, R]
     best = obj.argmax(-1)  # first best restart on ties
-    labels = out.gather(2, best.view(U, -1, 1, 1).expand(U, len(ks), 1, K)).squeeze(2)
+    labels = out.view(U, K, nk, R).gather(3, best.view(U, 1, nk, 1).expand(U, K, nk, 1)).squeeze(3).transpose(1, 2)
     sil, samples = [], []
     for a, k in enumerate(ks):
-        m, s = silhouette_gram(G, labels[:, a], k)
+        m, s = silhouette_gram(G, labels[:, a].contiguous(), k)
         sil.append(m)
         samples.append(s)
     return SearchResult(

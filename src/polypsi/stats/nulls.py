@@ -1,9 +1,10 @@
 """Seeded random objects of the null draws, shared by the batched scorer and the reference.
 
-Every random choice of a (layer, channel, draw) comes from its own seed sequence, so a
-channel's scores never depend on which other channels share its shard or batch. The
-sequence is split into independent streams (k-means restarts, S-null, Q-null, D-null):
-the two backends consume the k-means stream differently, but draw the same null objects.
+Every random choice of a (layer, channel, draw) comes from one generator seeded by exactly
+that key, so a channel's scores never depend on which other channels share its shard or
+batch. The generator is consumed in a fixed order: first the null objects both backends
+share (null_draw: Q permutation, D-null objects, S-null normals), then what only one backend
+uses (k-means seeding, explicit rotations).
 """
 
 from __future__ import annotations
@@ -15,25 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STREAMS = ("kmeans", "s_null", "q_null", "d_null")
 
-
-class UnitRandom:
-    """Independent generators of one (layer, channel, draw), one per name in STREAMS, made on first use."""
-
-    def __init__(self, seed: int, layer: str, channel: int, draw: int):
-        self.key = [int(seed) % (1 << 64), zlib.crc32(layer.encode()), int(channel), int(draw)]
-        self._made: dict[str, np.random.Generator] = {}
-
-    def __getitem__(self, stream: str) -> np.random.Generator:
-        if stream not in self._made:
-            self._made[stream] = np.random.default_rng([*self.key, STREAMS.index(stream)])
-        return self._made[stream]
-
-
-def unit_rngs(seed: int, layer: str, channel: int, draw: int) -> UnitRandom:
-    """The random streams of one (layer, channel, draw): unit_rngs(...)["kmeans"] etc."""
-    return UnitRandom(seed, layer, channel, draw)
+def unit_rng(seed: int, layer: str, channel: int, draw: int) -> np.random.Generator:
+    """The generator of one (layer, channel, draw)."""
+    return np.random.default_rng([int(seed) % (1 << 64), zlib.crc32(layer.encode()), int(channel), int(draw)])
 
 
 def n_local_trials(k: int) -> int:
@@ -133,7 +119,7 @@ class NullDraw:
 
 
 def null_draw(
-    rngs: UnitRandom,
+    rng: np.random.Generator,
     K: int,
     *,
     s_null: str,
@@ -144,25 +130,24 @@ def null_draw(
     d_fraction: float,
     d: int | None = None,
 ) -> NullDraw:
-    """Draw the null objects of one (channel, draw). `d` is needed only for explicit rotations."""
-    out = NullDraw(permutation=rngs["q_null"].permutation(K))
-    if s_null == "gaussian":
-        out.s_gauss = rngs["s_null"].standard_normal((K - 1, K - 1))
-    elif s_null == "rotation":
-        if d is not None:
-            out.s_rotation = rotation_matrix(rngs["s_null"], d)
-    else:
+    """Draw the null objects of one (channel, draw). `d` is needed only for explicit rotations (drawn last)."""
+    if s_null not in ("gaussian", "rotation"):
         raise ValueError(f"unknown nulls.s_null {s_null!r}; use gaussian or rotation")
+    out = NullDraw(permutation=rng.permutation(K))
     if d_null == "unrelated_prompts":
         n = d_null_subset_size(n_main_concepts, n_null_concepts, d_fraction)
         mask = np.zeros(n_null_concepts, dtype=bool)
-        mask[rngs["d_null"].choice(n_null_concepts, size=n, replace=False)] = True
+        mask[rng.choice(n_null_concepts, size=n, replace=False)] = True
         out.d_subset = mask
     elif d_null == "random_directions":
         if s_null != "gaussian":  # otherwise the D-null reuses the S-null's structure-free sample
-            out.d_gauss = rngs["d_null"].standard_normal((K - 1, K - 1))
+            out.d_gauss = rng.standard_normal((K - 1, K - 1))
     elif d_null == "shuffle":
-        out.d_prompt_perm = rngs["d_null"].permutation(n_main_prompts)
+        out.d_prompt_perm = rng.permutation(n_main_prompts)
     else:
         raise ValueError(f"unknown nulls.d_null {d_null!r}; use unrelated_prompts, random_directions or shuffle")
+    if s_null == "gaussian":
+        out.s_gauss = rng.standard_normal((K - 1, K - 1))
+    elif d is not None:  # the batched scorer never needs the rotation itself
+        out.s_rotation = rotation_matrix(rng, d)
     return out

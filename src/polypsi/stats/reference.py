@@ -14,7 +14,7 @@ from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.metrics import normalized_mutual_info_score, silhouette_samples
 
 from ..config import NullConfig, StatsConfig
-from .nulls import null_draw, structure_free_sample, unit_rngs
+from .nulls import null_draw, structure_free_sample, unit_rng
 from .score import rows_to_frame
 from .text import TextBank
 
@@ -111,7 +111,7 @@ def score_channels_reference(Z, labels, channels, text: TextBank, draws, stats: 
     per_draw = {m: dict(S=[], Q=[], D=[], k_hat=[], details=[]) for m in draws}
     for X, y, c in zip(Z.astype(np.float64), labels, channels):
         K = len(X)
-        S, k_hat, lab, samples = cluster_reference(X, stats, unit_rngs(nulls.seed, layer, c, 0)["kmeans"])
+        S, k_hat, lab, samples = cluster_reference(X, stats, unit_rng(nulls.seed, layer, c, 0))
         lab = canonical(lab)
         protos = [X[lab == j].mean(0) for j in range(k_hat)]
         for m in draws:
@@ -132,14 +132,14 @@ def score_channels_reference(Z, labels, channels, text: TextBank, draws, stats: 
                     cluster_similarity_1=[g[3] for g in gaps],
                 ))
                 continue
-            rngs = unit_rngs(nulls.seed, layer, c, m)
+            rng = unit_rng(nulls.seed, layer, c, m)
             o = null_draw(
-                rngs, K, s_null=nulls.s_null, d_null=nulls.d_null,
+                rng, K, s_null=nulls.s_null, d_null=nulls.d_null,
                 n_main_concepts=len(text.concepts), n_null_concepts=len(text.null_concepts),
                 n_main_prompts=len(text.emb), d_fraction=nulls.d_null_fraction, d=X.shape[1],
             )
             Xn = structure_free_sample(X, o.s_gauss) if o.s_gauss is not None else X @ o.s_rotation.T
-            S_m, k_m, lab_m, _ = cluster_reference(Xn, stats, rngs["kmeans"])
+            S_m, k_m, lab_m, _ = cluster_reference(Xn, stats, rng)
             r["S"].append(S_m)
             r["k_hat"].append(k_m)
             r["Q"].append(normalized_mutual_info_score(y, lab[o.permutation]))
@@ -150,7 +150,7 @@ def score_channels_reference(Z, labels, channels, text: TextBank, draws, stats: 
             elif nulls.d_null == "random_directions":  # D of structure-free patches clustered like real ones
                 if o.s_gauss is None:
                     Xn = structure_free_sample(X, o.d_gauss)
-                    _, k_m, lab_m, _ = cluster_reference(Xn, stats, rngs["d_null"])
+                    _, k_m, lab_m, _ = cluster_reference(Xn, stats, rng)
                 r["D"].append(_d_score([Xn[lab_m == j].mean(0) for j in range(k_m)], E))
             else:
                 Es, _ = candidates(text, "main", level, ids_override=text.concept_id[o.d_prompt_perm])

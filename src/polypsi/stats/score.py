@@ -12,7 +12,7 @@ import torch
 from ..config import NullConfig, StatsConfig
 from .kmeans import cluster_search
 from .metrics import canonical_labels, dense_labels, nmi, top2_gaps
-from .nulls import TANGENT_MIN_COS, kmeans_uniforms, mixing_matrices, null_draw, unit_rngs
+from .nulls import TANGENT_MIN_COS, kmeans_uniforms, mixing_matrices, null_draw, unit_rng
 from .text import TextBank
 
 SCORE_COLUMNS = ["channel", "draw", "S", "Q", "D", "k_hat"]
@@ -128,8 +128,8 @@ def _score_chunk(Z, y, chans, text, draws, stats: StatsConfig, nulls: NullConfig
     n, K, d = Z.shape
     Zc = torch.from_numpy(Z).to(dev)
     G = torch.bmm(Zc, Zc.transpose(1, 2))
-    rngs = {(c, m): unit_rngs(nulls.seed, layer, c, m) for c in chans for m in set(draws) | {0}}
-    unif0 = np.stack([kmeans_uniforms(rngs[c, 0]["kmeans"], len(ks), stats.n_init, stats.k_max) for c in chans])
+    rngs = {(c, m): unit_rng(nulls.seed, layer, c, m) for c in chans for m in set(draws) | {0}}
+    unif0 = np.stack([kmeans_uniforms(rngs[c, 0], len(ks), stats.n_init, stats.k_max) for c in chans])
     real = _real(Zc, G, torch.from_numpy(unif0).float().to(dev), stats, ks)
     level = stats.gap_level
     E, E_ids = text.candidates("main", level)
@@ -164,7 +164,7 @@ def _score_chunk(Z, y, chans, text, draws, stats: StatsConfig, nulls: NullConfig
     else:  # a rotation of the embedding space leaves the Gram matrix exactly unchanged
         Gn, scale = Gr, None
     unif = np.stack(
-        [kmeans_uniforms(rngs[c, m]["kmeans"], len(ks), stats.n_init, stats.k_max) for m in nd for c in chans]
+        [kmeans_uniforms(rngs[c, m], len(ks), stats.n_init, stats.k_max) for m in nd for c in chans]
     )
     res = _search(Gn, torch.from_numpy(unif).float().to(dev), stats, ks)
     a, S_null, k_null = _best_k(res, ks)
@@ -175,7 +175,7 @@ def _score_chunk(Z, y, chans, text, draws, stats: StatsConfig, nulls: NullConfig
         if nulls.s_null != "gaussian":  # draw and cluster a structure-free sample of its own
             Gn, scale = _null_gram(Gr, np.stack([o.d_gauss for o in flat]))
             unif = np.stack([
-                kmeans_uniforms(rngs[c, m]["d_null"], len(ks), stats.n_init, stats.k_max) for m in nd for c in chans
+                kmeans_uniforms(rngs[c, m], len(ks), stats.n_init, stats.k_max) for m in nd for c in chans
             ])
             res = _search(Gn, torch.from_numpy(unif).float().to(dev), stats, ks)
             a, _, _ = _best_k(res, ks)
