@@ -20,7 +20,10 @@ rule k_sensitivity:
     output:
         f"{REPORT}/robustness/k_sensitivity_{{layer}}.parquet",
     params:
-        **sections("report", "stats", "nulls", "device"),
+        # Only the two report keys it uses: a gallery or browser setting must not redo this costly job.
+        k_values=cfg.report.k_values,
+        k_sensitivity_draws=cfg.report.k_sensitivity_draws,
+        **sections("stats", "nulls", "device"),
         code=POLYPSI_VERSION,
     threads: 1
     log:
@@ -121,7 +124,8 @@ if cfg.report.browser:
         output:
             directory(f"{REPORT}/browser"),
         params:
-            **sections("report", "run_name"),
+            **sections("run_name"),
+            thumb_size=cfg.report.thumb_size,
             layers=LAYERS,
             code=POLYPSI_VERSION,
         log:

@@ -30,11 +30,12 @@ def _text_bank(path):
     return TextBank.from_table(*read_table(path, embedding="embedding"))
 
 
-def run_k_sensitivity(cfg: Config, layer: str, patches_path, prompts_path, out, device="cpu", log_file=None) -> None:
+def run_k_sensitivity(cfg: Config, layer: str, patches_path, prompts_path, out, k_values, draws, device="cpu",
+                      log_file=None) -> None:
     """Rule k_sensitivity: PSI of every channel from its first k patches, for each k in report.k_values."""
     patches, emb = read_table(patches_path, embedding="embedding")
-    res = robustness.k_sensitivity(patches, emb, _text_bank(prompts_path), cfg.report.k_values, cfg.stats, cfg.nulls,
-                                   cfg.report.k_sensitivity_draws, layer, device, log_file)
+    res = robustness.k_sensitivity(patches, emb, _text_bank(prompts_path), list(k_values), cfg.stats, cfg.nulls,
+                                   draws, layer, device, log_file)
     write_table(res, out)
 
 
@@ -58,7 +59,7 @@ def run_text_head(cfg: Config, patches_path, prompts_path, sec_emb_paths, sec_pr
 
 
 def run_browser(cfg: Config, layers, psi_paths, cluster_paths, patch_paths, dataset_path, geometry_path, out_dir,
-                log_file=None) -> None:
+                thumb_size: int = 64, log_file=None) -> None:
     """Rule browser: the static neuron browser of all channels."""
     from .browser import build_browser
 
@@ -66,7 +67,7 @@ def run_browser(cfg: Config, layers, psi_paths, cluster_paths, patch_paths, data
                                               "y0", "x0", "y1", "x1"]) for l, p in zip(layers, patch_paths)}
     build_browser(out_dir, _by_layer(layers, psi_paths), _by_layer(layers, cluster_paths), patches,
                   read_table(dataset_path), int(read_json(geometry_path)["input_size"]), title=f"polypsi · {cfg.run_name}",
-                  thumb=cfg.report.thumb_size, log_file=log_file)
+                  thumb=thumb_size, log_file=log_file)
 
 
 def run_report(cfg: Config, layers: list[str], inp, out, log_file=None) -> None:
