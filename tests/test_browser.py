@@ -150,7 +150,7 @@ def test_sprite_tiles_and_thumbnails_match_the_crops(tmp_path):
     ds = read_table(root / "dataset.parquet")
     p = read_table(root / "patches" / "layer3.parquet").iloc[:5]
     # Crop side 16 rendered at 16 px: the thumbnail is the crop itself, pixel for pixel.
-    th = thumbnails(p, ds, 32, size=16)
+    th = thumbnails(p, ds, 32, size=16, batch=2)  # batches of 2 exercise the batch boundaries
     for t, r in zip(th, p.itertuples()):
         img = load_image(ds.path[r.image_id], 32)[:, r.y0 : r.y1, r.x0 : r.x1]
         ref = img.mul(255).round().byte().permute(1, 2, 0).numpy()

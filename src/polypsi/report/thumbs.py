@@ -24,18 +24,22 @@ def image_paths(patches: pd.DataFrame, dataset: pd.DataFrame) -> list[str]:
     return path_of.loc[ids].astype(str).tolist()
 
 
-def thumbnails(patches: pd.DataFrame, dataset: pd.DataFrame, input_size: int, size: int = 64) -> np.ndarray:
+def thumbnails(patches: pd.DataFrame, dataset: pd.DataFrame, input_size: int, size: int = 64,
+               batch: int = 512) -> np.ndarray:
     """uint8 [n, size, size, 3] thumbnails of the patch rows, in row order."""
     n = len(patches)
     if n == 0:
         return np.zeros((0, size, size, 3), np.uint8)
     paths = image_paths(patches, dataset)
     boxes = patches[["y0", "x0", "y1", "x1"]].to_numpy(np.int64)
-    # Sorted by image so the crop helper reads each image once.
+    # Sorted by image so the crop helper reads each image once; converted to uint8 in batches so
+    # float crops of a large block never sit in memory together.
     order = np.argsort(patches["image_id"].to_numpy(), kind="stable")
-    crops = extract_crops([paths[i] for i in order], boxes[order], input_size, size)
     out = np.empty((n, size, size, 3), np.uint8)
-    out[order] = (crops.clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).numpy())
+    for s in range(0, n, batch):
+        idx = order[s : s + batch]
+        crops = extract_crops([paths[i] for i in idx], boxes[idx], input_size, size)
+        out[idx] = crops.clamp_(0, 1).mul_(255).round_().byte().permute(0, 2, 3, 1).numpy()
     return out
 
 
