@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from polypsi.config import WorldConfig
-from polypsi.world.render import DISTRACTOR_RADIUS, MAIN_RADIUS, STREAM_MODEL, WorldSpec, world_spec
+from polypsi.world.render import STREAM_MODEL, WorldSpec, world_spec
 
 LAYERS = ("layer3", "layer4")
 TEMPLATE_RADII = (4.0, 6.0, 9.0, 13.0)  # detector scales, px of a 64 px image
@@ -22,12 +22,6 @@ P_THREE = 0.3  # share of polysemantic channels planted on three concepts (the r
 
 def scale_gain(radius: float) -> float:
     return (radius / TEMPLATE_RADII[-1]) ** GAIN_EXP
-
-
-def peak_gain(is_main: bool) -> float:
-    """Largest gain a concept's instances reach: main objects are large, distractors small."""
-    rmax = MAIN_RADIUS[1] if is_main else DISTRACTOR_RADIUS[1]
-    return max(scale_gain(r) for r in TEMPLATE_RADII if r <= rmax)
 
 
 @dataclass(frozen=True)
@@ -91,8 +85,6 @@ def plan_channels(world: WorldConfig) -> list[ChannelPlan]:
             f"channels; raise world.channels ({world.channels}) or lower world.polysemantic_share/dead_share"
         )
     rng = np.random.default_rng([world.seed, STREAM_MODEL])
-    main = set(spec.class_concepts)
-    norm = [1.0 / peak_gain(i in main) for i in range(n)]
     plans: list[ChannelPlan] = []
     for layer in LAYERS:
         order = list(rng.permutation(n))  # concepts cycled through, so each gets channels
@@ -107,15 +99,16 @@ def plan_channels(world: WorldConfig) -> list[ChannelPlan]:
         entries += [("dead", [], False)] * n_dead
         slots = rng.permutation(len(entries))  # channel index of each entry: kinds are interleaved
         for (kind, cs, copy), ch in zip(entries, slots):
-            # Poly channels weigh their concepts unevenly (0.8-1.2): realistic, and some become hard.
-            jitter = rng.uniform(0.8, 1.2, len(cs)) if kind == "poly" else np.ones(len(cs))
+            # Poly channels weigh their concepts a little unevenly (0.9-1.1): realistic, and the
+            # top activations then split unevenly between concepts (some channels become hard).
+            jitter = rng.uniform(0.9, 1.1, len(cs)) if kind == "poly" else np.ones(len(cs))
             plans.append(
                 ChannelPlan(
                     layer=layer,
                     channel=int(ch),
                     kind=kind,
                     concepts=tuple(cs),
-                    weights=tuple(float(norm[i] * w) for i, w in zip(cs, jitter)),
+                    weights=tuple(float(w) for w in jitter),
                     names=tuple(spec.concepts[i].name for i in cs),
                     copy=copy,
                 )

@@ -1,0 +1,157 @@
+"""Ground-truth report: how well PSI recovers the planted polysemantic channels.
+
+Per layer (and pooled over layers, layer "all"):
+- AUROC of PSI and of each hat for planted-polysemantic (positive) against
+  monosemantic (negative) channels. Dead channels are left out. Two subsets: every
+  channel with a finite score ("finite"), and only channels whose status is "ok".
+- K-hat against the true number of planted concepts (a confusion table).
+- Naming accuracy: share of clusters whose top concept (concept_1) is one of the
+  channel's planted concepts, for mono, poly and all live channels; and for poly
+  channels the coverage, the share of planted concepts that name at least one cluster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from polypsi.io import write_csv
+from polypsi.report.stats import auroc
+
+METRICS = ["psi", "S_hat", "Q_hat", "D_hat"]
+COLUMNS = ["layer", "section", "metric", "subset", "true_n", "k_hat", "value", "n_poly", "n_mono", "n_clusters"]
+
+
+def _norm(name) -> str:
+    return " ".join(str(name).lower().replace("_", " ").split())
+
+
+def _planted(concepts: str) -> set[str]:
+    return {_norm(c) for c in str(concepts).split(";") if c.strip()}
+
+
+def merge_truth(psi: pd.DataFrame, truth: pd.DataFrame, layer: str) -> pd.DataFrame:
+    """Truth rows of `layer` joined with their PSI rows (one per channel)."""
+    t = truth[truth["layer"] == layer]
+    if t.empty:
+        raise ValueError(f"the ground truth has no channels of layer {layer!r}; is the run's model the planted world's?")
+    missing = sorted(set(t["channel"]) - set(psi["channel"]))
+    if missing:
+        raise ValueError(
+            f"psi table of layer {layer!r} lacks planted channel(s) {missing[:8]} ({len(missing)} in all); "
+            "rerun the calibrate stage"
+        )
+    return t.merge(psi, on="channel", how="left", validate="one_to_one")
+
+
+def _auroc_rows(layer: str, m: pd.DataFrame) -> list[dict]:
+    rows = []
+    for subset, keep in (("finite", np.ones(len(m), bool)), ("ok", (m["status"].astype(str) == "ok").to_numpy())):
+        d = m[keep]
+        for metric in METRICS:
+            pos = d.loc[d["kind"] == "poly", metric].to_numpy(float)
+            neg = d.loc[d["kind"] == "mono", metric].to_numpy(float)
+            rows.append({
+                "layer": layer, "section": "auroc", "metric": metric, "subset": subset, "value": auroc(pos, neg),
+                "n_poly": int(np.isfinite(pos).sum()), "n_mono": int(np.isfinite(neg).sum()),
+            })
+    return rows
+
+
+def _k_rows(layer: str, m: pd.DataFrame) -> list[dict]:
+    live = m[m["kind"].isin(["mono", "poly"]) & m["k_hat"].notna()]
+    counts = live.groupby(["n_concepts", "k_hat"]).size()
+    rows = []
+    for true_n in sorted(live["n_concepts"].unique()):
+        for k in sorted(live["k_hat"].unique()):
+            rows.append({"layer": layer, "section": "k_confusion", "metric": "count", "true_n": int(true_n),
+                         "k_hat": int(k), "value": float(counts.get((true_n, k), 0))})
+    return rows
+
+
+def naming_table(clusters: pd.DataFrame, truth_layer: pd.DataFrame) -> pd.DataFrame:
+    """Clusters of live planted channels with `hit` (concept_1 is a planted concept)."""
+    c = clusters.merge(truth_layer[["channel", "kind", "concepts"]], on="channel", how="inner")
+    c = c[c["kind"].isin(["mono", "poly"])].copy()
+    c["hit"] = [_norm(n) in _planted(p) for n, p in zip(c["concept_1"], c["concepts"])]
+    return c
+
+
+def _naming_rows(layer: str, named: pd.DataFrame) -> list[dict]:
+    rows = []
+    for kind, d in (("mono", named[named["kind"] == "mono"]), ("poly", named[named["kind"] == "poly"]), ("all", named)):
+        rows.append({"layer": layer, "section": "naming", "metric": "accuracy", "subset": kind,
+                     "value": float(d["hit"].mean()) if len(d) else float("nan"), "n_clusters": len(d)})
+    poly = named[named["kind"] == "poly"]
+    cover = [
+        len(_planted(p) & {_norm(n) for n in g["concept_1"]}) / len(_planted(p))
+        for (_, p), g in poly.groupby(["channel", "concepts"])
+    ]
+    rows.append({"layer": layer, "section": "naming", "metric": "coverage", "subset": "poly",
+                 "value": float(np.mean(cover)) if cover else float("nan"), "n_clusters": len(poly)})
+    return rows
+
+
+def ground_truth_tables(psi_tables: dict[str, pd.DataFrame], clusters_tables: dict[str, pd.DataFrame],
+                        truth: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(summary rows, per-channel join, per-cluster naming) over the layers of `psi_tables`."""
+    merged, named, rows = [], [], []
+    for layer, psi in psi_tables.items():
+        m = merge_truth(psi, truth, layer)
+        m.insert(0, "layer_", layer)
+        merged.append(m)
+        if layer not in clusters_tables:
+            raise KeyError(f"no clusters table for layer {layer!r}; the calibrate stage writes clusters/{layer}")
+        n = naming_table(clusters_tables[layer], truth[truth["layer"] == layer])
+        n.insert(0, "layer_", layer)
+        named.append(n)
+    per_channel = pd.concat(merged, ignore_index=True)
+    per_cluster = pd.concat(named, ignore_index=True)
+    groups = [(layer, per_channel[per_channel["layer_"] == layer], per_cluster[per_cluster["layer_"] == layer])
+              for layer in psi_tables]
+    if len(psi_tables) > 1:
+        groups.append(("all", per_channel, per_cluster))
+    for layer, m, n in groups:
+        rows += _auroc_rows(layer, m) + _k_rows(layer, m) + _naming_rows(layer, n)
+    summary = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    return summary, per_channel.drop(columns="layer_"), per_cluster.drop(columns="layer_")
+
+
+def ground_truth_report(psi_tables: dict[str, pd.DataFrame], clusters_tables: dict[str, pd.DataFrame],
+                        truth: pd.DataFrame, out_csv: str | Path, out_png: str | Path) -> pd.DataFrame:
+    """Write report/ground_truth.csv (columns COLUMNS, one row per statistic) and its figure."""
+    summary, per_channel, per_cluster = ground_truth_tables(psi_tables, clusters_tables, truth)
+    write_csv(summary, out_csv)
+    plot_ground_truth(summary, per_channel, out_png)
+    return summary
+
+
+def plot_ground_truth(summary: pd.DataFrame, per_channel: pd.DataFrame, path: str | Path) -> None:
+    from polypsi.report.figures import HAT_LABELS, _panels, save
+    import seaborn as sns
+
+    layers = [l for l in summary["layer"].unique() if l != "all"]
+    fig, axes = _panels(3 + len(layers))
+    # (a) AUROC of each score, poly vs mono.
+    a = summary[(summary["section"] == "auroc") & (summary["subset"] == "finite")].copy()
+    a["score"] = a["metric"].map(HAT_LABELS)
+    sns.barplot(data=a, x="score", y="value", hue="layer", ax=axes[0])
+    axes[0].axhline(0.5, color="grey", ls="--", lw=1)
+    axes[0].set(ylim=(0, 1), ylabel="AUROC (planted poly vs mono)", xlabel="", title="Recovery of planted polysemanticity")
+    # (b) log PSI by planted kind.
+    d = per_channel[per_channel["kind"].isin(["mono", "poly"])]
+    sns.stripplot(data=d, x="layer", y="log_psi", hue="kind", dodge=True, size=3, ax=axes[1], order=layers)
+    axes[1].set(title="log PSI by planted kind", xlabel="")
+    # (c) naming accuracy.
+    n = summary[(summary["section"] == "naming") & (summary["metric"] == "accuracy")]
+    sns.barplot(data=n, x="subset", y="value", hue="layer", ax=axes[2])
+    axes[2].set(ylim=(0, 1), ylabel="top concept is planted", xlabel="channels", title="Naming accuracy")
+    # (d...) K-hat confusion per layer.
+    for ax, layer in zip(axes[3:], layers):
+        k = summary[(summary["section"] == "k_confusion") & (summary["layer"] == layer)]
+        table = k.pivot(index="true_n", columns="k_hat", values="value").fillna(0).astype(int)
+        sns.heatmap(table, annot=True, fmt="d", cbar=False, cmap="Blues", ax=ax)
+        ax.set(title=f"{layer}: K-hat vs planted concepts", xlabel="K-hat", ylabel="planted concepts")
+    save(fig, path)
