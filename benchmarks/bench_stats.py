@@ -6,9 +6,11 @@
 Inputs are generated (no model needed): channels whose 50 patches form 2-5 planted clusters at
 random separations, plus structure-free channels, a 1602-prompt main set (267 concepts x 6
 templates) and an unrelated set. Both scorers see the same inputs and the same seeds; the
-reference scores the first --ref-channels channels, so times are compared per channel (all
-21 draws). Agreement (K-hat, S) is reported on the real draw and on the null draws, next to the
-agreement of the reference with itself under another seed (the restart-noise ceiling).
+reference scores --ref-channels channels spread over the kinds, so times are compared per channel
+(all 21 draws). Both use the 2 cores the same way: --workers processes with --threads threads
+each, each process scoring a contiguous part of the channels (results do not depend on the
+split). Agreement (K-hat, S) is reported on the real draw and on the null draws, next to the
+agreement of the reference with itself under other k-means seeds (the restart-noise ceiling).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import time
 
 import numpy as np
+import pandas as pd
 
 
 def make_inputs(n: int, seed: int, structure_free: float):
@@ -37,10 +40,39 @@ def make_inputs(n: int, seed: int, structure_free: float):
     return np.concatenate(Z), np.concatenate(y), np.array(kind), world.text
 
 
-def timed(fn):
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    return out, time.perf_counter() - wall, time.process_time() - cpu
+_JOB: dict = {}  # inputs for the worker processes (inherited when they fork)
+
+
+def _work(part: np.ndarray, threads: int):
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from polypsi.stats import score_channels
+
+    torch.set_num_threads(threads)
+    j = _JOB
+    cpu = time.process_time()
+    with threadpool_limits(threads):
+        out = score_channels(j["Z"][part], j["y"][part], j["ch"][part], j["text"], j["draws"], j["stats"],
+                             j["nulls"], j["layer"])
+    return out, time.process_time() - cpu
+
+
+def run_parallel(workers: int, threads: int, **job):
+    """Score job["ch"] split over worker processes: (table, wall seconds, summed CPU seconds)."""
+    import multiprocessing as mp
+
+    _JOB.clear()
+    _JOB.update(job)
+    parts = [p for p in np.array_split(np.arange(len(job["ch"])), workers) if len(p)]
+    wall = time.perf_counter()
+    if workers == 1:
+        results = [_work(parts[0], threads)]
+    else:
+        with mp.get_context("fork").Pool(len(parts)) as pool:
+            results = pool.starmap(_work, [(p, threads) for p in parts])
+    wall = time.perf_counter() - wall
+    return pd.concat([r[0] for r in results], ignore_index=True), wall, sum(r[1] for r in results)
 
 
 def agreement(a, b, label):
@@ -57,26 +89,21 @@ def agreement(a, b, label):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--channels", type=int, default=3072)
-    ap.add_argument("--ref-channels", type=int, default=64, help="channels scored by the reference")
+    ap.add_argument("--ref-channels", type=int, default=256, help="channels scored by the reference")
     ap.add_argument("--m", type=int, default=20, help="null draws (draws 0..m are scored)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="processes (the machine's 2 cores)")
+    ap.add_argument("--threads", type=int, default=1, help="threads per process (torch and scikit-learn)")
     ap.add_argument("--structure-free", type=float, default=0.25, help="share of structure-free channels")
     ap.add_argument("--kmeans", default="euclidean", choices=["euclidean", "spherical"],
                     help="euclidean = scikit-learn's KMeans in the reference (the literal comparison)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    import torch
-    from threadpoolctl import threadpool_limits
-
     from polypsi.config import NullConfig, StatsConfig
-    from polypsi.stats import score_channels
 
-    torch.set_num_threads(args.threads)
     Z, y, kind, text = make_inputs(args.channels, args.seed, args.structure_free)
     n_ref = min(args.ref_channels, args.channels)
-    # Reference channels: an even spread over the kinds of channel.
-    ref_idx = np.linspace(0, args.channels - 1, n_ref).round().astype(int)
+    ref_idx = np.linspace(0, args.channels - 1, n_ref).round().astype(int)  # spread over the kinds of channel
     draws = list(range(args.m + 1))
     nulls = NullConfig(m=args.m, seed=args.seed)
     fast_cfg = StatsConfig(kmeans=args.kmeans, backend="torch")
@@ -86,16 +113,17 @@ def main() -> None:
     print(f"inputs: {args.channels} channels x {len(draws)} draws x {Z.shape[1]} patches x {Z.shape[2]} dims; "
           f"{len(text.emb)} prompts ({len(text.concepts)} concepts), {len(text.null_emb)} unrelated prompts; "
           f"{(kind != 'structure-free').sum()} planted (2-5 clusters), {(kind == 'structure-free').sum()} structure-free")
-    print(f"threads: {args.threads} (torch and scikit-learn); k-means: {args.kmeans}, n_init {fast_cfg.n_init}, "
-          f"K' {fast_cfg.k_min}..{fast_cfg.k_max}; load average at start {os.getloadavg()[0]:.2f}")
-
-    with threadpool_limits(args.threads):
-        fast, wall_f, cpu_f = timed(lambda: score_channels(Z, y, ch, text, draws, fast_cfg, nulls, "layer4"))
-        ref, wall_r, cpu_r = timed(
-            lambda: score_channels(Z[ref_idx], y[ref_idx], ref_idx, text, draws, ref_cfg, nulls, "layer4"))
-        # The reference against itself with other k-means seeds (null objects unchanged): restart noise.
-        ref2 = score_channels(Z[ref_idx], y[ref_idx], ref_idx, text, [0],
-                              ref_cfg, nulls, "layer4-reseeded") if n_ref else None
+    print(f"cores: {args.workers} processes x {args.threads} thread(s), for both scorers; k-means: {args.kmeans}, "
+          f"n_init {fast_cfg.n_init}, K' {fast_cfg.k_min}..{fast_cfg.k_max}; load average at start "
+          f"{os.getloadavg()[0]:.2f}", flush=True)
+    common = dict(text=text, nulls=nulls, layer="layer4")
+    fast, wall_f, cpu_f = run_parallel(args.workers, args.threads, Z=Z, y=y, ch=ch, draws=draws, stats=fast_cfg,
+                                       **common)
+    ref, wall_r, cpu_r = run_parallel(args.workers, args.threads, Z=Z[ref_idx], y=y[ref_idx], ch=ref_idx,
+                                      draws=draws, stats=ref_cfg, **common)
+    # The reference against itself with other k-means seeds: restart noise.
+    ref2, _, _ = run_parallel(args.workers, args.threads, Z=Z[ref_idx], y=y[ref_idx], ch=ref_idx, draws=[0],
+                              stats=ref_cfg, text=text, nulls=NullConfig(m=args.m, seed=args.seed + 1), layer="layer4")
     per_f, per_r = wall_f / args.channels, wall_r / n_ref
     print()
     print(f"batched torch scorer : {args.channels:5d} channels x {len(draws)} draws in {wall_f:8.1f} s wall "
