@@ -220,3 +220,12 @@ def test_shuffle_d_null_is_degenerate_at_prompt_level(world, mixed):
     np.testing.assert_allclose(d.values, d[[0]].values.repeat(4, 1), atol=1e-6)
     conc = run(world, Z, y, ch, [1, 2, 3], d_null="shuffle", gap_level="concept")
     assert conc.groupby("channel").D.std().min() > 1e-4  # templates mixed across concepts do change the gap
+
+
+def test_identical_patches_score_zero_structure(world):
+    """A channel whose patches are all the same crop: no structure, and rounding noise must not look like any."""
+    v = world.concepts[0]
+    Z = np.tile(v, (1, 50, 1)).astype(np.float32)
+    res = run(world, Z, np.zeros((1, 50), int), np.arange(1), [0, 1, 2, 3], n_init=3)
+    assert (res.S == 0).all() and (res.Q == 0).all() and res.k_hat.between(2, 5).all()
+    assert res.iloc[0].cluster_concept_1[0] == "concept0"

@@ -197,13 +197,16 @@ def _null_gram(G: torch.Tensor, gauss: np.ndarray) -> tuple[torch.Tensor, torch.
     x / (x . m) has Gram G / (a a^T) with a = x . m = (G 1) / sqrt(1^T G 1).
     Returns (Gram [U, K, K] of the unit null patches, M [U, K, K] with null patches = M Z).
     """
+    dtype = G.dtype
+    G = G.double()  # float64 so that rounding noise cannot pose as structure (e.g. identical patches)
     a = G.sum(-1) / G.sum((-1, -2)).clamp_min(1e-12).sqrt().unsqueeze(-1)  # cosine to the mean direction
     ok = a.amin(-1, keepdim=True) > TANGENT_MIN_COS
     a = torch.where(ok, a, torch.ones_like(a))
-    W = torch.from_numpy(mixing_matrices(gauss)).to(G.dtype).to(G.device) / a.unsqueeze(1)
+    W = torch.from_numpy(mixing_matrices(gauss)).to(G.device) / a.unsqueeze(1)
     Gw = W @ G @ W.transpose(1, 2)
     norm = Gw.diagonal(dim1=1, dim2=2).clamp_min(1e-12).sqrt()
-    return Gw / (norm.unsqueeze(2) * norm.unsqueeze(1)), W / norm.unsqueeze(2)
+    Gn = Gw / (norm.unsqueeze(2) * norm.unsqueeze(1))
+    return Gn.to(dtype), (W / norm.unsqueeze(2)).to(dtype)
 
 
 def _d_random_directions(Z, res, a, M, text: TextBank, stats: StatsConfig) -> torch.Tensor:
