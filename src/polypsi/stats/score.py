@@ -110,18 +110,16 @@ def _real(Zc, G, unif, stats: StatsConfig, ks) -> _Real:
     return _Real(S.cpu().numpy().astype(float), k_hat.cpu().numpy(), labels, samples, proto, valid)
 
 
-def _shuffled_sims(proto: torch.Tensor, text: TextBank, level: str, perms: np.ndarray):
-    """Similarities and candidate concept ids after shuffling which concept each main prompt belongs to."""
+def _shuffled_sims(proto: torch.Tensor, text: TextBank, level: str, perms: np.ndarray) -> torch.Tensor:
+    """Similarities [U, k, n] to the candidates after shuffling which concept each main prompt belongs to."""
     T = torch.from_numpy(text.emb).to(proto.device)
-    new_ids = torch.from_numpy(text.concept_id[perms]).to(proto.device)  # [U, P]
     if level == "prompt":  # a prompt-level gap ignores concept membership: unchanged (degenerate)
-        return torch.bmm(proto, T.T.unsqueeze(0).expand(len(proto), -1, -1)), new_ids
-    C = len(text.concepts)
-    sums = torch.zeros(len(proto), C, T.shape[1], device=proto.device)
+        return torch.einsum("nkd,pd->nkp", proto, T)
+    new_ids = torch.from_numpy(text.concept_id[perms]).to(proto.device)  # [U, P]
+    sums = torch.zeros(len(proto), len(text.concepts), T.shape[1], device=proto.device)
     for u in range(len(proto)):
         sums[u].index_add_(0, new_ids[u], T)
-    ids = torch.arange(C, device=proto.device).expand(len(proto), C)
-    return torch.bmm(proto, _normalise(sums).transpose(1, 2)), ids
+    return torch.bmm(proto, _normalise(sums).transpose(1, 2))
 
 
 def _score_chunk(Z, y, chans, text, draws, stats: StatsConfig, nulls: NullConfig, layer, dev, ks):
@@ -147,18 +145,15 @@ def _score_chunk(Z, y, chans, text, draws, stats: StatsConfig, nulls: NullConfig
     if not nd:
         return out
     # Null draws of all channels in the chunk, stacked as units (draw-major).
-    objs = [
-        [
-            null_draw(
-                rngs[c, m], K, s_null=nulls.s_null, d_null=nulls.d_null,
-                n_main_concepts=len(text.concepts), n_null_concepts=len(text.null_concepts),
-                n_main_prompts=len(text.emb), d_fraction=nulls.d_null_fraction,
-            )
-            for c in chans
-        ]
+    flat = [
+        null_draw(
+            rngs[c, m], K, s_null=nulls.s_null, d_null=nulls.d_null,
+            n_main_concepts=len(text.concepts), n_null_concepts=len(text.null_concepts),
+            n_main_prompts=len(text.emb), d_fraction=nulls.d_null_fraction,
+        )
         for m in nd
+        for c in chans
     ]
-    flat = [o for row in objs for o in row]
     Gr = G.repeat(len(nd), 1, 1)
     if nulls.s_null == "gaussian":
         Gn, scale = _null_gram(Gr, np.stack([o.s_gauss for o in flat]))
@@ -234,7 +229,7 @@ def _d_null(real: _Real, flat, text: TextBank, nulls: NullConfig, level: str, re
         allowed = torch.from_numpy(np.stack([o.d_subset for o in flat])[:, ids0]).to(dev)
         return top2_gaps(sims, valid, allowed)[0]
     if nulls.d_null == "shuffle":
-        sims, _ = _shuffled_sims(proto, text, level, np.stack([o.d_prompt_perm for o in flat]))
+        sims = _shuffled_sims(proto, text, level, np.stack([o.d_prompt_perm for o in flat]))
         return top2_gaps(sims, valid)[0]
     raise ValueError(f"unknown nulls.d_null {nulls.d_null!r}")
 
