@@ -68,7 +68,7 @@ def test_build_is_deterministic(world, model):
 
 def test_fft_shape_bank_equals_direct_convolution(model):
     bank = model.layer1
-    m = torch.rand(2, model.stem.palette.shape[1], 40, 36)  # odd-ish, non-square maps
+    m = torch.rand(2, model.stem.palette.shape[0], 40, 36)  # odd-ish, non-square maps
     got = bank(m)
     g = m.index_select(1, bank.source)
     maps = (g, F.avg_pool2d(g, 2))

@@ -29,7 +29,6 @@ from polypsi.world.concepts import COLOURS, SHAPES, UNIVERSE
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "data" / "world" / "embedder.pt"
 CONTEXT = 16
-HASH_ROWS = 4096
 HASH_SEED = 20240
 DIM = 64
 IMAGE_SIZE = 32
@@ -91,7 +90,7 @@ class Tokenizer:
     def token(self, word: str) -> int:
         if word in self.index:
             return self.index[word]
-        return len(self.vocabulary) + 1 + zlib.crc32(word.encode()) % HASH_ROWS
+        return len(self.vocabulary) + 1 + zlib.crc32(word.encode())  # 32-bit hash: no practical collisions
 
     def __call__(self, texts: list[str] | str) -> torch.Tensor:
         if isinstance(texts, str):
@@ -126,9 +125,6 @@ class WorldEmbedder(nn.Module):
         self.register_buffer("centre", (centre / centre.sum()).view(1, 1, 4, 4))
         self.image_proj = nn.Sequential(nn.Linear(6 * w, 128), nn.ReLU(), nn.Linear(128, DIM))
         self.token_embedding = nn.Embedding(len(vocabulary) + 1, DIM, padding_idx=0)
-        g = torch.Generator().manual_seed(HASH_SEED)
-        # Not saved with the weights: regenerated from the seed.
-        self.register_buffer("hashed", torch.randn(HASH_ROWS, DIM, generator=g) / DIM**0.5, persistent=False)
         self.text_proj = nn.Linear(DIM, DIM)
         self.logit_scale = nn.Parameter(torch.tensor(2.3))
 
@@ -142,11 +138,16 @@ class WorldEmbedder(nn.Module):
 
     def _token_vectors(self, tokens: torch.Tensor) -> torch.Tensor:
         v = len(self.tokenizer.vocabulary) + 1
-        known = self.token_embedding(tokens.clamp(max=v - 1))
-        # Unknown words: fixed random directions, scaled like a trained content word.
+        out = self.token_embedding(tokens.clamp(max=v - 1))
+        # Unknown words: a fixed random unit direction per word (seeded by its hash), scaled
+        # like a trained content word.
         scale = self.token_embedding.weight[1 : 1 + len(COLOURS) + len(SHAPES)].norm(dim=1).mean()
-        unknown = self.hashed[(tokens - v).clamp(min=0, max=HASH_ROWS - 1)] * scale
-        return torch.where((tokens >= v).unsqueeze(-1), unknown, known)
+        unknown = tokens >= v
+        for t in tokens[unknown].unique().tolist():
+            g = torch.Generator().manual_seed(HASH_SEED + t)
+            vec = torch.randn(DIM, generator=g)
+            out[tokens == t] = (vec / vec.norm() * scale).to(out)
+        return out
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         tokens = tokens.to(self.token_embedding.weight.device)

@@ -61,7 +61,7 @@ class ColourStem(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         pal = torch.tensor(colours, dtype=torch.float32)
-        self.register_buffer("palette", _chroma(pal, 1).view(1, -1, 3, 1, 1))
+        self.register_buffer("palette", _chroma(pal, 1).view(-1, 3, 1, 1))  # 4-D: channels_last-safe
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x * self.std + self.mean
@@ -71,7 +71,7 @@ class ColourStem(nn.Module):
         x = x.clamp(0, 1)
         mx, mn = x.amax(1, keepdim=True), x.amin(1, keepdim=True)
         sat = (mx - mn) / (mx + 1e-3)
-        d2 = ((_chroma(x, 1).unsqueeze(1) - self.palette) ** 2).sum(2)
+        d2 = ((_chroma(x, 1).unsqueeze(1) - self.palette.unsqueeze(0)) ** 2).sum(2)
         # Grey (unsaturated) and dark pixels have no reliable hue: they belong to no colour.
         gate = torch.sigmoid((sat - 0.42) / 0.05) * torch.sigmoid((mx - 0.2) / 0.04)
         return torch.exp(-d2 / (2 * SIGMA_CHROMA**2)) * gate

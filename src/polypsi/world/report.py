@@ -1,9 +1,11 @@
 """Ground-truth report: how well PSI recovers the planted polysemantic channels.
 
 Per layer (and pooled over layers, layer "all"):
-- AUROC of PSI and of each hat for planted-polysemantic (positive) against
-  monosemantic (negative) channels. Dead channels are left out. Two subsets: every
-  channel with a finite score ("finite"), and only channels whose status is "ok".
+- AUROC of PSI, of each hat and of each raw component for planted-polysemantic
+  (positive) against monosemantic (negative) channels. Dead channels are left out.
+  Two subsets: every channel with a finite score ("finite"), and only channels whose
+  status is "ok". The raw components show what the calibration keeps or loses: a hat
+  near 1 for every channel (both kinds far above their nulls) no longer ranks them.
 - K-hat against the true number of planted concepts (a confusion table).
 - Naming accuracy: share of clusters whose top concept (concept_1) is one of the
   channel's planted concepts, for mono, poly and all live channels; and for poly
@@ -20,7 +22,7 @@ import pandas as pd
 from polypsi.io import write_csv
 from polypsi.report.stats import auroc
 
-METRICS = ["psi", "S_hat", "Q_hat", "D_hat"]
+METRICS = ["psi", "S_hat", "Q_hat", "D_hat", "S", "Q", "D"]  # raw components too: the hats can saturate
 COLUMNS = ["layer", "section", "metric", "subset", "true_n", "k_hat", "value", "n_poly", "n_mono", "n_clusters"]
 
 
@@ -116,6 +118,8 @@ def ground_truth_tables(psi_tables: dict[str, pd.DataFrame], clusters_tables: di
     for layer, m, n in groups:
         rows += _auroc_rows(layer, m) + _k_rows(layer, m) + _naming_rows(layer, n)
     summary = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    for col in ("true_n", "k_hat", "n_poly", "n_mono", "n_clusters"):
+        summary[col] = summary[col].astype("Int64")  # counts stay integers beside the empty cells
     return summary, per_channel.drop(columns="layer_"), per_cluster.drop(columns="layer_")
 
 
@@ -136,10 +140,11 @@ def plot_ground_truth(summary: pd.DataFrame, per_channel: pd.DataFrame, path: st
     fig, axes = _panels(3 + len(layers))
     # (a) AUROC of each score, poly vs mono.
     a = summary[(summary["section"] == "auroc") & (summary["subset"] == "finite")].copy()
-    a["score"] = a["metric"].map(HAT_LABELS)
+    a["score"] = a["metric"].map(lambda m: HAT_LABELS.get(m, f"raw {m}"))
     sns.barplot(data=a, x="score", y="value", hue="layer", ax=axes[0])
     axes[0].axhline(0.5, color="grey", ls="--", lw=1)
     axes[0].set(ylim=(0, 1), ylabel="AUROC (planted poly vs mono)", xlabel="", title="Recovery of planted polysemanticity")
+    axes[0].legend(loc="lower right", fontsize=8)
     # (b) log PSI by planted kind.
     d = per_channel[per_channel["kind"].isin(["mono", "poly"])]
     sns.stripplot(data=d, x="layer", y="log_psi", hue="kind", dodge=True, size=3, ax=axes[1], order=layers)
@@ -148,10 +153,35 @@ def plot_ground_truth(summary: pd.DataFrame, per_channel: pd.DataFrame, path: st
     n = summary[(summary["section"] == "naming") & (summary["metric"] == "accuracy")]
     sns.barplot(data=n, x="subset", y="value", hue="layer", ax=axes[2])
     axes[2].set(ylim=(0, 1), ylabel="top concept is planted", xlabel="channels", title="Naming accuracy")
+    axes[2].legend(loc="lower right", fontsize=8)
     # (d...) K-hat confusion per layer.
     for ax, layer in zip(axes[3:], layers):
         k = summary[(summary["section"] == "k_confusion") & (summary["layer"] == layer)]
         table = k.pivot(index="true_n", columns="k_hat", values="value").fillna(0).astype(int)
+        table.index, table.columns = table.index.astype(int), table.columns.astype(int)
         sns.heatmap(table, annot=True, fmt="d", cbar=False, cmap="Blues", ax=ax)
         ax.set(title=f"{layer}: K-hat vs planted concepts", xlabel="K-hat", ylabel="planted concepts")
     save(fig, path)
+
+
+def report_run(cfg, run_dir: str | Path | None = None) -> pd.DataFrame:
+    """ground_truth_report for a finished run: reads <run>/psi/ and <run>/clusters/, writes
+    <run>/report/ground_truth.csv and ground_truth.png (`cfg` is the run's Config)."""
+    from polypsi.io import read_table
+    from polypsi.world.truth import ground_truth
+
+    run = Path(run_dir or f"results/{cfg.run_name}")
+    layers = list(cfg.model.layers)
+    psi = {l: read_table(run / "psi" / f"{l}.parquet") for l in layers}
+    clusters = {l: read_table(run / "clusters" / f"{l}.parquet") for l in layers}
+    return ground_truth_report(psi, clusters, ground_truth(cfg.world), run / "report" / "ground_truth.csv",
+                               run / "report" / "ground_truth.png")
+
+
+if __name__ == "__main__":  # python -m polypsi.world.report config/demo.yaml [results/demo]
+    import sys
+
+    from polypsi.config import load_config_file
+
+    cfg = load_config_file(sys.argv[1])
+    print(report_run(cfg, sys.argv[2] if len(sys.argv) > 2 else None).to_string())

@@ -1,0 +1,99 @@
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from polypsi.world.report import COLUMNS, ground_truth_report, ground_truth_tables
+
+
+def _tables(seed=0):
+    rng = np.random.default_rng(seed)
+    truth, psi, clusters = [], {}, {}
+    names = ["red disc", "blue square", "green ring", "yellow star"]
+    for layer in ("layer3", "layer4"):
+        rows = []
+        for ch in range(30):
+            kind = ["mono", "poly", "dead"][ch % 3]
+            n = {"mono": 1, "poly": 2 + (ch % 2), "dead": 0}[kind]
+            concepts = [names[(ch + j) % 4] for j in range(n)]
+            truth.append({"layer": layer, "channel": ch, "kind": kind, "n_concepts": n, "concepts": ";".join(concepts)})
+            hats = rng.uniform(0.3, 1.0, 3) if kind == "poly" else rng.uniform(0.0, 0.8, 3)
+            dead = kind == "dead"
+            raw = np.nan if dead else rng.uniform(0, 1, 3)
+            rows.append({
+                "S": raw if dead else raw[0], "Q": raw if dead else raw[1], "D": raw if dead else raw[2],
+                "channel": ch, "S_hat": np.nan if dead else hats[0], "Q_hat": np.nan if dead else hats[1],
+                "D_hat": np.nan if dead else hats[2], "psi": np.nan if dead else hats.prod(),
+                "log_psi": np.nan if dead else np.log(hats.prod()), "k_hat": int(rng.integers(2, 6)),
+                "status": "dead: top activation <= 0" if dead else ("ok" if ch % 5 else "low_null_sd:Q"),
+            })
+            for k in range(rows[-1]["k_hat"]):
+                top = concepts[k % n] if (n and rng.random() < 0.7) else names[int(rng.integers(4))]
+                clusters.setdefault(layer, []).append({"channel": ch, "cluster": k, "size": 5, "silhouette": 0.1,
+                                                       "concept_1": top.replace(" ", "_") if k == 0 else top,
+                                                       "gap": 0.1, "concept_2": "x", "similarity_1": 0.3})
+        psi[layer] = pd.DataFrame(rows).sample(frac=1, random_state=seed)  # order must not matter
+    return psi, {k: pd.DataFrame(v) for k, v in clusters.items()}, pd.DataFrame(truth)
+
+
+def test_auroc_matches_sklearn():
+    psi, clusters, truth = _tables()
+    summary, per_channel, _ = ground_truth_tables(psi, clusters, truth)
+    assert list(summary.columns) == COLUMNS
+    for layer in ("layer3", "layer4", "all"):
+        m = per_channel if layer == "all" else per_channel[per_channel["layer"] == layer]
+        for subset in ("finite", "ok"):
+            d = m[m["kind"].isin(["mono", "poly"])]
+            if subset == "ok":
+                d = d[d["status"] == "ok"]
+            for metric in ("psi", "S_hat", "Q_hat", "D_hat", "S", "Q", "D"):
+                want = roc_auc_score(d["kind"] == "poly", d[metric])
+                got = summary.query("layer == @layer and section == 'auroc' and metric == @metric and subset == @subset")
+                assert len(got) == 1
+                assert got["value"].iloc[0] == pytest.approx(want)
+                assert got["n_poly"].iloc[0] == (d["kind"] == "poly").sum()
+
+
+def test_k_confusion_counts_every_live_channel():
+    psi, clusters, truth = _tables(1)
+    summary, per_channel, _ = ground_truth_tables(psi, clusters, truth)
+    k = summary[(summary["section"] == "k_confusion") & (summary["layer"] == "layer3")]
+    live = per_channel[(per_channel["layer"] == "layer3") & per_channel["kind"].isin(["mono", "poly"])]
+    want = pd.crosstab(live["n_concepts"], live["k_hat"])
+    for _, row in k.iterrows():
+        assert row["value"] == want.loc[row["true_n"], row["k_hat"]] if row["k_hat"] in want.columns else row["value"] == 0
+    assert k["value"].sum() == len(live)
+
+
+def test_naming_accuracy_by_brute_force():
+    psi, clusters, truth = _tables(2)
+    summary, _, _ = ground_truth_tables(psi, clusters, truth)
+    t = truth.set_index(["layer", "channel"])
+    for kind in ("mono", "poly", "all"):
+        hits = []
+        for layer, c in clusters.items():
+            for _, r in c.iterrows():
+                tr = t.loc[(layer, r["channel"])]
+                if tr["kind"] == "dead" or (kind != "all" and tr["kind"] != kind):
+                    continue
+                hits.append(r["concept_1"].replace("_", " ") in tr["concepts"].split(";"))
+        got = summary.query("layer == 'all' and section == 'naming' and metric == 'accuracy' and subset == @kind")
+        assert got["value"].iloc[0] == pytest.approx(np.mean(hits))
+        assert got["n_clusters"].iloc[0] == len(hits)
+
+
+def test_report_writes_csv_and_figure(tmp_path):
+    psi, clusters, truth = _tables(3)
+    out = ground_truth_report(psi, clusters, truth, tmp_path / "report" / "ground_truth.csv", tmp_path / "gt.png")
+    back = pd.read_csv(tmp_path / "report" / "ground_truth.csv")
+    assert len(back) == len(out) and set(back["section"]) == {"auroc", "k_confusion", "naming"}
+    assert (tmp_path / "gt.png").stat().st_size > 10_000
+
+
+def test_missing_channels_are_named():
+    psi, clusters, truth = _tables(4)
+    psi["layer3"] = psi["layer3"][psi["layer3"]["channel"] != 7]
+    with pytest.raises(ValueError, match=r"lacks planted channel\(s\) \[7\]"):
+        ground_truth_tables(psi, clusters, truth)
+    with pytest.raises(ValueError, match="no channels of layer 'layer9'"):
+        ground_truth_tables({"layer9": psi["layer4"]}, clusters, truth)
