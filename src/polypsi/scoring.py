@@ -57,11 +57,10 @@ def score_shard(cfg: Config, layer: str, cshard: int, dshard: int, n_dshards: in
     draws = draws_of(dshard, n_dshards, cfg.nulls.m)
     log.info("layer %s, channel shard %d: %d channels x %d patches x %d dims; draws %s; S-null %s, D-null %s",
              layer, cshard, z.shape[0], z.shape[1], z.shape[2], draws, cfg.nulls.s_null, cfg.nulls.d_null)
-    tables = []
-    for d in draws:
-        tables.append(score_channels(z, labels, channels, text, d, cfg.stats, cfg.nulls, layer, device, progress=True))
-        log.info("draw %d done", d)
-    write_table(pd.concat(tables, ignore_index=True), out)
+    # One call for all draws: the real clustering is computed once and shared by the null draws.
+    scores = score_channels(z, labels, channels, text, draws, cfg.stats, cfg.nulls, layer, device, progress=True)
+    write_table(scores, out)
+    log.info("done")
 
 
 def calibrate_layer(cfg: Config, layer: str, score_paths: list[str], topk_path: str, emb_paths: list[str],
