@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from polypsi.config import IMAGENET_MEAN, IMAGENET_STD, WorldConfig
 from polypsi.world import build_model, world_spec
 from polypsi.world.render import render_concept, render_image
+from polypsi.world.model import _construct
 from polypsi.world.truth import plan_channels
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -41,7 +42,7 @@ def model(world):
     return build_model(world)
 
 
-def test_named_stages_and_any_input_size(world):
+def test_named_stages_and_any_input_size(world, model):
     m128 = build_model(world, input_size=128)
     names = dict(m128.named_modules())
     for n in ("stem", "layer1", "layer2", "layer3", "layer4", "fc"):
@@ -54,12 +55,12 @@ def test_named_stages_and_any_input_size(world):
     b = activations(m128, prep([img], 192))
     assert b["layer3"].shape[-1] == 24 and b["layer4"].shape[-1] == 12
     # At its configured input size, the model sees what the 64 px model sees.
-    c = activations(build_model(world, input_size=64), prep([img]))
+    c = activations(model, prep([img]))
     assert torch.corrcoef(torch.stack([a["layer3"].flatten(), c["layer3"].flatten()]))[0, 1] > 0.9
 
 
 def test_build_is_deterministic(world, model):
-    other = build_model(world)
+    other = _construct.__wrapped__(world.model_dump_json(), 64, tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))  # no cache
     for (k, v), (k2, v2) in zip(model.state_dict().items(), other.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k
     reseeded = build_model(world.model_copy(update={"seed": 3}))
@@ -100,9 +101,9 @@ def _concept_responses(world, model, n_poses=4, seed=0):
 
 
 @pytest.mark.parametrize("crosstalk", [0.0, WorldConfig().crosstalk])
-def test_planted_channels_respond_to_their_concepts_only(world, crosstalk):
+def test_planted_channels_respond_to_their_concepts_only(world, model, crosstalk):
     w = world.model_copy(update={"crosstalk": crosstalk})
-    resp, spec = _concept_responses(w, build_model(w))
+    resp, spec = _concept_responses(w, model if w == world else build_model(w))
     cs = spec.concepts
     leaks = []
     for p in plan_channels(w):

@@ -21,6 +21,8 @@ reproducible and its ground truth (`polypsi.world.truth`) is known by constructi
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 
 import numpy as np
@@ -256,8 +258,16 @@ def build_model(
     config (default: the rendered size). The model scales its input by
     world.image_size / input_size, so at S = input_size every detector sees objects at
     the size they were rendered; other sizes work too (maps grow with S, as in any CNN).
+    Construction takes a few seconds (calibration renders); repeated builds in one
+    process are copies of a cached model.
     """
-    input_size = input_size or world.image_size
+    key = (world.model_dump_json(), int(input_size or world.image_size), tuple(mean), tuple(std))
+    return copy.deepcopy(_construct(*key))
+
+
+@functools.lru_cache(maxsize=4)
+def _construct(world_json: str, input_size: int, mean: tuple, std: tuple) -> WorldNet:
+    world = WorldConfig.model_validate_json(world_json)
     spec = world_spec(world)
     plans = plan_channels(world)
     n, c = len(spec.concepts), world.channels
