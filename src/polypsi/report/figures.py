@@ -52,7 +52,10 @@ def psi_histograms(real: dict[str, pd.DataFrame], null: dict[str, pd.DataFrame],
         if d.empty:
             ax.text(0.5, 0.5, "no valid channels", transform=ax.transAxes, ha="center")
         else:
-            bins = np.histogram_bin_edges(d["log PSI"], bins="auto")[:60] if d["log PSI"].nunique() > 1 else 10
+            x = d["log PSI"].to_numpy()
+            # numpy's automatic bin count, kept between 15 and 60 bins over the full range.
+            n_bins = int(np.clip(len(np.histogram_bin_edges(x, bins="auto")) - 1, 15, 60))
+            bins = np.linspace(x.min(), x.max(), n_bins + 1) if x.max() > x.min() else 10
             sns.histplot(d, x="log PSI", hue="neurons", hue_order=["real", "null"], bins=bins, stat="density",
                          common_norm=False, element="step", alpha=0.35, ax=ax)
         ax.axvline(CHANCE_LOG_PSI, color="0.4", ls=":", lw=1)
