@@ -175,7 +175,7 @@ def main() -> None:
         "chance": 1 / len(UNIVERSE),
         "n_train": len(x),
         "n_heldout": len(xv),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": {k: v for k, v in vars(args).items() if k not in ("out", "cache")},
         "seconds": round(time.time() - t0),
     }
     args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -147,7 +147,8 @@ def plot_ground_truth(summary: pd.DataFrame, per_channel: pd.DataFrame, path: st
     axes[0].legend(loc="lower right", fontsize=8)
     # (b) log PSI by planted kind.
     d = per_channel[per_channel["kind"].isin(["mono", "poly"])]
-    sns.stripplot(data=d, x="layer", y="log_psi", hue="kind", dodge=True, size=3, ax=axes[1], order=layers)
+    sns.stripplot(data=d, x="layer", y="log_psi", hue="kind", hue_order=["mono", "poly"], dodge=True, size=3,
+                  ax=axes[1], order=layers)
     axes[1].set(title="log PSI by planted kind", xlabel="")
     # (c) naming accuracy.
     n = summary[(summary["section"] == "naming") & (summary["metric"] == "accuracy")]
