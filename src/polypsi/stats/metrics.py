@@ -55,7 +55,8 @@ def nmi(y: np.ndarray, l: np.ndarray) -> np.ndarray:
         ratio = np.where(p > 0, p / (py[:, :, None] * pl[:, None, :]), 1.0)
         mi = np.clip((p * np.log(ratio)).sum((1, 2)), 0.0, None)
     hy, hl = _entropy(py, 1), _entropy(pl, 1)
-    out = mi / np.maximum((hy + hl) / 2.0, np.finfo(np.float64).eps)
+    # Rounding can put a perfect match a few ulp above 1; NMI is bounded by 1.
+    out = np.minimum(mi / np.maximum((hy + hl) / 2.0, np.finfo(np.float64).eps), 1.0)
     n_y, n_l = (py > 0).sum(1), (pl > 0).sum(1)
     out[mi == 0] = 0.0
     out[(n_y == 1) & (n_l == 1)] = 1.0  # two constant labelings agree perfectly
