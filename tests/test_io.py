@@ -34,3 +34,12 @@ def test_mismatched_embedding_rows(tmp_path):
 def test_missing_file_message(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the stage"):
         read_table(tmp_path / "none.parquet")
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    import os
+
+    write_table(pd.DataFrame({"a": [1]}), tmp_path / "p.parquet")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "p.parquet").stat().st_mode & 0o777 == 0o666 & ~umask
