@@ -60,7 +60,9 @@ def _calibrate_rows(x: pd.DataFrame, ref: pd.DataFrame, nulls: NullConfig) -> pd
         out[c] = x[c].astype(float)
         out[f"{c}_mu"], out[f"{c}_sd"] = mu[c], sd[c]
         z = (x[c] - mu[c]) / (sd[c] + nulls.eps)
-        out[f"{c}_hat"] = expit(z)
+        # A hat is a probability-like score in the open interval (0, 1); expit rounds to exactly
+        # 0 or 1 beyond |z| ~ 37 (float64), so keep it one ulp inside. log_psi uses the exact z.
+        out[f"{c}_hat"] = np.clip(expit(z), np.finfo(np.float64).tiny, np.nextafter(1.0, 0.0))
         log_psi += log_expit(z.to_numpy())  # -softplus(-z): finite where the hat underflows
         for i in np.flatnonzero((sd[c] < nulls.sd_tol).to_numpy()):
             flags[i].append(c)
