@@ -149,3 +149,20 @@ def test_interrupted_run_resumes_to_identical_results(smoke):
     snakemake(work, "--configfile", str(ROOT / "config" / "smoke.yaml"), "--rerun-incomplete")
     for k, df in before.items():
         pd.testing.assert_frame_equal(pd.read_parquet(smoke / k / "layer3.parquet"), df)
+
+
+def test_report_files_and_html_report(smoke, tmp_path):
+    rep = smoke / "report"
+    for f in ("auroc.csv", "ks.csv", "robustness.csv", "k_hat.csv", "gallery.csv", "psi_hist.png", "roc.png",
+              "depth_violin.png", "k_sensitivity.png", "k_hat.png", "null_seeds.png", "interventions.csv",
+              "interventions.png", "browser/index.html"):
+        assert (rep / f).is_file(), f"missing report/{f}"
+    ks = pd.read_csv(rep / "ks.csv")
+    assert {"layer_a", "layer_b", "statistic", "pvalue"} <= set(ks.columns) and len(ks) == 1
+    rob = pd.read_csv(rep / "robustness.csv")
+    assert {"k_sensitivity", "null_seeds", "text_head"} <= set(rob["analysis"])
+    iv = pd.read_csv(rep / "interventions.csv")
+    assert iv["condition"].tolist() == ["Aligned", "Non-aligned", "Random", "Shuffled-position", "Ablate-elsewhere"]
+    html = tmp_path / "report.html"
+    snakemake(smoke.parent.parent, "--configfile", str(ROOT / "config" / "smoke.yaml"), "--report", str(html))
+    assert html.stat().st_size > 10_000
