@@ -72,3 +72,11 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("mining: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config_file(bad)
+
+
+def test_readme_documents_every_key():
+    from polypsi.config import keys_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [row for row in keys_markdown().splitlines()[2:] if row not in readme]
+    assert not missing, "README key table is stale; paste polypsi.config.keys_markdown() output:\n" + "\n".join(missing)

@@ -149,7 +149,7 @@ class StatsConfig(_Section):
     k_min: int = Field(2, ge=2, description="Smallest K' tried.")
     k_max: int = Field(5, ge=2, description="Largest K' tried.")
     n_init: int = Field(10, ge=1, description="k-means restarts per K'.")
-    max_iter: int = Field(100, ge=1)
+    max_iter: int = Field(100, ge=1, description="Lloyd iterations per k-means restart (they stop early at a fixed point).")
     gap_level: Literal["concept", "prompt"] = Field(
         "concept", description="D's purity gap over concepts (templates averaged) or single prompts (paper)."
     )
@@ -202,7 +202,7 @@ class ShardConfig(_Section):
 
 
 class InterventionConfig(_Section):
-    enabled: bool = True
+    enabled: bool = Field(True, description="Run the patch-swap interventions.")
     layer: Optional[str] = Field(None, description="Layer to intervene on; null = the deepest analysed layer.")
     n_channels: int = Field(10, ge=1, description="Highest-PSI channels tested (status ok, k_hat >= 2).")
     sites_per_channel: int = Field(5, ge=1, description="Top sites (by rank) intervened on per channel.")
