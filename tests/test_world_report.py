@@ -97,3 +97,28 @@ def test_missing_channels_are_named():
         ground_truth_tables(psi, clusters, truth)
     with pytest.raises(ValueError, match="no channels of layer 'layer9'"):
         ground_truth_tables({"layer9": psi["layer4"]}, clusters, truth)
+
+
+def test_topk_composition_finds_the_object_at_each_crop():
+    from polypsi.world.report import channel_table, topk_composition
+
+    desc = {
+        "concepts": [{"name": "red disc"}, {"name": "blue square"}],
+        "images": [
+            {"image_id": 7, "objects": [{"concept": 0, "x": 10.0, "y": 12.0, "r": 5.0},
+                                        {"concept": 1, "x": 50.0, "y": 50.0, "r": 9.0}]},
+            {"image_id": 3, "objects": [{"concept": 1, "x": 30.0, "y": 30.0, "r": 9.0}]},
+        ],
+    }
+    dataset = pd.DataFrame({"image_id": [0, 1], "path": ["x/red_disc/00007.png", "x/blue_square/00003.png"]})
+    # Crops in 128 px input coordinates (2x the 64 px render): centres (12,10), (50,50), (30,30), (2,62).
+    boxes = [(0, 0, 14, 24, 34), (0, 80, 80, 120, 120), (1, 40, 40, 80, 80), (1, 0, 100, 8, 128)]
+    patches = pd.DataFrame([(5, i, y0, x0, y1, x1) for i, y0, x0, y1, x1 in boxes],
+                           columns=["channel", "image_id", "y0", "x0", "y1", "x1"])
+    comp = topk_composition(patches, dataset, desc, input_size=128, image_size=64).set_index("concept")["share"]
+    assert comp.to_dict() == {"blue square": 0.5, "none": 0.25, "red disc": 0.25}
+    per_channel = pd.DataFrame([{"layer": "layer3", "channel": 5, "kind": "poly", "n_concepts": 2,
+                                 "concepts": "red disc;blue square", "psi": 0.5, "S_hat": 0.5, "Q_hat": 0.5,
+                                 "D_hat": 0.5, "S": 0.1, "Q": 0.1, "D": 0.1, "k_hat": 2, "status": "ok"}])
+    t = channel_table(per_channel, {"layer3": comp.reset_index().assign(channel=5)})
+    assert t.loc[0, "planted_share"] == pytest.approx(0.75) and t.loc[0, "minority_share"] == pytest.approx(0.25)

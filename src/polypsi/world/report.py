@@ -165,18 +165,68 @@ def plot_ground_truth(summary: pd.DataFrame, per_channel: pd.DataFrame, path: st
     save(fig, path)
 
 
+def topk_composition(patches: pd.DataFrame, dataset: pd.DataFrame, world_desc: dict, input_size: int,
+                     image_size: int) -> pd.DataFrame:
+    """What each channel's top patches show: (channel, concept, share) over its top-K.
+
+    A patch shows the world object nearest its crop centre (distance to the object's edge,
+    at most 8 px of a 64 px image), else "none". Objects come from world.json; the
+    dataset's file names carry the world image index.
+    """
+    names = [c["name"] for c in world_desc["concepts"]]
+    scenes = {s["image_id"]: s["objects"] for s in world_desc["images"]}
+    index = {int(i): int(Path(p).stem) for i, p in zip(dataset["image_id"], dataset["path"])}
+    f = image_size / input_size
+    shown = []
+    for img, y0, x0, y1, x1 in patches[["image_id", "y0", "x0", "y1", "x1"]].itertuples(index=False):
+        cy, cx = (y0 + y1) / 2 * f, (x0 + x1) / 2 * f
+        objs = scenes[index[int(img)]]
+        edge = [np.hypot(o["x"] - cx, o["y"] - cy) - o["r"] for o in objs]
+        j = int(np.argmin(edge))
+        shown.append(names[objs[j]["concept"]] if edge[j] <= 8 * image_size / 64 else "none")
+    d = pd.DataFrame({"channel": patches["channel"].to_numpy(), "concept": shown})
+    out = d.groupby(["channel", "concept"]).size().rename("share").reset_index()
+    out["share"] /= out.groupby("channel")["share"].transform("sum")
+    return out
+
+
+def channel_table(per_channel: pd.DataFrame, composition: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Truth and scores per channel, plus the measured share of planted concepts in its top-K
+    (`planted_share`) and of its least frequent planted concept (`minority_share`)."""
+    rows = []
+    for r in per_channel.itertuples(index=False):
+        comp = composition[r.layer]
+        comp = comp[comp["channel"] == r.channel].set_index("concept")["share"]
+        planted = sorted(_planted(r.concepts))
+        shares = [float(comp.get(c, 0.0)) for c in planted]
+        rows.append({"planted_share": sum(shares) if planted else np.nan,
+                     "minority_share": min(shares) if planted else np.nan,
+                     "top_concepts": ";".join(f"{c}:{v:.2f}" for c, v in comp.sort_values(ascending=False).head(3).items())})
+    cols = ["layer", "channel", "kind", "n_concepts", "concepts", "psi", "S_hat", "Q_hat", "D_hat", "S", "Q", "D",
+            "k_hat", "status"]
+    return pd.concat([per_channel[cols].reset_index(drop=True), pd.DataFrame(rows)], axis=1)
+
+
 def report_run(cfg, run_dir: str | Path | None = None) -> pd.DataFrame:
-    """ground_truth_report for a finished run: reads <run>/psi/ and <run>/clusters/, writes
-    <run>/report/ground_truth.csv and ground_truth.png (`cfg` is the run's Config)."""
-    from polypsi.io import read_table
+    """ground_truth_report for a finished run (`cfg` is the run's Config): reads <run>/psi/ and
+    <run>/clusters/, writes <run>/report/ground_truth.csv and .png; also
+    <run>/report/ground_truth_channels.csv (channel_table, from patches and world.json)."""
+    from polypsi.io import read_json, read_table
     from polypsi.world.truth import ground_truth
 
     run = Path(run_dir or f"results/{cfg.run_name}")
     layers = list(cfg.model.layers)
     psi = {l: read_table(run / "psi" / f"{l}.parquet") for l in layers}
     clusters = {l: read_table(run / "clusters" / f"{l}.parquet") for l in layers}
-    return ground_truth_report(psi, clusters, ground_truth(cfg.world), run / "report" / "ground_truth.csv",
-                               run / "report" / "ground_truth.png")
+    truth = ground_truth(cfg.world)
+    summary = ground_truth_report(psi, clusters, truth, run / "report" / "ground_truth.csv",
+                                  run / "report" / "ground_truth.png")
+    _, per_channel, _ = ground_truth_tables(psi, clusters, truth)
+    dataset, desc = read_table(run / "dataset.parquet"), read_json(run / "world" / "world.json")
+    comp = {l: topk_composition(read_table(run / "patches" / f"{l}.parquet"), dataset, desc,
+                                cfg.model.input_size, cfg.world.image_size) for l in layers}
+    write_csv(channel_table(per_channel, comp), run / "report" / "ground_truth_channels.csv")
+    return summary
 
 
 if __name__ == "__main__":  # python -m polypsi.world.report config/demo.yaml [results/demo]
