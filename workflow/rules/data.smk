@@ -4,7 +4,8 @@ if cfg.data.source in ("world", "synthetic"):
 
     rule render_images:
         output:
-            directory(f"{R}/world/images"),
+            images=directory(f"{R}/world/images"),
+            description=f"{R}/world/world.json" if cfg.data.source == "world" else [],
         params:
             **sections("data", "world"),
         log:

@@ -184,3 +184,26 @@ rule report:
         f"{R}/logs/report.log",
     script:
         f"{SCRIPTS}/report.py"
+
+
+if cfg.data.source == "world" and cfg.model.source == "world":
+
+    rule ground_truth:
+        input:
+            psi=expand(f"{R}/psi/{{layer}}.parquet", layer=LAYERS),
+            clusters=expand(f"{R}/clusters/{{layer}}.parquet", layer=LAYERS),
+            patches=expand(f"{R}/patches/{{layer}}.parquet", layer=LAYERS),
+            dataset=f"{R}/dataset.parquet",
+            world=f"{R}/world/world.json",
+        output:
+            csv=report(f"{R}/report/ground_truth.csv", caption="../report/ground_truth.rst", category="Planted world"),
+            png=report(f"{R}/report/ground_truth.png", caption="../report/ground_truth.rst", category="Planted world"),
+            channels=f"{R}/report/ground_truth_channels.csv",
+        params:
+            **sections("world", "model", "run_name"),
+        log:
+            f"{R}/logs/ground_truth.log",
+        script:
+            f"{SCRIPTS}/ground_truth.py"
+
+    extra_outputs += [f"{R}/report/ground_truth.csv"]

@@ -6,7 +6,7 @@ cfg, log, params = stage(snakemake)  # noqa: F821
 
 
 def main():
-    out = Path(snakemake.output[0]).parent  # noqa: F821
+    out = Path(snakemake.output.images).parent  # noqa: F821
     if cfg.data.source == "world":
         from polypsi.world import render_world
 
