@@ -47,6 +47,7 @@ def report(tmp_path_factory):
                geometry=str(root / "geometry.json"))
     rep = root / "report"
     out = {"auroc": rep / "auroc.csv", "ks": rep / "ks.csv", "k_hat": rep / "k_hat.csv",
+           "null_diagnostics": rep / "null_diagnostics.csv",
            "robustness": rep / "robustness.csv", "gallery": rep / "gallery.csv",
            "fig_hist": rep / "psi_hist.png", "fig_roc": rep / "roc.png", "fig_violin": rep / "depth_violin.png",
            "fig_k": rep / "k_sensitivity.png", "fig_khat": rep / "k_hat.png", "fig_text_head": rep / "text_head.png",
@@ -162,7 +163,7 @@ def test_layer_without_valid_channels_still_reports(tmp_path):
     inp.update(k_sensitivity=ks, seed_split=seeds, text_head=[], dataset=str(root / "dataset.parquet"),
                geometry=str(root / "geometry.json"))
     rep = tmp_path / "out"
-    out = {k: rep / f"{k}.csv" for k in ["auroc", "ks", "k_hat", "robustness", "gallery"]}
+    out = {k: rep / f"{k}.csv" for k in ["auroc", "ks", "k_hat", "robustness", "gallery", "null_diagnostics"]}
     out.update({k: rep / f"{k}.png" for k in FIGS})
     out.update(gallery_high=[rep / f"high_{l}.png" for l in layers], gallery_low=[rep / f"low_{l}.png" for l in layers])
     run_report(cfg, layers, inp, out)
@@ -185,3 +186,30 @@ def test_k_sensitivity_figure_with_control_row(tmp_path):
     figures.k_sensitivity(rob, tmp_path / "k.png", 50)
     with Image.open(tmp_path / "k.png") as im:
         assert im.size[0] > 300
+
+
+def test_null_diagnostics_count_low_sd_per_component(report):
+    from polypsi.calibration import low_sd_counts
+
+    _, out, psi, *_ = report
+    d = pd.read_csv(out["null_diagnostics"])
+    assert set(d.columns) >= {"layer", "component", "null", "n_channels", "n_low_sd", "share_low_sd", "median_sd"}
+    assert len(d) == 3 * len(psi)
+    for layer, df in psi.items():
+        live = df[~df.status.str.startswith("dead")]
+        got = d[d.layer == layer].set_index("component")
+        assert got.n_low_sd.to_dict() == low_sd_counts(live)
+        assert (got.n_channels == len(live)).all()
+        assert got.loc["S", "null"] == "gaussian" and got.loc["D", "null"] == "unrelated_prompts"
+
+
+def test_null_diagnostics_on_flagged_channels():
+    from polypsi.config import NullConfig
+    from polypsi.report.stats import null_diagnostics
+
+    df = pd.DataFrame({"status": ["ok", "low_null_sd:S", "low_null_sd:S,D", "dead: top activation <= 0"],
+                       "S_sd": [0.1, 0.0, 0.0, 0.0], "Q_sd": [0.2, 0.1, 0.1, 0.0], "D_sd": [0.1, 0.1, 0.0, 0.0]})
+    d = null_diagnostics({"l": df}, NullConfig(s_null="rotation")).set_index("component")
+    assert d.n_low_sd.to_dict() == {"S": 2, "Q": 0, "D": 1}
+    assert (d.n_channels == 3).all() and d.loc["S", "null"] == "rotation"
+    assert d.loc["S", "share_low_sd"] == pytest.approx(2 / 3)

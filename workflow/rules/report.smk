@@ -157,6 +157,9 @@ rule report:
         auroc=report(f"{REPORT}/auroc.csv", caption=caption("auroc"), category="1. Real vs null"),
         fig_hist=report(f"{REPORT}/psi_hist.png", caption=caption("psi_hist"), category="1. Real vs null"),
         fig_roc=report(f"{REPORT}/roc.png", caption=caption("roc"), category="1. Real vs null"),
+        null_diagnostics=report(
+            f"{REPORT}/null_diagnostics.csv", caption=caption("null_diagnostics"), category="1. Real vs null"
+        ),
         ks=report(f"{REPORT}/ks.csv", caption=caption("ks"), category="2. Depth"),
         fig_violin=report(f"{REPORT}/depth_violin.png", caption=caption("depth_violin"), category="2. Depth"),
         gallery=report(f"{REPORT}/gallery.csv", caption=caption("gallery_table"), category="3. Galleries"),

@@ -86,6 +86,12 @@ def run_report(cfg: Config, layers: list[str], inp, out, log_file=None) -> None:
     write_csv(ks, out["ks"])
     khat = stats.k_hat_table(real, null, rep.high_psi_quantile)
     write_csv(khat, out["k_hat"])
+    diag = stats.null_diagnostics(real, cfg.nulls)
+    write_csv(diag, out["null_diagnostics"])
+    flagged = diag[diag.n_low_sd > 0]
+    for r in flagged.itertuples():
+        log.warning("%s: %d of %d channels have a %s-null (%s) sd below %g; their %s_hat is unreliable",
+                    r.layer, r.n_low_sd, r.n_channels, r.component, r.null, r.sd_tol, r.component)
     log.info("AUROC of PSI: %s", {r.layer: round(r.auroc, 4) for r in auroc[auroc.metric == "psi"].itertuples()})
 
     rows = []
