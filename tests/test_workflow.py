@@ -153,7 +153,7 @@ def test_interrupted_run_resumes_to_identical_results(smoke):
 
 def test_report_files_and_html_report(smoke, tmp_path):
     rep = smoke / "report"
-    for f in ("auroc.csv", "ks.csv", "robustness.csv", "k_hat.csv", "gallery.csv", "psi_hist.png", "roc.png",
+    for f in ("auroc.csv", "null_diagnostics.csv", "ks.csv", "robustness.csv", "k_hat.csv", "gallery.csv", "psi_hist.png", "roc.png",
               "depth_violin.png", "k_sensitivity.png", "k_hat.png", "null_seeds.png", "interventions.csv",
               "interventions.png", "browser/index.html"):
         assert (rep / f).is_file(), f"missing report/{f}"
