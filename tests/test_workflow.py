@@ -166,3 +166,20 @@ def test_report_files_and_html_report(smoke, tmp_path):
     html = tmp_path / "report.html"
     snakemake(smoke.parent.parent, "--configfile", str(ROOT / "config" / "smoke.yaml"), "--report", str(html))
     assert html.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("overlay", [None, "paper.yaml"])
+def test_paper_setup_plans_every_rule_over_its_shards(tmp_path, overlay):
+    """The GPU-workstation configs build their job graph here (nothing runs; weights and data are absent)."""
+    args = ["-n", "--resources", "gpu=1"] + (["--configfile", str(ROOT / "config" / overlay)] if overlay else [])
+    p = snakemake(tmp_path, *args)
+    counts = {}
+    for line in p.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    shards = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["shards"]
+    assert counts["download_tiny_imagenet"] == 1 and counts["mine_topk"] == shards["images"]
+    assert counts["embed_patches"] == 2 * shards["channels"] and counts["score"] == 2 * shards["channels"] * shards["draws"]
+    for rule in ("geometry", "index_dataset", "embed_prompts", "merge_topk", "calibrate", "report", "interventions"):
+        assert counts.get(rule, 0) >= 1, rule
