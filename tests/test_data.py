@@ -85,3 +85,9 @@ def test_download_checksums_and_extracts(tmp_path, tiny_imagenet):
     cfg = load_config({"data": {"root": str(dest), "url": f"file://{archive}", "md5": md5}})
     assert (download_tiny_imagenet(cfg.data) / "wnids.txt").is_file()
     assert len(index_tiny_imagenet(dest)) == 6
+    # as in the workflow, where Snakemake has already created the (empty) output folder
+    existing = tmp_path / "existing" / "tiny-imagenet-200"
+    existing.mkdir(parents=True)
+    cfg = load_config({"data": {"root": str(existing), "url": f"file://{archive}", "md5": md5}})
+    download_tiny_imagenet(cfg.data)
+    assert (existing / "wnids.txt").is_file() and len(index_tiny_imagenet(existing)) == 6

@@ -212,5 +212,8 @@ def download_tiny_imagenet(d: DataConfig, timeout: float = 30.0) -> Path:
         tops = [p for p in Path(tmpd).iterdir() if p.is_dir() and (p / "wnids.txt").is_file()]
         if not tops:
             raise DatasetError(f"the archive from {d.url} has no folder with wnids.txt. {how}")
-        shutil.move(str(tops[0]), root)
+        # Snakemake creates the output's folder before the job runs: fill it rather than nest inside it.
+        root.mkdir(parents=True, exist_ok=True)
+        for item in tops[0].iterdir():
+            shutil.move(str(item), root / item.name)
     return root
