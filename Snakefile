@@ -11,10 +11,6 @@ min_version("8.0")
 configfile: str(Path(workflow.basedir) / "config" / "config.yaml")
 
 
-# Used only with --software-deployment-method conda (cluster profile).
-conda: str(Path(workflow.basedir) / "envs" / "polypsi.yaml")
-
-
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/mining.smk"

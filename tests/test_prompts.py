@@ -31,3 +31,8 @@ def test_bad_lists(tmp_path):
         prompt_table(load_config({"prompts": {"templates": str(bad)}}), [])
     with pytest.raises(FileNotFoundError, match="prompts.concepts"):
         prompt_table(load_config({"prompts": {"concepts": str(tmp_path / "none.txt")}}), [])
+
+
+def test_folder_style_class_names_are_spelled_out():
+    df = prompt_table(load_config({}), ["fire_salamander"])
+    assert "a photo of a fire salamander." in set(df["prompt"])

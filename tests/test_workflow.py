@@ -130,6 +130,14 @@ def test_config_change_reruns_only_what_it_touches(smoke):
     changed = planned(work / "changed.yaml")
     assert {"score", "calibrate", "report"} <= changed
     assert not changed & {"mine_topk", "merge_topk", "embed_patches", "embed_prompts", "render_images", "geometry"}
+    # settings that change speed, not results, and keys a rule does not read, rerun nothing
+    cfg = _smoke_cfg()
+    cfg["mining"].update(batch_size=5, channels_last=not cfg["mining"].get("channels_last", True))
+    cfg["embedder"]["batch_size"] = 7
+    cfg.update(device="auto", world={"seed": 3})
+    cfg["data"].update(download=False, md5=None)
+    (work / "neutral.yaml").write_text(yaml.safe_dump(cfg))
+    assert planned(work / "neutral.yaml") == set()
 
 
 def test_misspelt_key_is_rejected_by_name(tmp_path):

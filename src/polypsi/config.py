@@ -294,6 +294,31 @@ class Config(_Section):
         return self.interventions.layer or self.model.layers[-1]
 
 
+# Settings that change speed, not results (section -> keys; a top-level key maps to ()).
+# The workflow keeps them out of `params:`, so changing them reruns nothing.
+RUNTIME_KEYS: dict[str, tuple[str, ...]] = {
+    "device": (),
+    "mining": ("batch_size", "channels_last"),
+    "embedder": ("batch_size",),
+    "secondary_embedder": ("batch_size",),
+    "interventions": ("batch_size",),
+}
+
+
+def with_runtime(cfg: Config, full: Config) -> Config:
+    """`cfg` with the runtime settings of `full` (the run's whole config)."""
+    for section, keys in RUNTIME_KEYS.items():
+        if not keys:
+            setattr(cfg, section, getattr(full, section))
+            continue
+        target, source = getattr(cfg, section), getattr(full, section)
+        if target is None or source is None:
+            continue
+        for k in keys:
+            setattr(target, k, getattr(source, k))
+    return cfg
+
+
 def from_sections(sections: dict[str, Any]) -> Config:
     """A Config from the sections a rule received through `params:` (others keep their defaults).
 

@@ -35,7 +35,6 @@ from scipy import stats
 from .config import InterventionConfig
 
 CONDITIONS = ("Aligned", "Non-aligned", "Random", "Shuffled-position", "Ablate-elsewhere")
-CONTROLS = CONDITIONS[1:]
 OK = "ok"
 
 log = logging.getLogger("polypsi.interventions")

@@ -50,7 +50,9 @@ def prompt_table(cfg: Config, class_names: list[str]) -> pd.DataFrame:
     bad = [t for t in templates if t.count("{}") != 1]
     if bad:
         raise ValueError(f"prompts.templates: every template needs exactly one '{{}}'; these do not: {bad}")
-    concepts = (list(class_names) if p.include_class_names else []) + read_list(p.concepts, cfg, "concepts")
+    # Folder names such as "fire_salamander" become "fire salamander" in the prompts.
+    names = [n.replace("_", " ") for n in class_names] if p.include_class_names else []
+    concepts = names + read_list(p.concepts, cfg, "concepts")
     null = read_list(p.null_concepts, cfg, "null_concepts")
     rows = []
     for set_name, items in (("main", _dedupe(concepts)), ("null", _dedupe(null))):

@@ -62,11 +62,16 @@ class StageError(RuntimeError):
 
 
 def stage(smk):
-    """(cfg, log_file, device) for a Snakemake script; cfg holds only the sections the rule declared."""
-    from .config import Config, from_sections
+    """(cfg, log_file, params) for a Snakemake script.
+
+    cfg holds the config sections the rule declared in `params:` (others keep their defaults) plus
+    the runtime settings (device, batch sizes), which come from the run's full config.
+    """
+    from .config import Config, from_sections, with_runtime
 
     params = dict(smk.params.items())
     cfg = from_sections({k: v for k, v in params.items() if k in Config.model_fields})
+    cfg = with_runtime(cfg, Config.model_validate(dict(smk.config)))
     log_file = str(smk.log[0]) if len(smk.log) else None
     if log_file:
         import os

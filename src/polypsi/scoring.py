@@ -13,10 +13,6 @@ from .config import Config
 from .io import read_table, write_table
 from .runtime import get_logger
 
-PSI_COLUMNS = ["channel", "S", "Q", "D", "S_mu", "S_sd", "Q_mu", "Q_sd", "D_mu", "D_sd",
-               "S_hat", "Q_hat", "D_hat", "psi", "log_psi", "k_hat", "status"]
-
-
 def channel_shard(channels: np.ndarray, shard: int, n_shards: int) -> np.ndarray:
     """Channels of one shard: interleaved, so no shard needs the layer's channel count in advance."""
     return channels[channels % n_shards == shard]

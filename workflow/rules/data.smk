@@ -7,7 +7,7 @@ if cfg.data.source in ("world", "synthetic"):
             images=directory(f"{R}/world/images"),
             description=f"{R}/world/world.json" if cfg.data.source == "world" else [],
         params:
-            **sections("data", "world"),
+            **sections("data", "world", only={"data": ["source", "synthetic"]}),
         log:
             f"{R}/logs/render_images.log",
         script:
@@ -20,7 +20,7 @@ if cfg.data.source == "tiny_imagenet":
         output:
             f"{cfg.data.root}/wnids.txt",
         params:
-            **sections("data"),
+            **sections("data", only={"data": ["root", "url", "md5", "download"]}),
         log:
             f"{R}/logs/download_tiny_imagenet.log",
         script:
@@ -33,7 +33,7 @@ rule index_dataset:
     output:
         f"{R}/dataset.parquet",
     params:
-        **sections("data"),
+        **sections("data", only={"data": ["source", "root", "split", "max_images"]}),
         world_dir=f"{R}/world",
     log:
         f"{R}/logs/index_dataset.log",

@@ -10,6 +10,7 @@ rule embed_patches:
         f"{R}/embeddings/{{layer}}/shard{{cshard}}.parquet",
     params:
         **sections("embedder", "world", "device"),
+        code=CODE_EMBED,
         n_shards=cfg.shards.channels,
     threads: 2
     resources:
@@ -29,6 +30,7 @@ rule embed_prompts:
         f"{R}/prompts/text.parquet",
     params:
         **sections("embedder", "prompts", "world", "device"),
+        code=CODE_EMBED,
     threads: 2
     resources:
         gpu=1,

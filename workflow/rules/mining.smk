@@ -6,6 +6,7 @@ rule geometry:
         f"{R}/geometry.json",
     params:
         **sections("model", "world", "crops"),
+        code=CODE_MINING,
     log:
         f"{R}/logs/geometry.log",
     script:
@@ -19,6 +20,7 @@ rule mine_topk:
         expand(f"{R}/mining/shard{{{{shard}}}}/{{layer}}.parquet", layer=LAYERS),
     params:
         **sections("model", "world", "mining", "device"),
+        code=CODE_MINING,
         n_shards=cfg.shards.images,
         layers=LAYERS,
     threads: 2

@@ -69,6 +69,7 @@ if cfg.secondary_embedder is not None:
             **SECONDARY,
             **sections("world", "device"),
             n_shards=cfg.shards.channels,
+            code=CODE_EMBED,
         threads: 2
         resources:
             gpu=1,
@@ -85,6 +86,7 @@ if cfg.secondary_embedder is not None:
         params:
             **SECONDARY,
             **sections("prompts", "world", "device"),
+            code=CODE_EMBED,
         threads: 2
         resources:
             gpu=1,

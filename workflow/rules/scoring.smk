@@ -12,7 +12,7 @@ rule score:
     params:
         **sections("stats", "nulls", "device"),
         n_draw_shards=cfg.shards.draws,
-        code=POLYPSI_VERSION,
+        code=CODE_STATS,
     threads: 1
     log:
         f"{R}/logs/score/{{layer}}_shard{{cshard}}_draws{{dshard}}.log",
@@ -40,7 +40,7 @@ rule calibrate:
         clusters=f"{R}/clusters/{{layer}}.parquet",
     params:
         **sections("nulls"),
-        code=POLYPSI_VERSION,
+        code=CODE_STATS,
     log:
         f"{R}/logs/calibrate/{{layer}}.log",
     script:
