@@ -430,6 +430,9 @@ def keys_markdown() -> str:
 if __name__ == "__main__":  # regenerate config/schema.json
     import sys
 
+    from .io import atomic_path
+
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "config" / "schema.json"
-    out.write_text(schema_text())
+    with atomic_path(out) as tmp:
+        tmp.write_text(schema_text())
     print(f"wrote {out}")
