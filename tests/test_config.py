@@ -80,3 +80,13 @@ def test_readme_documents_every_key():
     readme = (ROOT / "README.md").read_text()
     missing = [row for row in keys_markdown().splitlines()[2:] if row not in readme]
     assert not missing, "README key table is stale; paste polypsi.config.keys_markdown() output:\n" + "\n".join(missing)
+
+
+def test_runtime_settings_come_from_the_full_config():
+    from polypsi.config import with_runtime
+
+    full = load_config({"device": "cpu", "mining": {"topk": 12, "batch_size": 3, "channels_last": False},
+                        "report": {"k_values": [6]}, "embedder": {"batch_size": 5}})
+    cfg = with_runtime(from_sections({"mining": {"topk": 12}}), full)
+    assert cfg.device == "cpu" and cfg.mining.batch_size == 3 and not cfg.mining.channels_last
+    assert cfg.embedder.batch_size == 5 and cfg.mining.topk == 12

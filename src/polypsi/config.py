@@ -309,7 +309,8 @@ def with_runtime(cfg: Config, full: Config) -> Config:
     """`cfg` with the runtime settings of `full` (the run's whole config)."""
     for section, keys in RUNTIME_KEYS.items():
         if not keys:
-            setattr(cfg, section, getattr(full, section))
+            # cfg holds only some sections: skip the whole-config cross-checks assignment would run
+            object.__setattr__(cfg, section, getattr(full, section))
             continue
         target, source = getattr(cfg, section), getattr(full, section)
         if target is None or source is None:
