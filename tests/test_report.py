@@ -34,6 +34,18 @@ def _fake_robustness(root, psi, k_values, rng):
     return ks, seeds
 
 
+def _report_io(root, rep, layers, ks, seeds):
+    """The report rule's inputs (a generated run under root) and outputs (under rep)."""
+    inp = {kind: [str(root / kind / f"{l}.parquet") for l in layers] for kind in ["psi", "null_psi", "clusters", "patches"]}
+    inp.update(k_sensitivity=ks, seed_split=seeds, text_head=[], dataset=str(root / "dataset.parquet"),
+               geometry=str(root / "geometry.json"))
+    out = {k: rep / f"{k}.csv" for k in ["auroc", "ks", "k_hat", "robustness", "gallery", "null_diagnostics"]}
+    out.update({k: rep / f"{k}.png" for k in FIGS})
+    out.update(gallery_high=[rep / "gallery" / f"high_{l}.png" for l in layers],
+               gallery_low=[rep / "gallery" / f"low_{l}.png" for l in layers])
+    return inp, out
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     root = make_run(tmp_path_factory.mktemp("run"))
@@ -42,18 +54,7 @@ def report(tmp_path_factory):
                                  "report": {"k_values": [6, 9], "gallery_channels": 2, "gallery_patches": 4}})
     ks, seeds = _fake_robustness(root, psi, [6, 9], np.random.default_rng(1))
     layers = list(LAYERS)
-    inp = {kind: [str(root / kind / f"{l}.parquet") for l in layers] for kind in ["psi", "null_psi", "clusters", "patches"]}
-    inp.update(k_sensitivity=ks, seed_split=seeds, text_head=[], dataset=str(root / "dataset.parquet"),
-               geometry=str(root / "geometry.json"))
-    rep = root / "report"
-    out = {"auroc": rep / "auroc.csv", "ks": rep / "ks.csv", "k_hat": rep / "k_hat.csv",
-           "null_diagnostics": rep / "null_diagnostics.csv",
-           "robustness": rep / "robustness.csv", "gallery": rep / "gallery.csv",
-           "fig_hist": rep / "psi_hist.png", "fig_roc": rep / "roc.png", "fig_violin": rep / "depth_violin.png",
-           "fig_k": rep / "k_sensitivity.png", "fig_khat": rep / "k_hat.png", "fig_text_head": rep / "text_head.png",
-           "fig_seeds": rep / "null_seeds.png",
-           "gallery_high": [rep / "gallery" / f"high_{l}.png" for l in layers],
-           "gallery_low": [rep / "gallery" / f"low_{l}.png" for l in layers]}
+    inp, out = _report_io(root, root / "report", layers, ks, seeds)
     run_report(cfg, layers, inp, out)
     return root, out, psi, null, clusters, ks, seeds
 
@@ -159,13 +160,7 @@ def test_layer_without_valid_channels_still_reports(tmp_path):
                                  "report": {"k_values": [6, 9], "gallery_channels": 1}})
     ks, seeds = _fake_robustness(root, psi, [6, 9], np.random.default_rng(3))
     layers = list(LAYERS)
-    inp = {kind: [str(root / kind / f"{l}.parquet") for l in layers] for kind in ["psi", "null_psi", "clusters", "patches"]}
-    inp.update(k_sensitivity=ks, seed_split=seeds, text_head=[], dataset=str(root / "dataset.parquet"),
-               geometry=str(root / "geometry.json"))
-    rep = tmp_path / "out"
-    out = {k: rep / f"{k}.csv" for k in ["auroc", "ks", "k_hat", "robustness", "gallery", "null_diagnostics"]}
-    out.update({k: rep / f"{k}.png" for k in FIGS})
-    out.update(gallery_high=[rep / f"high_{l}.png" for l in layers], gallery_low=[rep / f"low_{l}.png" for l in layers])
+    inp, out = _report_io(root, tmp_path / "out", layers, ks, seeds)
     run_report(cfg, layers, inp, out)
     a = pd.read_csv(out["auroc"])
     assert a[a.layer == "layer4"].auroc.isna().all() and (a[a.layer == "layer4"].n_real == 0).all()

@@ -326,14 +326,20 @@ def from_sections(sections: dict[str, Any]) -> Config:
     The full config was validated when the Snakefile loaded; here each section is validated
     on its own and cross-section checks are skipped, so a rule sees only what it declared.
     """
-    built = {}
+    defaults = Config()
+    built = {k: getattr(defaults, k) for k in Config.model_fields}
     for name, value in sections.items():
-        field = Config.model_fields[name]
-        ann = field.annotation
-        cls = next(a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)) \
-            if isinstance(value, dict) else None
-        built[name] = cls.model_validate(value) if cls is not None else value
-    return Config.model_construct(**{**{k: getattr(Config(), k) for k in Config.model_fields}, **built})
+        cls = _model_class(Config.model_fields[name].annotation)
+        built[name] = cls.model_validate(value) if cls is not None and isinstance(value, dict) else value
+    return Config.model_construct(**built)
+
+
+def _model_class(annotation) -> Optional[type[BaseModel]]:
+    """The config section class in a field's annotation (`X` or `Optional[X]`), if any."""
+    for a in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
 
 
 def _known_keys(model: type[BaseModel]) -> list[str]:
@@ -347,12 +353,9 @@ def _section_at(loc: tuple) -> Optional[type[BaseModel]]:
         field = cls.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
             return None
-        ann = field.annotation
-        args = getattr(ann, "__args__", ())
-        cands = [a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not cands:
+        cls = _model_class(field.annotation)
+        if cls is None:
             return None
-        cls = cands[0]
     return cls
 
 
@@ -414,11 +417,10 @@ def keys_markdown() -> str:
 
     def walk(model: type[BaseModel], prefix: str):
         for name, f in model.model_fields.items():
-            ann = f.annotation
-            subs = [a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)]
+            sub = _model_class(f.annotation)
             key = f"{prefix}{name}"
-            if subs and f.default is not None:
-                walk(subs[0], key + ".")
+            if sub is not None and f.default is not None:
+                walk(sub, key + ".")
                 continue
             default = f.default.model_dump(mode="json") if isinstance(f.default, BaseModel) else f.default
             desc = (f.description or "").replace("|", "\\|")

@@ -48,7 +48,7 @@ def crop_boxes(u: np.ndarray, v: np.ndarray, geom: dict, input_size: int) -> np.
 
 
 def _grad_maps(model: nn.Module, layer: str, input_size: int, units: list[tuple[int, int]], mean, std,
-               n_images: int = 4, seed: int = 0) -> tuple[tuple[int, int, int], list[np.ndarray]]:
+               n_images: int = 4, seed: int = 0) -> list[np.ndarray]:
     """|d sum_c A[c,u,v] / d input| summed over colour channels and a few noise images, per unit."""
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
@@ -62,14 +62,13 @@ def _grad_maps(model: nn.Module, layer: str, input_size: int, units: list[tuple[
         with torch.enable_grad():
             model(x)
             a = store["a"]
-            shape = tuple(a.shape[1:])
             maps = []
             for u, v in units:
                 (grad,) = torch.autograd.grad(a[:, :, u, v].sum(), x, retain_graph=True)
                 maps.append(grad.abs().sum(dim=(0, 1)).float().cpu().numpy())
     finally:
         h.remove()
-    return shape, maps
+    return maps
 
 
 def _erf_side(gmap: np.ndarray, cy: float, cx: float, mass: float) -> int:
@@ -84,15 +83,19 @@ def _erf_side(gmap: np.ndarray, cy: float, cx: float, mass: float) -> int:
     return int(min(gmap.shape[0], 2 * np.ceil(radius) + 1))
 
 
-def _feature_shape(model: nn.Module, layer: str, size: int) -> tuple[int, int, int]:
+def _feature_shapes(model: nn.Module, layers: list[str], size: int) -> dict[str, tuple[int, int, int]]:
+    """(channels, height, width) of every layer's output for a size x size input, in one forward pass."""
     store = {}
-    h = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, o: store.__setitem__("a", o))
+    modules = dict(model.named_modules())
+    hooks = [modules[l].register_forward_hook(lambda _m, _i, o, l=l: store.__setitem__(l, tuple(o.shape[1:])))
+             for l in layers]
     try:
         with torch.no_grad():
             model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
     finally:
-        h.remove()
-    return tuple(store["a"].shape[1:])
+        for h in hooks:
+            h.remove()
+    return store
 
 
 def measure_geometry(model: nn.Module, cfg: Config, probe_size: int = 384) -> dict:
@@ -107,15 +110,18 @@ def measure_geometry(model: nn.Module, cfg: Config, probe_size: int = 384) -> di
     probe = max(size, probe_size)
     model = model.float()
     out = {"input_size": size, "layers": {}}
-    for layer in cfg.model.layers:
-        c, hh, ww = _feature_shape(model, layer, size)
-        _, ph, _ = _feature_shape(model, layer, probe)
+    layers = cfg.model.layers
+    shapes, probe_shapes = _feature_shapes(model, layers, size), _feature_shapes(model, layers, probe)
+    double_shapes = _feature_shapes(model, layers, 2 * probe)
+    for layer in layers:
+        c, hh, ww = shapes[layer]
+        ph = probe_shapes[layer][1]
         # Growing the input by one stride adds one unit, whatever the padding: measure it over many units.
-        _, ph2, _ = _feature_shape(model, layer, 2 * probe)
+        ph2 = double_shapes[layer][1]
         stride = pstride = probe / (ph2 - ph)
         mid = ph // 2
         units = [(i, i) for i in sorted({max(mid - 1, 0), mid})]
-        _, maps = _grad_maps(model, layer, probe, units, cfg.model.mean, cfg.model.std)
+        maps = _grad_maps(model, layer, probe, units, cfg.model.mean, cfg.model.std)
         offsets, sides = [], []
         yy, xx = np.mgrid[0:probe, 0:probe]
         for (u, v), gm in zip(units, maps):

@@ -136,7 +136,6 @@ def mine_shard(cfg: Config, dataset: pd.DataFrame, shard: int, n_shards: int, ou
         else:  # an empty shard (more shards than images) still writes its (empty) table
             df = pd.DataFrame({c: pd.Series(dtype="int64") for c in TOPK_COLUMNS})
             df["activation"] = df["activation"].astype(np.float32)
-        df.attrs = {}
         write_table(df, outputs[layer])
     log.info("done")
 
