@@ -1,0 +1,131 @@
+"""One job object for every stage, from Snakemake or from a notebook.
+
+A stage is a function `stage(job: Job) -> None`. Snakemake's scripts call
+`run(snakemake, stage)`; a notebook builds the same object with `Job(...)` or, for a rule of the
+workflow, with `mock_job(rule, configfile, **wildcards)`, which asks Snakemake for the rule's
+inputs, outputs and params without running anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .config import Config, config_for_rule, load_config
+from .errors import PolypsiError
+from .runtime import get_logger
+
+
+class Files:
+    """A rule's named files: `files.psi` is a path or a list of paths (expanded over layers or shards)."""
+
+    def __init__(self, **named: str | list[str]):
+        self._named = {k: (str(v) if isinstance(v, (str, os.PathLike)) else [str(x) for x in v]) for k, v in named.items()}
+
+    def __getattr__(self, name: str):
+        try:
+            return self._named[name]
+        except KeyError:
+            raise AttributeError(f"no file named {name!r}; this job has {sorted(self._named)}") from None
+
+    def __getitem__(self, name: str):
+        return self._named[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._named
+
+    def items(self):
+        return self._named.items()
+
+    def keys(self):
+        return self._named.keys()
+
+    def paths(self) -> Iterator[str]:
+        for v in self._named.values():
+            yield from ([v] if isinstance(v, str) else v)
+
+    def __repr__(self) -> str:
+        return f"Files({self._named!r})"
+
+    @classmethod
+    def of(cls, namedlist) -> "Files":
+        """From Snakemake's input/output/log lists (every entry a rule passes is named)."""
+        named = dict(namedlist.items())
+        unnamed = len(list(namedlist)) - sum(1 if isinstance(v, str) else len(v) for v in named.values())
+        if unnamed:
+            raise PolypsiError(f"a rule passed {unnamed} unnamed file(s) {list(namedlist)}; name every input and output")
+        return cls(**named)
+
+
+@dataclass
+class Job:
+    """What a stage reads and writes: the config, files, wildcards, log file and threads."""
+
+    cfg: Config
+    input: Files = field(default_factory=Files)
+    output: Files = field(default_factory=Files)
+    wildcards: dict[str, str] = field(default_factory=dict)
+    log: str | None = None
+    threads: int = 1
+    rule: str = ""
+
+    @property
+    def device(self):
+        """The torch device of `device:` (auto = CUDA when present)."""
+        from .runtime import resolve_device  # lazy: torch only for stages that compute
+
+        return resolve_device(self.cfg.device)
+
+    def logger(self, name: str = "polypsi") -> logging.Logger:
+        return get_logger(name, self.log)
+
+    def wildcard(self, name: str) -> str:
+        try:
+            return str(self.wildcards[name])
+        except KeyError:
+            raise PolypsiError(f"rule {self.rule or '?'} has no wildcard {name!r}; it has {sorted(self.wildcards)}") from None
+
+    @classmethod
+    def from_snakemake(cls, smk) -> "Job":
+        """The job of a running Snakemake script: settings from `params.config`, runtime keys from the run's config."""
+        cfg = config_for_rule(smk.params.config, smk.config)
+        log = str(smk.log[0]) if len(smk.log) else None
+        return cls(cfg=cfg, input=Files.of(smk.input), output=Files.of(smk.output), wildcards=dict(smk.wildcards.items()),
+                   log=log, threads=int(getattr(smk, "threads", 1) or 1), rule=str(getattr(smk, "rule", "")))
+
+
+def run(smk_or_job, stage: Callable[[Job], Any]) -> None:
+    """Run one stage as a workflow job: a user-facing error ends with its message and exit code 1."""
+    job = smk_or_job if isinstance(smk_or_job, Job) else Job.from_snakemake(smk_or_job)
+    if job.log:
+        Path(job.log).parent.mkdir(parents=True, exist_ok=True)
+        open(job.log, "w").close()  # a rerun's log starts empty
+    _set_threads(job.threads)
+    try:
+        stage(job)
+    except (PolypsiError, FileNotFoundError) as e:
+        job.logger().error("polypsi error: %s", e)
+        sys.exit(1)
+
+
+def _set_threads(n: int) -> None:
+    if "torch" in sys.modules:  # only stages that compute import torch; table stages stay light
+        sys.modules["torch"].set_num_threads(max(1, n))
+
+
+def mock_job(rule: str, configfile: str | Path | None = None, workdir: str | Path = ".",
+             config: dict | None = None, **wildcards: str) -> Job:
+    """The job Snakemake would run for `rule` (with these wildcards), for running a stage in a notebook.
+
+    Builds the workflow from the project's Snakefile as Snakemake does, with `configfile` and
+    `config` overrides, and fills the job's files and settings from the rule; nothing runs.
+    Paths are relative to `workdir` (the folder you would run snakemake in).
+    """
+    from .workflow_mock import snakemake_job  # lazy: imports Snakemake's internals
+
+    smk = snakemake_job(rule, configfile, workdir, config or {}, wildcards)
+    return Job.from_snakemake(smk)
