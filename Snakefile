@@ -18,6 +18,7 @@ include: "workflow/rules/embedding.smk"
 include: "workflow/rules/scoring.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/interventions.smk"
+include: "workflow/rules/world.smk"
 
 
 rule all:

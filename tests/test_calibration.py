@@ -6,7 +6,7 @@ import pytest
 from scipy.special import log_expit
 
 from polypsi.calibration import PSI_COLUMNS, calibrate, low_sd_counts
-from polypsi.config import NullConfig
+from polypsi.config import CalibrationConfig
 
 M = 5
 
@@ -30,8 +30,8 @@ def manual(x, ref, eps):
 
 def test_hats_psi_and_log_psi_by_hand():
     scores = scores_table()
-    nulls = NullConfig(m=M)
-    psi, null_psi = calibrate(scores, nulls)
+    cal = CalibrationConfig()
+    psi, null_psi = calibrate(scores, M, cal)
     assert list(psi.columns) == PSI_COLUMNS and list(null_psi.columns) == PSI_COLUMNS
     assert list(psi.channel) == [3, 7, 11] and list(null_psi.channel) == [3, 7, 11]
     for table, draw in ((psi, 0), (null_psi, M)):
@@ -42,7 +42,7 @@ def test_hats_psi_and_log_psi_by_hand():
             x = sc[sc.draw == draw].iloc[0]
             logs = 0.0
             for comp in "SQD":
-                mu, sd, hat, z = manual(x[comp], ref[comp], nulls.eps)
+                mu, sd, hat, z = manual(x[comp], ref[comp], cal.eps)
                 assert row[f"{comp}_mu"] == pytest.approx(mu) and row[f"{comp}_sd"] == pytest.approx(sd)
                 assert row[f"{comp}_hat"] == pytest.approx(hat)
                 logs += np.log(hat)
@@ -53,7 +53,7 @@ def test_hats_psi_and_log_psi_by_hand():
 
 def test_without_holdout_all_draws_are_the_reference():
     scores = scores_table()
-    psi, null_psi = calibrate(scores, NullConfig(m=M, holdout_null_neurons=False))
+    psi, null_psi = calibrate(scores, M, CalibrationConfig(holdout_null_neurons=False))
     assert null_psi.empty and list(null_psi.columns) == PSI_COLUMNS
     ref = scores[(scores.channel == 7) & (scores.draw >= 1)]
     assert psi.set_index("channel").loc[7, "S_mu"] == pytest.approx(ref.S.mean())
@@ -62,7 +62,7 @@ def test_without_holdout_all_draws_are_the_reference():
 def test_log_psi_is_finite_when_hats_underflow():
     scores = scores_table()
     scores.loc[(scores.draw == 0) & (scores.channel == 3), "S"] = -1e3  # far below its null
-    psi, _ = calibrate(scores, NullConfig(m=M))
+    psi, _ = calibrate(scores, M, CalibrationConfig())
     row = psi.set_index("channel").loc[3]
     assert 0.0 < row.S_hat <= 1e-300 and row.psi == 0.0  # hats stay inside (0, 1); psi underflows
     assert np.isfinite(row.log_psi) and row.log_psi < -1e3
@@ -74,7 +74,7 @@ def test_low_null_sd_is_flagged_per_component():
     null = scores.draw >= 1
     scores.loc[null & (scores.channel == 7), "S"] = 0.2  # a degenerate S-null
     scores.loc[null & (scores.channel == 11), ["S", "D"]] = 0.1
-    psi, null_psi = calibrate(scores, NullConfig(m=M))
+    psi, null_psi = calibrate(scores, M, CalibrationConfig())
     status = psi.set_index("channel").status
     assert status[3] == "ok" and status[7] == "low_null_sd:S" and status[11] == "low_null_sd:S,D"
     assert (null_psi.set_index("channel").status[[7, 11]] == status[[7, 11]]).all()
@@ -86,20 +86,20 @@ def test_low_null_sd_is_flagged_per_component():
 def test_incomplete_or_inconsistent_scores_are_refused():
     scores = scores_table()
     with pytest.raises(ValueError, match=r"channel 7 lacks draw\(s\) \[2\]"):
-        calibrate(scores[~((scores.channel == 7) & (scores.draw == 2))], NullConfig(m=M))
+        calibrate(scores[~((scores.channel == 7) & (scores.draw == 2))], M, CalibrationConfig())
     with pytest.raises(ValueError, match="outside 0..nulls.m"):
-        calibrate(scores, NullConfig(m=M - 1))
+        calibrate(scores, M - 1, CalibrationConfig())
     with pytest.raises(ValueError, match="more than once"):
-        calibrate(pd.concat([scores, scores.head(1)]), NullConfig(m=M))
+        calibrate(pd.concat([scores, scores.head(1)]), M, CalibrationConfig())
     with pytest.raises(ValueError, match="lacks column"):
-        calibrate(scores.drop(columns="Q"), NullConfig(m=M))
+        calibrate(scores.drop(columns="Q"), M, CalibrationConfig())
 
 
 def test_null_neurons_are_centred_when_draws_are_exchangeable():
     rng = np.random.default_rng(1)
     rows = [dict(channel=c, draw=d, S=rng.normal(), Q=rng.gamma(2.0), D=rng.uniform(), k_hat=2)
             for c in range(400) for d in range(21)]
-    psi, null_psi = calibrate(pd.DataFrame(rows), NullConfig(m=20))
+    psi, null_psi = calibrate(pd.DataFrame(rows), 20, CalibrationConfig())
     for table in (psi, null_psi):  # draw 0 is just another null draw here
         for comp in ("S_hat", "Q_hat", "D_hat"):
             assert abs(table[comp].median() - 0.5) < 0.07

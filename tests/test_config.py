@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from polypsi.config import Config, ConfigError, from_sections, load_config, load_config_file, schema_text
+from polypsi.config import (RUNTIME_KEYS, Config, ConfigError, Undeclared, config_for_rule, load_config,
+                            load_config_file, rule_config, schema_text)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,9 +61,32 @@ def test_schema_rejects_unknown_keys_like_pydantic():
         jsonschema.validate({"mining": {"topkk": 5}}, schema)
 
 
-def test_from_sections_keeps_only_declared_sections():
-    cfg = from_sections({"mining": {"topk": 7}, "device": "cpu"})
-    assert cfg.mining.topk == 7 and cfg.device == "cpu" and cfg.nulls.m == Config().nulls.m
+def test_a_rule_sees_only_the_sections_it_declared():
+    cfg = config_for_rule({"mining": {"topk": 7}}, {"device": "cpu"})
+    assert cfg.mining.topk == 7 and cfg.device == "cpu"
+    assert isinstance(cfg.nulls, Undeclared)
+    with pytest.raises(ConfigError, match="reads `nulls.m`.*does not pass `nulls`"):
+        cfg.nulls.m
+
+
+def test_rule_config_holds_declared_keys_without_runtime_ones():
+    cfg = load_config({"mining": {"topk": 12, "batch_size": 3}, "report": {"k_values": [6]}})
+    got = rule_config(cfg, "mining", "nulls.m", "device", "run_name", "secondary_embedder")
+    assert "secondary_embedder" in got and got["secondary_embedder"] is None
+    assert got["mining"]["topk"] == 12 and "batch_size" not in got["mining"] and "channels_last" not in got["mining"]
+    assert got["nulls"] == {"m": cfg.nulls.m} and "device" not in got and got["run_name"] == cfg.run_name
+
+
+def test_runtime_keys_are_the_fields_marked_runtime():
+    assert RUNTIME_KEYS == {"device": (), "mining": ("batch_size", "channels_last"), "embedder": ("batch_size",),
+                            "secondary_embedder": ("batch_size",), "interventions": ("batch_size",)}
+
+
+def test_calibration_settings_are_their_own_section():
+    cfg = load_config({"calibration": {"eps": 1e-3, "sd_tol": 0.0, "holdout_null_neurons": False}})
+    assert cfg.calibration.eps == 1e-3 and not cfg.calibration.holdout_null_neurons
+    with pytest.raises(ConfigError, match="unknown key 'nulls.eps'"):
+        load_config({"nulls": {"eps": 1e-3}})
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
@@ -83,10 +107,11 @@ def test_readme_documents_every_key():
 
 
 def test_runtime_settings_come_from_the_full_config():
-    from polypsi.config import with_runtime
-
-    full = load_config({"device": "cpu", "mining": {"topk": 12, "batch_size": 3, "channels_last": False},
-                        "report": {"k_values": [6]}, "embedder": {"batch_size": 5}})
-    cfg = with_runtime(from_sections({"mining": {"topk": 12}}), full)
+    # the run's raw config (as Snakemake holds it: --config values may be strings)
+    full = {"device": "cpu", "mining": {"topk": 12, "batch_size": "3", "channels_last": False},
+            "report": {"k_values": [6]}, "embedder": {"batch_size": 5}}
+    cfg = config_for_rule({"mining": {"topk": 12}, "embedder": {"name": "x"}}, full)
     assert cfg.device == "cpu" and cfg.mining.batch_size == 3 and not cfg.mining.channels_last
-    assert cfg.embedder.batch_size == 5 and cfg.mining.topk == 12
+    assert cfg.embedder.batch_size == 5 and cfg.mining.topk == 12 and cfg.embedder.name == "x"
+    with pytest.raises(ValueError):
+        config_for_rule({"mining": {"topk": 12}}, {"mining": {"batch_size": 0}})

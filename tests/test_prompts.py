@@ -1,6 +1,7 @@
 import pytest
 
 from polypsi.config import load_config
+from polypsi.errors import ConfigError
 from polypsi.prompts import prompt_table, read_list
 
 
@@ -29,7 +30,7 @@ def test_bad_lists(tmp_path):
     bad.write_text("a photo of {} and {}\n")
     with pytest.raises(ValueError, match="exactly one"):
         prompt_table(load_config({"prompts": {"templates": str(bad)}}), [])
-    with pytest.raises(FileNotFoundError, match="prompts.concepts"):
+    with pytest.raises(ConfigError, match="prompts.concepts"):
         prompt_table(load_config({"prompts": {"concepts": str(tmp_path / "none.txt")}}), [])
 
 

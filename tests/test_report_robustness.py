@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from scipy.special import expit
 
-from polypsi.config import NullConfig, StatsConfig
+from polypsi.config import CalibrationConfig, NullConfig, StatsConfig
 from polypsi.report import robustness
 from polypsi.stats import TextBank, score_channels
 from polypsi.stats.synthetic import make_world, planted_channels
@@ -128,14 +128,14 @@ def mixed():
 
 def test_seed_split_calibrates_each_half_by_hand(mixed):
     _, _, _, _, channels, nulls, scores = mixed
-    split = robustness.seed_split(scores, nulls)
+    split = robustness.seed_split(scores, CalibrationConfig())
     assert split.attrs["draws"] == {"odd": [1, 3, 5], "even": [2, 4, 6]}
     assert len(split) == len(channels)
     for name, draws in split.attrs["draws"].items():
         ref = scores[scores.draw.isin(draws)].groupby("channel")[["S", "Q", "D"]]
         mu, sd = ref.mean(), ref.std(ddof=1)
         real = scores[scores.draw == 0].set_index("channel")[["S", "Q", "D"]]
-        hats = expit((real - mu) / (sd + nulls.eps))
+        hats = expit((real - mu) / (sd + CalibrationConfig().eps))
         want = hats.prod(axis=1).loc[split.channel]
         np.testing.assert_allclose(split[f"psi_{name}"], want, rtol=1e-6)
     psi = split.rename(columns={"psi_odd": "psi", "status_odd": "status"})
@@ -143,7 +143,7 @@ def test_seed_split_calibrates_each_half_by_hand(mixed):
     ok = split[(split.status_odd == "ok") & (split.status_even == "ok")]
     assert row["n"] == len(ok)
     with pytest.raises(ValueError, match="at least 2 odd and 2 even"):
-        robustness.seed_split(scores[scores.draw <= 2], nulls)
+        robustness.seed_split(scores[scores.draw <= 2], CalibrationConfig())
 
 
 def test_k_sensitivity_rescoring(mixed):
@@ -153,20 +153,21 @@ def test_k_sensitivity_rescoring(mixed):
     rng = np.random.default_rng(2)
     df, emb = _patches_table(Z, labels, clusters, channels, rng)
     stats_cfg = StatsConfig()
-    res = robustness.k_sensitivity(df, emb, world.text, [4, 8, 12], stats_cfg, nulls, 4, "layer4")
+    res = robustness.k_sensitivity(df, emb, world.text, [4, 8, 12], stats_cfg, nulls, CalibrationConfig(), 4,
+                                   "layer4")
     # k=4 cannot be clustered with k_max=5 and is skipped; the mined K=16 is re-scored with 4 draws as a control.
     assert sorted(res.k.unique()) == [8, 12, 16] and (res.m == 4).all()
     # The K=16, 4-draw control is the run's own calibration restricted to draws 0..4.
-    full = calibrate(scores[scores.draw <= 4], nulls.model_copy(update={"m": 4, "holdout_null_neurons": False}))[0]
+    full = calibrate(scores[scores.draw <= 4], 4, CalibrationConfig(holdout_null_neurons=False))[0]
     ctrl = res[res.k == 16].set_index("channel").loc[channels]
     np.testing.assert_allclose(ctrl.psi, full.set_index("channel").loc[channels].psi, rtol=1e-5)
     # Planted channels keep out-ranking structure-free ones with only 8 patches.
     k8 = res[res.k == 8].set_index("channel").psi
     assert k8.loc[:5].min() > k8.loc[6:].median()
-    psi, _ = calibrate(scores, nulls)
+    psi, _ = calibrate(scores, nulls.m, CalibrationConfig())
     rows = robustness.k_sensitivity_rows("layer4", res, psi, [4, 8, 12], 16, nulls.m)
     assert [r["setting"] for r in rows] == ["K=4", "K=8", "K=12", "K=16, 4 draws"]
     assert rows[0]["note"].startswith("skipped") and rows[0]["n"] == 0
     assert rows[1]["rho"] > 0.3 and rows[3]["rho"] > rows[1]["rho"] - 0.5
     with pytest.raises(ValueError, match="must lie in 3..nulls.m"):
-        robustness.k_sensitivity(df, emb, world.text, [8], stats_cfg, nulls, 9, "layer4")
+        robustness.k_sensitivity(df, emb, world.text, [8], stats_cfg, nulls, CalibrationConfig(), 9, "layer4")

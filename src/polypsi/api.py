@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .calibration import calibrate
-from .config import NullConfig, StatsConfig
+from .config import CalibrationConfig, NullConfig, StatsConfig
 from .stats import TextBank, score_channels
 
 
@@ -91,7 +91,7 @@ def psi_for_channel(
     nulls = NullConfig(m=m, seed=seed, s_null=s_null, d_null=d_null)
     y = np.asarray(labels, dtype=np.int64)[None]
     scores = score_channels(Z, y, np.array([0]), text, list(range(m + 1)), stats, nulls, layer="api")
-    psi, null_psi = calibrate(scores, nulls)
+    psi, null_psi = calibrate(scores, m, CalibrationConfig())
     row = psi.iloc[0]
     real = scores[scores.draw == 0].iloc[0]
     clusters = pd.DataFrame({

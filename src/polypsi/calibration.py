@@ -4,7 +4,7 @@ hat = sigmoid((x - mu) / (sd + eps)) per component (mu, sd: mean and sample sd o
 draws), PSI = S_hat * Q_hat * D_hat and log PSI = sum of log hats, with
 log(sigmoid(z)) = -softplus(-z) so that it stays finite when a hat underflows to 0.
 
-Null neurons: with nulls.holdout_null_neurons the last draw M of every channel is held
+Null neurons: with calibration.holdout_null_neurons the last draw M of every channel is held
 out and scored exactly like a real channel against draws 1..M-1. Real channels are
 calibrated against the same draws 1..M-1, so a real channel and its null neuron face the
 same reference and the AUROC compares like with like. Under the null hypothesis the held-out
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit, log_expit
 
-from .config import NullConfig
+from .config import CalibrationConfig
 
 COMPONENTS = ("S", "Q", "D")
 PSI_COLUMNS = [
@@ -49,7 +49,7 @@ def _check_draws(scores: pd.DataFrame, m: int) -> None:
         )
 
 
-def _calibrate_rows(x: pd.DataFrame, ref: pd.DataFrame, nulls: NullConfig) -> pd.DataFrame:
+def _calibrate_rows(x: pd.DataFrame, ref: pd.DataFrame, cal: CalibrationConfig) -> pd.DataFrame:
     """Hats of rows x (indexed by channel) against the reference draws ref (long, all channels)."""
     g = ref.groupby("channel")[list(COMPONENTS)]
     mu, sd = g.mean().reindex(x.index), g.std(ddof=1).reindex(x.index)
@@ -59,12 +59,12 @@ def _calibrate_rows(x: pd.DataFrame, ref: pd.DataFrame, nulls: NullConfig) -> pd
     for c in COMPONENTS:
         out[c] = x[c].astype(float)
         out[f"{c}_mu"], out[f"{c}_sd"] = mu[c], sd[c]
-        z = (x[c] - mu[c]) / (sd[c] + nulls.eps)
+        z = (x[c] - mu[c]) / (sd[c] + cal.eps)
         # A hat is a probability-like score in the open interval (0, 1); expit rounds to exactly
         # 0 or 1 beyond |z| ~ 37 (float64), so keep it one ulp inside. log_psi uses the exact z.
         out[f"{c}_hat"] = np.clip(expit(z), np.finfo(np.float64).tiny, np.nextafter(1.0, 0.0))
         log_psi += log_expit(z.to_numpy())  # -softplus(-z): finite where the hat underflows
-        for i in np.flatnonzero((sd[c] < nulls.sd_tol).to_numpy()):
+        for i in np.flatnonzero((sd[c] < cal.sd_tol).to_numpy()):
             flags[i].append(c)
     out["psi"] = np.exp(log_psi)
     out["log_psi"] = log_psi
@@ -73,25 +73,24 @@ def _calibrate_rows(x: pd.DataFrame, ref: pd.DataFrame, nulls: NullConfig) -> pd
     return out.reset_index()[PSI_COLUMNS]
 
 
-def calibrate(scores: pd.DataFrame, nulls: NullConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(psi, null_psi) of one layer from all its score draws 0..M.
+def calibrate(scores: pd.DataFrame, m: int, cal: CalibrationConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(psi, null_psi) of one layer from all its score draws 0..m (m = nulls.m).
 
     psi: one row per channel (PSI_COLUMNS). null_psi: with holdout, one row per channel
     for its held-out null neuron (draw M against draws 1..M-1); without, an empty table.
     """
-    m = nulls.m
     _check_draws(scores, m)
     s = scores.sort_values(["channel", "draw"]).set_index("channel")
     real = s[s.draw == 0]
-    if nulls.holdout_null_neurons:
+    if cal.holdout_null_neurons:
         ref = scores[(scores.draw >= 1) & (scores.draw < m)]
         held = s[s.draw == m]
-        return _calibrate_rows(real, ref, nulls), _calibrate_rows(held, ref, nulls)
+        return _calibrate_rows(real, ref, cal), _calibrate_rows(held, ref, cal)
     ref = scores[scores.draw >= 1]
-    return _calibrate_rows(real, ref, nulls), pd.DataFrame(columns=PSI_COLUMNS)
+    return _calibrate_rows(real, ref, cal), pd.DataFrame(columns=PSI_COLUMNS)
 
 
 def low_sd_counts(psi: pd.DataFrame) -> dict[str, int]:
-    """Channels whose null sd was below nulls.sd_tol, per component (from the status column)."""
+    """Channels whose null sd was below calibration.sd_tol, per component (from the status column)."""
     flagged = psi.status.astype(str).str.extract(r"low_null_sd:([SQD,]+)")[0].dropna()
     return {c: int(flagged.str.contains(c).sum()) for c in COMPONENTS}

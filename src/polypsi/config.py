@@ -12,14 +12,18 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from .errors import ConfigError
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing, misspelt or of the wrong type."""
+# Marks a field that changes speed, not results (batch sizes, memory layout, device): the workflow
+# keeps it out of the rules' params, so changing it reruns nothing.
+RUNTIME = {"runtime": True}
 
 
 class _Section(BaseModel):
@@ -101,11 +105,14 @@ class MiningConfig(_Section):
     one_site_per_image: bool = Field(
         True, description="Keep at most one site per image (paper: false; neighbours make near-duplicate crops)."
     )
-    batch_size: int = Field(32, ge=1, description="Images per forward pass (does not change results).")
+    batch_size: int = Field(32, ge=1, description="Images per forward pass (does not change results).",
+                            json_schema_extra=RUNTIME)
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16 changes top-K rankings; keep fp32 unless speed matters more than exactness."
     )
-    channels_last: bool = Field(True, description="channels_last memory format (faster convs, same results).")
+    channels_last: bool = Field(
+        True, description="channels_last memory format (faster convs, same results).", json_schema_extra=RUNTIME
+    )
 
 
 class CropConfig(_Section):
@@ -129,7 +136,7 @@ class EmbedderConfig(_Section):
     checkpoint: Optional[str] = Field(None, description="Local open_clip checkpoint file; overrides `pretrained`.")
     init_seed: int = Field(0, description="Seed for random initialisation when nothing is pretrained.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU.")
-    batch_size: int = Field(64, ge=1, description="Crops per embedding batch.")
+    batch_size: int = Field(64, ge=1, description="Crops per embedding batch.", json_schema_extra=RUNTIME)
 
 
 class PromptConfig(_Section):
@@ -188,6 +195,11 @@ class NullConfig(_Section):
         description="unrelated_prompts: share of the unrelated concepts drawn per D-null draw "
         "(capped at the main set's concept count).",
     )
+
+
+class CalibrationConfig(_Section):
+    """How raw scores become hats: read by calibration only, so changing it re-scores nothing."""
+
     eps: float = Field(1e-6, gt=0.0, description="epsilon in sigmoid((x - mu) / (sd + eps)).")
     sd_tol: float = Field(1e-4, ge=0.0, description="Null sd below this flags the channel in `status`.")
     holdout_null_neurons: bool = Field(
@@ -225,7 +237,7 @@ class InterventionConfig(_Section):
         "site", description="Unit of the paired t-tests: (channel, site) pairs, or per-channel means of them."
     )
     confidence: float = Field(0.95, gt=0.0, lt=1.0, description="Level of the reported confidence intervals.")
-    batch_size: int = Field(32, ge=1, description="Images per forward pass.")
+    batch_size: int = Field(32, ge=1, description="Images per forward pass.", json_schema_extra=RUNTIME)
     seed: int = Field(0, description="Seed of donor, position and noise choices (per channel and site).")
 
 
@@ -250,7 +262,9 @@ class ReportConfig(_Section):
 
 class Config(_Section):
     run_name: str = Field("paper", pattern=r"^[A-Za-z0-9_.-]+$", description="Outputs go to results/<run_name>/.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when available.", json_schema_extra=RUNTIME
+    )
     data: DataConfig = DataConfig()
     world: WorldConfig = WorldConfig()
     model: ModelConfig = ModelConfig()
@@ -263,6 +277,7 @@ class Config(_Section):
     prompts: PromptConfig = PromptConfig()
     stats: StatsConfig = StatsConfig()
     nulls: NullConfig = NullConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
     shards: ShardConfig = ShardConfig()
     interventions: InterventionConfig = InterventionConfig()
     report: ReportConfig = ReportConfig()
@@ -294,44 +309,97 @@ class Config(_Section):
         return self.interventions.layer or self.model.layers[-1]
 
 
-# Settings that change speed, not results (section -> keys; a top-level key maps to ()).
-# The workflow keeps them out of `params:`, so changing them reruns nothing.
-RUNTIME_KEYS: dict[str, tuple[str, ...]] = {
-    "device": (),
-    "mining": ("batch_size", "channels_last"),
-    "embedder": ("batch_size",),
-    "secondary_embedder": ("batch_size",),
-    "interventions": ("batch_size",),
-}
+def _is_runtime(field) -> bool:
+    return bool((field.json_schema_extra or {}).get("runtime")) if isinstance(field.json_schema_extra, dict) else False
 
 
-def with_runtime(cfg: Config, full: Config) -> Config:
-    """`cfg` with the runtime settings of `full` (the run's whole config)."""
-    for section, keys in RUNTIME_KEYS.items():
-        if not keys:
-            # cfg holds only some sections: skip the whole-config cross-checks assignment would run
-            object.__setattr__(cfg, section, getattr(full, section))
+def _runtime_keys() -> dict[str, tuple[str, ...]]:
+    """Section -> its runtime keys (a top-level runtime key maps to ()), from the fields' RUNTIME marks."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name, f in Config.model_fields.items():
+        if _is_runtime(f):
+            out[name] = ()
             continue
-        target, source = getattr(cfg, section), getattr(full, section)
-        if target is None or source is None:
+        sub = _model_class(f.annotation)
+        keys = tuple(k for k, sf in sub.model_fields.items() if _is_runtime(sf)) if sub is not None else ()
+        if keys:
+            out[name] = keys
+    return out
+
+
+class Undeclared:
+    """Stands for a config section a rule did not pass: reading it is an error, not a silent default."""
+
+    def __init__(self, section: str):
+        self._section = section
+
+    def __getattr__(self, key: str):
+        if key.startswith("__"):
+            raise AttributeError(key)
+        raise ConfigError(
+            f"this stage reads `{self._section}.{key}`, but its rule does not pass `{self._section}` "
+            "in params.config; add it to the rule's rule_config(...)"
+        )
+
+    def __repr__(self) -> str:
+        return f"<undeclared config section {self._section}>"
+
+
+def config_for_rule(declared: dict[str, Any], full: dict | None = None) -> Config:
+    """The Config a rule's stage sees: the settings the rule declared, plus the run's runtime settings.
+
+    `declared` is the rule's `params.config` (section -> its keys, all or some; top-level keys as
+    values). Each section is validated on its own: the whole config was validated when the
+    Snakefile loaded. Runtime settings (fields marked RUNTIME) come from `full`, the run's merged
+    config, so changing them reruns nothing. Sections the rule did not declare raise on access.
+    """
+    built: dict[str, Any] = {k: Undeclared(k) for k in Config.model_fields}
+    for name, value in declared.items():
+        if name not in Config.model_fields:
+            raise ConfigError(f"params.config has unknown section {name!r}")
+        cls = _model_class(Config.model_fields[name].annotation)
+        try:
+            built[name] = cls.model_validate(value) if cls is not None and isinstance(value, dict) else value
+        except ValidationError as err:
+            raise ConfigError(_format_error(err, f"params.config[{name!r}]")) from None
+    full = full or {}
+    for section, keys in RUNTIME_KEYS.items():
+        raw = full.get(section)
+        if not keys:
+            f = Config.model_fields[section]
+            built[section] = TypeAdapter(f.annotation).validate_python(raw) if raw is not None else f.default
+            continue
+        target = built[section]
+        if isinstance(target, Undeclared) or target is None or not isinstance(raw, dict):
             continue
         for k in keys:
-            setattr(target, k, getattr(source, k))
-    return cfg
-
-
-def from_sections(sections: dict[str, Any]) -> Config:
-    """A Config from the sections a rule received through `params:` (others keep their defaults).
-
-    The full config was validated when the Snakefile loaded; here each section is validated
-    on its own and cross-section checks are skipped, so a rule sees only what it declared.
-    """
-    defaults = Config()
-    built = {k: getattr(defaults, k) for k in Config.model_fields}
-    for name, value in sections.items():
-        cls = _model_class(Config.model_fields[name].annotation)
-        built[name] = cls.model_validate(value) if cls is not None and isinstance(value, dict) else value
+            if k in raw:
+                setattr(target, k, raw[k])  # validated on assignment
     return Config.model_construct(**built)
+
+
+def rule_config(cfg: Config, *keys: str) -> dict[str, Any]:
+    """A rule's `params.config`: the sections (`"nulls"`) and single keys (`"mining.topk"`) its stage reads.
+
+    Runtime keys are left out (config_for_rule adds them from the run's config): a change to what
+    is returned reruns the rule, a change to anything else does not.
+    """
+    out: dict[str, Any] = {}
+    for key in keys:
+        section, _, sub = key.partition(".")
+        value = getattr(cfg, section)
+        if not hasattr(value, "model_dump"):  # a top-level key, or an optional section that is off (None)
+            if RUNTIME_KEYS.get(section) != ():
+                out[section] = value
+            continue
+        d = value.model_dump(mode="json")
+        for k in RUNTIME_KEYS.get(section, ()):
+            d.pop(k, None)
+        if sub:
+            out.setdefault(section, {})[sub] = d[sub]
+        else:
+            out[section] = d
+    return out
 
 
 def _model_class(annotation) -> Optional[type[BaseModel]]:
@@ -389,8 +457,6 @@ def load_config(raw: dict | None, source: str = "config") -> Config:
 
 
 def load_config_file(path: str | Path) -> Config:
-    import yaml
-
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -399,6 +465,9 @@ def load_config_file(path: str | Path) -> Config:
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     return load_config(raw, str(path))
+
+
+RUNTIME_KEYS: dict[str, tuple[str, ...]] = _runtime_keys()
 
 
 def json_schema() -> dict:
@@ -424,6 +493,8 @@ def keys_markdown() -> str:
                 continue
             default = f.default.model_dump(mode="json") if isinstance(f.default, BaseModel) else f.default
             desc = (f.description or "").replace("|", "\\|")
+            if _is_runtime(f):
+                desc += " *Runtime: changes speed, not results; reruns nothing.*"
             rows.append(f"| `{key}` | `{json.dumps(default)}` | {desc} |")
 
     walk(Config, "")

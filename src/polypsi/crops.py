@@ -18,6 +18,9 @@ from PIL import Image
 from torch import nn
 
 from .config import Config
+from .errors import DatasetError
+from .io import write_json
+from .models import build_model
 
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
@@ -29,7 +32,9 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
                 im = im.resize((size, size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError) as e:
-        raise RuntimeError(f"cannot read image {path}: {e}") from None
+        raise DatasetError(
+            f"cannot read image {path}: {e}. Replace or remove the file, then rerun (the dataset index is rebuilt)"
+        ) from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
@@ -160,3 +165,8 @@ def extract_crops(paths: list[str], boxes: np.ndarray, input_size: int, out_size
             patch, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True
         )[0]
     return crops
+
+
+def geometry_stage(job) -> None:
+    """Rule geometry: stride, centre offset and crop side of every analysed layer."""
+    write_json(measure_geometry(build_model(job.cfg), job.cfg), job.output.geometry)

@@ -1,7 +1,8 @@
 """Image and text embedders with open_clip's interface, and the embedding stages.
 
-`load_embedder` gives an `Embedder` for an open_clip model (by architecture and pretrained
-tag, or a local checkpoint, or random weights) or for the planted world's embedder.
+`load_embedder` gives an `Embedder` for the source `embedder.source` names in the source
+registry: open_clip (by architecture and pretrained tag, a local checkpoint, or random
+weights) is built in here; plug-ins (the planted world) register their own.
 Weights that are not on disk fail within seconds with the file to place and where.
 """
 
@@ -11,21 +12,31 @@ import os
 import socket
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 
+from . import sources
 from .config import Config, EmbedderConfig
 from .crops import crop_boxes, extract_crops
-from .io import read_json, write_table
+from .errors import EmbedderLoadError
+from .io import read_json, read_table, write_table
 from .runtime import Progress, get_logger
+from .shards import channel_shard
 
 PACKAGE_DATA = Path(__file__).parent / "data"
 
 
-class EmbedderLoadError(RuntimeError):
-    """Embedder weights could not be had; the message says which file to place where."""
+class EmbedderParts(NamedTuple):
+    """What an embedder source builds: a model with open_clip's encode_image/encode_text, its tokenizer and preprocessing."""
+
+    model: Any
+    tokenizer: Any
+    image_size: int
+    mean: Any
+    std: Any
 
 
 class Embedder:
@@ -71,7 +82,7 @@ class Embedder:
 
 
 def _register_builtin_archs() -> None:
-    import open_clip
+    import open_clip  # lazy: several seconds to import; only open_clip sources need it
 
     # Small architectures shipped with polypsi (random weights, for offline runs and tests).
     open_clip.add_model_config(PACKAGE_DATA / "open_clip")
@@ -87,7 +98,7 @@ def _host_resolves(host: str) -> bool:
 
 def resolve_open_clip_weights(name: str, tag: str) -> str:
     """A local file for open_clip's (name, tag): the cache if present, else a download, else a clear error."""
-    import open_clip
+    import open_clip  # lazy: several seconds to import; only open_clip sources need it
 
     pcfg = open_clip.get_pretrained_cfg(name, tag)
     if not pcfg:
@@ -95,7 +106,7 @@ def resolve_open_clip_weights(name: str, tag: str) -> str:
         raise EmbedderLoadError(f"embedder.pretrained '{tag}' is not a known open_clip tag for '{name}'; known: {known}")
     hub, url = pcfg.get("hf_hub", ""), pcfg.get("url", "")
     if hub:
-        from huggingface_hub import constants, try_to_load_from_cache
+        from huggingface_hub import constants, try_to_load_from_cache  # lazy: only for hub-hosted weights
 
         repo, fname = os.path.split(hub)  # "org/model/" means open_clip's default file names
         names = [fname] if fname else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
@@ -123,13 +134,9 @@ def resolve_open_clip_weights(name: str, tag: str) -> str:
                                 f"Fetch {where} by hand and set embedder.checkpoint.") from None
 
 
-def load_embedder(emb: EmbedderConfig, cfg: Config, device: torch.device | str = "cpu") -> Embedder:
-    if emb.source == "world":
-        from .world import build_embedder
-
-        w = build_embedder(cfg.world)
-        return Embedder(w, w.tokenizer, w.image_size, w.mean, w.std, device, emb.precision)
-    import open_clip
+def build_open_clip(emb: EmbedderConfig, cfg: Config) -> EmbedderParts:
+    """The registry's `open_clip` embedder source."""
+    import open_clip  # lazy: several seconds to import; only open_clip sources need it
 
     _register_builtin_archs()
     if emb.name not in open_clip.list_models():
@@ -149,17 +156,25 @@ def load_embedder(emb: EmbedderConfig, cfg: Config, device: torch.device | str =
         raise EmbedderLoadError(f"could not build open_clip '{emb.name}' from {pretrained or 'random init'}: {e}") from None
     pp = open_clip.get_model_preprocess_cfg(model)
     size = pp["size"] if isinstance(pp["size"], int) else pp["size"][0]
-    return Embedder(model, open_clip.get_tokenizer(emb.name), size, pp["mean"], pp["std"], device, emb.precision)
+    return EmbedderParts(model, open_clip.get_tokenizer(emb.name), size, pp["mean"], pp["std"])
+
+
+def load_embedder(emb: EmbedderConfig, cfg: Config, device: torch.device | str = "cpu") -> Embedder:
+    """The embedder of `emb.source` (from the source registry) on `device`."""
+    parts = sources.get("embedder", emb.source).load()(emb, cfg)
+    return Embedder(parts.model, parts.tokenizer, parts.image_size, parts.mean, parts.std, device, emb.precision)
 
 
 # ---------------------------------------------------------------- stages
 
 
-def embed_patches(cfg: Config, emb_cfg: EmbedderConfig, topk: pd.DataFrame, dataset: pd.DataFrame,
-                  geometry: dict, layer: str, channels: np.ndarray, out: str, device,
-                  log_file: str | None = None) -> None:
-    """CLIP embeddings of the crops of `channels`' top-K sites; a site shared by channels is embedded once."""
-    log = get_logger("polypsi.embed", log_file)
+def embed_patches(emb_cfg: EmbedderConfig, cfg: Config, topk: pd.DataFrame, dataset: pd.DataFrame,
+                  geometry: dict, layer: str, channels: np.ndarray, device, log=None) -> tuple[pd.DataFrame, np.ndarray]:
+    """CLIP embeddings of the crops of `channels`' top-K sites; a site shared by channels is embedded once.
+
+    Returns the (channel, rank) rows and their embeddings [n, d].
+    """
+    log = log or get_logger("polypsi.embed")
     geom, size = geometry["layers"][layer], geometry["input_size"]
     rows = topk[topk["channel"].isin(channels)].reset_index(drop=True)
     sites = rows[["image_id", "u", "v"]].drop_duplicates().sort_values(["image_id", "u", "v"]).reset_index(drop=True)
@@ -178,6 +193,16 @@ def embed_patches(cfg: Config, emb_cfg: EmbedderConfig, topk: pd.DataFrame, data
     z = np.concatenate(embs) if embs else np.zeros((0, 1), np.float32)
     site_pos = pd.Series(np.arange(len(sites)), index=pd.MultiIndex.from_frame(sites))
     pos = site_pos.loc[pd.MultiIndex.from_frame(rows[["image_id", "u", "v"]])].to_numpy()
-    out_df = rows[["channel", "rank"]].copy()
-    write_table(out_df, out, embeddings={"embedding": z[pos]})
+    return rows[["channel", "rank"]].copy(), z[pos]
+
+
+def embed_patches_stage(job) -> None:
+    """Rule embed_patches (and embed_patches_secondary): one layer's channel shard."""
+    cfg, log = job.cfg, job.logger("polypsi.embed")
+    topk = read_table(job.input.topk)
+    channels = channel_shard(np.unique(topk["channel"].to_numpy()), int(job.wildcard("cshard")), cfg.shards.channels)
+    rows, z = embed_patches(cfg.embedder, cfg, topk, read_table(job.input.dataset), read_json(job.input.geometry),
+                        job.wildcard("layer"), channels, job.device, log)
+    write_table(rows, job.output.embeddings, embeddings={"embedding": z})
     log.info("done")
+

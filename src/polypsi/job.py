@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 from .config import Config, config_for_rule, load_config
 from .errors import PolypsiError
-from .runtime import get_logger
+from .runtime import get_logger, resolve_device
 
 
 class Files:
@@ -76,8 +76,6 @@ class Job:
     @property
     def device(self):
         """The torch device of `device:` (auto = CUDA when present)."""
-        from .runtime import resolve_device  # lazy: torch only for stages that compute
-
         return resolve_device(self.cfg.device)
 
     def logger(self, name: str = "polypsi") -> logging.Logger:

@@ -16,9 +16,10 @@ import torch
 
 from .config import Config
 from .crops import load_image
-from .io import write_table
+from .io import read_table, write_table
 from .models import FeatureExtractor, load_model
 from .runtime import Progress, get_logger
+from .shards import shard_rows
 
 TOPK_COLUMNS = ["channel", "rank", "image_id", "u", "v", "activation"]
 
@@ -99,16 +100,11 @@ class _Images(torch.utils.data.Dataset):
         return load_image(self.paths[i], self.size), int(self.ids[i])
 
 
-def shard_rows(df: pd.DataFrame, shard: int, n_shards: int) -> pd.DataFrame:
-    """Contiguous block `shard` of `n_shards` (image ids stay ascending inside a shard)."""
-    bounds = np.linspace(0, len(df), n_shards + 1).round().astype(int)
-    return df.iloc[bounds[shard] : bounds[shard + 1]]
-
-
-def mine_shard(cfg: Config, dataset: pd.DataFrame, shard: int, n_shards: int, outputs: dict[str, str],
-               device: torch.device, workers: int = 0, log_file: str | None = None) -> None:
-    """One forward pass per image of this shard; streaming top-K for every layer; one table per layer."""
-    log = get_logger("polypsi.mine", log_file)
+def mine_shard(cfg: Config, dataset: pd.DataFrame, shard: int, device, workers: int = 0,
+               log=None) -> dict[str, pd.DataFrame]:
+    """One forward pass per image of this image shard; streaming top-K for every layer; one table per layer."""
+    log = log or get_logger("polypsi.mine")
+    n_shards = cfg.shards.images
     rows = shard_rows(dataset, shard, n_shards)
     model = load_model(cfg, device)
     fx = FeatureExtractor(model, cfg.model.layers, cfg.model.mean, cfg.model.std, cfg.mining.precision)
@@ -130,13 +126,24 @@ def mine_shard(cfg: Config, dataset: pd.DataFrame, shard: int, n_shards: int, ou
             topk[layer].update(*site_candidates(a, ids, cfg.mining.one_site_per_image))
         prog.update(len(ids))
     fx.close()
+    tables = {}
     for layer in cfg.model.layers:
         if layer in topk:
-            df = topk[layer].table(shapes[layer])
+            tables[layer] = topk[layer].table(shapes[layer])
         else:  # an empty shard (more shards than images) still writes its (empty) table
             df = pd.DataFrame({c: pd.Series(dtype="int64") for c in TOPK_COLUMNS})
             df["activation"] = df["activation"].astype(np.float32)
-        write_table(df, outputs[layer])
+            tables[layer] = df
+    return tables
+
+
+def mine_topk_stage(job) -> None:
+    """Rule mine_topk: one image shard, every analysed layer (job.output.tables in layer order)."""
+    cfg, log = job.cfg, job.logger("polypsi.mine")
+    tables = mine_shard(cfg, read_table(job.input.dataset), int(job.wildcard("shard")), job.device,
+                        workers=max(0, job.threads - 1), log=log)
+    for layer, path in zip(cfg.model.layers, job.output.tables, strict=True):
+        write_table(tables[layer], path)
     log.info("done")
 
 
@@ -150,8 +157,6 @@ def merge_topk(shard_tables: list[pd.DataFrame], k: int) -> pd.DataFrame:
     return df[TOPK_COLUMNS].reset_index(drop=True)
 
 
-def merge_topk_files(paths: list[str], k: int, out: str) -> pd.DataFrame:
-    tables = [pd.read_parquet(p) for p in paths]
-    df = merge_topk(tables, k)
-    write_table(df, out)
-    return df
+def merge_topk_stage(job) -> None:
+    """Rule merge_topk: the exact top-K of one layer from its image shards' tables."""
+    write_table(merge_topk([read_table(p) for p in job.input.shards], job.cfg.mining.topk), job.output.topk)

@@ -1,4 +1,4 @@
-"""Models under study: loading (torchvision weights, local checkpoints, the planted world) and layer hooks."""
+"""Models under study: loading (through the source registry; torchvision's loader lives here) and layer hooks."""
 
 from __future__ import annotations
 
@@ -10,15 +10,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import sources
 from .config import Config
-
-
-class ModelLoadError(RuntimeError):
-    """Weights or a checkpoint could not be had; the message says which file to place where."""
+from .errors import ModelLoadError
 
 
 def _torchvision_state_dict(name: str, weights_name: str) -> dict:
-    import torchvision
+    import torchvision  # lazy: its import costs a second and only torchvision sources need it
 
     try:
         enum = torchvision.models.get_model_weights(name)
@@ -62,32 +60,34 @@ def load_state_dict_file(path: str | Path) -> dict:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def build_model(cfg: Config) -> nn.Module:
+def build_torchvision(cfg: Config) -> nn.Module:
+    """The registry's `torchvision` model source: an architecture by name, with an enum's weights or a checkpoint."""
+    import torchvision  # lazy: its import costs a second and only torchvision sources need it
+
     m = cfg.model
-    if m.source == "world":
-        from .world import build_model as build_world_model
-
-        model = build_world_model(cfg.world, input_size=cfg.model.input_size, mean=cfg.model.mean, std=cfg.model.std)
+    torch.manual_seed(m.init_seed)  # random init is reproducible when no weights are given
+    try:
+        model = torchvision.models.get_model(m.name, weights=None)
+    except ValueError as e:
+        raise ModelLoadError(f"model.name '{m.name}' is not a torchvision model: {e}") from None
+    if m.checkpoint:
+        sd = load_state_dict_file(m.checkpoint)
+    elif m.weights:
+        sd = _torchvision_state_dict(m.name, m.weights)
     else:
-        import torchvision
-
-        torch.manual_seed(m.init_seed)  # random init is reproducible when no weights are given
+        sd = None
+    if sd is not None:
         try:
-            model = torchvision.models.get_model(m.name, weights=None)
-        except ValueError as e:
-            raise ModelLoadError(f"model.name '{m.name}' is not a torchvision model: {e}") from None
-        if m.checkpoint:
-            sd = load_state_dict_file(m.checkpoint)
-        elif m.weights:
-            sd = _torchvision_state_dict(m.name, m.weights)
-        else:
-            sd = None
-        if sd is not None:
-            try:
-                model.load_state_dict(sd)
-            except RuntimeError as e:
-                src = m.checkpoint or m.weights
-                raise ModelLoadError(f"weights {src} do not fit torchvision '{m.name}': {str(e)[:500]}") from None
+            model.load_state_dict(sd)
+        except RuntimeError as e:
+            src = m.checkpoint or m.weights
+            raise ModelLoadError(f"weights {src} do not fit torchvision '{m.name}': {str(e)[:500]}") from None
+    return model
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """The model of `model.source` (from the source registry), with the analysed layers checked."""
+    model = sources.get("model", cfg.model.source).load()(cfg)
     check_layers(model, cfg.model.layers)
     return model.eval()
 

@@ -7,29 +7,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import sources
 from .config import Config, EmbedderConfig
-from .io import write_table
+from .embedding import load_embedder
+from .errors import ConfigError
+from .io import read_table, write_table
 from .runtime import get_logger
 
 PACKAGE_DATA = Path(__file__).parent / "data"
 
 
 def read_list(spec: str, cfg: Config | None = None, kind: str = "concepts") -> list[str]:
-    """Lines of a list file; `builtin:<name>` is shipped data, `world` is the planted world's vocabulary."""
-    if spec == "world":
-        from . import world
-
+    """Lines of a list file; `builtin:<name>` is shipped data; a registered vocabulary name (e.g. `world`)
+    asks that source for its list."""
+    if spec in sources.names("vocabulary"):
         if cfg is None:
-            raise ValueError("a `world` prompt list needs the config")
-        return {"concepts": lambda: world.prompt_concepts(cfg.world), "templates": world.templates,
-                "null_concepts": lambda: world.null_concepts(cfg.world)}[kind]()
+            raise ConfigError(f"prompts.{kind}: the `{spec}` vocabulary needs the run's config")
+        return sources.get("vocabulary", spec).load()(cfg, kind)
     path = PACKAGE_DATA / spec.removeprefix("builtin:") if spec.startswith("builtin:") else Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"prompt list {spec} ({path}) does not exist; fix prompts.{kind}")
+        raise ConfigError(f"prompt list {spec} ({path}) does not exist; fix prompts.{kind}")
     items = [ln.strip() for ln in path.read_text().splitlines()]
     items = [x for x in items if x and not x.startswith("#")]
     if not items:
-        raise ValueError(f"prompt list {path} (prompts.{kind}) is empty")
+        raise ConfigError(f"prompt list {path} (prompts.{kind}) is empty")
     return items
 
 
@@ -49,7 +50,7 @@ def prompt_table(cfg: Config, class_names: list[str]) -> pd.DataFrame:
     templates = read_list(p.templates, cfg, "templates")
     bad = [t for t in templates if t.count("{}") != 1]
     if bad:
-        raise ValueError(f"prompts.templates: every template needs exactly one '{{}}'; these do not: {bad}")
+        raise ConfigError(f"prompts.templates: every template needs exactly one '{{}}'; these do not: {bad}")
     # Folder names such as "fire_salamander" become "fire salamander" in the prompts.
     names = [n.replace("_", " ") for n in class_names] if p.include_class_names else []
     concepts = names + read_list(p.concepts, cfg, "concepts")
@@ -64,16 +65,19 @@ def prompt_table(cfg: Config, class_names: list[str]) -> pd.DataFrame:
     return df
 
 
-def embed_prompts(cfg: Config, emb_cfg: EmbedderConfig, dataset: pd.DataFrame, out: str, device,
-                  log_file: str | None = None) -> pd.DataFrame:
-    from .embedding import load_embedder
-
-    log = get_logger("polypsi.prompts", log_file)
+def embed_prompts(emb_cfg: EmbedderConfig, cfg: Config, dataset: pd.DataFrame, device, log=None):
+    """The prompt table of the run's class names and concept lists, and its text embeddings [n, d]."""
+    log = log or get_logger("polypsi.prompts")
     names = dataset.drop_duplicates("label").sort_values("label")["class_name"].tolist()
     df = prompt_table(cfg, names)
     counts = df.groupby("set")["concept"].nunique().to_dict()
     log.info("prompts: %d main concepts, %d null concepts, %d templates, %d prompts",
              counts.get("main", 0), counts.get("null", 0), df["template"].nunique(), len(df))
-    emb = load_embedder(emb_cfg, cfg, device).encode_texts(df["prompt"].tolist())
-    write_table(df, out, embeddings={"embedding": emb})
-    return df
+    return df, load_embedder(emb_cfg, cfg, device).encode_texts(df["prompt"].tolist())
+
+
+def embed_prompts_stage(job) -> None:
+    """Rule embed_prompts (and embed_prompts_secondary)."""
+    df, emb = embed_prompts(job.cfg.embedder, job.cfg, read_table(job.input.dataset), job.device,
+                            job.logger("polypsi.prompts"))
+    write_table(df, job.output.prompts, embeddings={"embedding": emb})

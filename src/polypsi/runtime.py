@@ -6,15 +6,17 @@ import logging
 import sys
 import time
 
-import torch
+from .errors import ConfigError
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: str = "auto"):
     """`auto` picks CUDA when present; asking for CUDA on a machine without it is an error, not a fallback."""
+    import torch  # lazy: table-only stages log through this module and need no torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was requested but no CUDA device is available; set `device: auto` or `cpu`")
+        raise ConfigError("device: cuda was requested but no CUDA device is available; set `device: auto` or `cpu`")
     return torch.device(device)
 
 
@@ -55,43 +57,3 @@ class Progress:
                 "%s: %d/%d (%.0f%%), %.1f/s, eta %.0fs",
                 self.what, self.done, self.total, 100 * self.done / self.total, rate, eta,
             )
-
-
-class StageError(RuntimeError):
-    """An expected failure with a message for the user (bad input, missing file or weights)."""
-
-
-def stage(smk):
-    """(cfg, log_file, params) for a Snakemake script.
-
-    cfg holds the config sections the rule declared in `params:` (others keep their defaults) plus
-    the runtime settings (device, batch sizes), which come from the run's full config.
-    """
-    from .config import Config, from_sections, with_runtime
-
-    params = dict(smk.params.items())
-    cfg = from_sections({k: v for k, v in params.items() if k in Config.model_fields})
-    cfg = with_runtime(cfg, Config.model_validate(dict(smk.config)))
-    log_file = str(smk.log[0]) if len(smk.log) else None
-    if log_file:
-        import os
-
-        os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
-        open(log_file, "w").close()  # a rerun's log starts empty
-    torch.set_num_threads(max(1, int(getattr(smk, "threads", 1) or 1)))
-    return cfg, log_file, params
-
-
-def run_stage(fn, log_file: str | None = None) -> None:
-    """Run a stage; known user-facing failures end with their message (no traceback) and exit code 1."""
-    from .config import ConfigError
-    from .data import DatasetError
-    from .embedding import EmbedderLoadError
-    from .models import ModelLoadError
-
-    try:
-        fn()
-    except (ConfigError, DatasetError, ModelLoadError, EmbedderLoadError, StageError, FileNotFoundError) as e:
-        msg = f"polypsi error: {e}"
-        get_logger("polypsi", log_file).error(msg)
-        sys.exit(1)

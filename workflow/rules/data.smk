@@ -1,41 +1,43 @@
 # Dataset: render generated images, fetch Tiny-ImageNet when absent, index everything into one table.
 
-if cfg.data.source in ("world", "synthetic"):
+if DATASET.render:
 
     rule render_images:
         output:
             images=directory(f"{R}/world/images"),
-            description=f"{R}/world/world.json" if cfg.data.source == "world" else [],
+            rendered=[f"{R}/world/{name}" for name in DATASET.rendered],
         params:
-            **sections("data", "world", only={"data": ["source", "synthetic"]}),
+            config=settings("data.source", kinds=["dataset"]),
+            code=code("render_images"),
         log:
             f"{R}/logs/render_images.log",
         script:
-            f"{SCRIPTS}/render_images.py"
+            script_path("render_images")
 
 
 if cfg.data.source == "tiny_imagenet":
 
     rule download_tiny_imagenet:
         output:
-            f"{cfg.data.root}/wnids.txt",
+            wnids=f"{cfg.data.root}/wnids.txt",
         params:
-            **sections("data", only={"data": ["root", "url", "md5", "download"]}),
+            config=settings("data.root", "data.url", "data.md5", "data.download"),
+            code=code("download_tiny_imagenet"),
         log:
             f"{R}/logs/download_tiny_imagenet.log",
         script:
-            f"{SCRIPTS}/download_tiny_imagenet.py"
+            script_path("download_tiny_imagenet")
 
 
 rule index_dataset:
     input:
-        images_source(),
+        **images_source(),
     output:
-        f"{R}/dataset.parquet",
+        dataset=f"{R}/dataset.parquet",
     params:
-        **sections("data", only={"data": ["source", "root", "split", "max_images"]}),
-        world_dir=f"{R}/world",
+        config=settings("data.source", "data.root", "data.split", "data.max_images"),
+        code=code("index_dataset"),
     log:
         f"{R}/logs/index_dataset.log",
     script:
-        f"{SCRIPTS}/index_dataset.py"
+        script_path("index_dataset")

@@ -7,11 +7,10 @@ rule embed_patches:
         dataset=f"{R}/dataset.parquet",
         geometry=f"{R}/geometry.json",
     output:
-        f"{R}/embeddings/{{layer}}/shard{{cshard}}.parquet",
+        embeddings=f"{R}/embeddings/{{layer}}/shard{{cshard}}.parquet",
     params:
-        **sections("embedder", "world", "device"),
-        code=CODE_EMBED,
-        n_shards=cfg.shards.channels,
+        config=settings("embedder", "shards.channels", kinds=["embedder"]),
+        code=code("embed_patches"),
     threads: 2
     resources:
         gpu=1,
@@ -20,21 +19,21 @@ rule embed_patches:
     benchmark:
         f"{R}/benchmarks/embed_patches/{{layer}}_shard{{cshard}}.tsv"
     script:
-        f"{SCRIPTS}/embed_patches.py"
+        script_path("embed_patches")
 
 
 rule embed_prompts:
     input:
         dataset=f"{R}/dataset.parquet",
     output:
-        f"{R}/prompts/text.parquet",
+        prompts=f"{R}/prompts/text.parquet",
     params:
-        **sections("embedder", "prompts", "world", "device"),
-        code=CODE_EMBED,
+        config=settings("embedder", "prompts", kinds=["embedder", "vocabulary"]),
+        code=code("embed_prompts"),
     threads: 2
     resources:
         gpu=1,
     log:
         f"{R}/logs/embed_prompts.log",
     script:
-        f"{SCRIPTS}/embed_prompts.py"
+        script_path("embed_prompts")

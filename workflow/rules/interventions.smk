@@ -10,11 +10,11 @@ rule interventions:
         dataset=f"{R}/dataset.parquet",
         geometry=f"{R}/geometry.json",
     output:
-        f"{R}/interventions/{{layer}}.parquet",
+        trials=f"{R}/interventions/{{layer}}.parquet",
     params:
-        # model/world/mining: what load_model reads (weights, input size, normalisation, channels_last)
-        **sections("model", "world", "mining", "device", "interventions"),
-        code=POLYPSI_VERSION,
+        # model, mining and the model source's sections: what load_model reads
+        config=settings("model", "mining", "interventions", kinds=["model"]),
+        code=code("interventions"),
     threads: 2
     resources:
         gpu=1,
@@ -23,12 +23,12 @@ rule interventions:
     benchmark:
         f"{R}/benchmarks/interventions/{{layer}}.tsv"
     script:
-        f"{SCRIPTS}/interventions.py"
+        script_path("interventions")
 
 
 rule interventions_summary:
     input:
-        f"{R}/interventions/{cfg.intervention_layer}.parquet",
+        trials=f"{R}/interventions/{cfg.intervention_layer}.parquet",
     output:
         csv=report(
             f"{R}/report/interventions.csv",
@@ -41,13 +41,12 @@ rule interventions_summary:
             category="5. Interventions",
         ),
     params:
-        unit=cfg.interventions.test_unit,
-        confidence=cfg.interventions.confidence,
-        code=POLYPSI_VERSION,
+        config=settings("interventions.test_unit", "interventions.confidence"),
+        code=code("interventions_summary"),
     log:
         f"{R}/logs/interventions_summary.log",
     script:
-        f"{SCRIPTS}/interventions_summary.py"
+        script_path("interventions_summary")
 
 
 if cfg.interventions.enabled:

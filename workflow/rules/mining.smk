@@ -3,26 +3,25 @@
 
 rule geometry:
     output:
-        f"{R}/geometry.json",
+        geometry=f"{R}/geometry.json",
     params:
-        **sections("model", "world", "crops"),
-        code=CODE_MINING,
+        config=settings("model", "crops", kinds=["model"]),
+        code=code("geometry"),
     log:
         f"{R}/logs/geometry.log",
     script:
-        f"{SCRIPTS}/geometry.py"
+        script_path("geometry")
 
 
 rule mine_topk:
     input:
         dataset=f"{R}/dataset.parquet",
     output:
-        expand(f"{R}/mining/shard{{{{shard}}}}/{{layer}}.parquet", layer=LAYERS),
+        # one table per layer, in model.layers order
+        tables=expand(f"{R}/mining/shard{{{{shard}}}}/{{layer}}.parquet", layer=LAYERS),
     params:
-        **sections("model", "world", "mining", "device"),
-        code=CODE_MINING,
-        n_shards=cfg.shards.images,
-        layers=LAYERS,
+        config=settings("model", "mining", "shards.images", kinds=["model"]),
+        code=code("mine_topk"),
     threads: 2
     resources:
         gpu=1,
@@ -31,17 +30,18 @@ rule mine_topk:
     benchmark:
         f"{R}/benchmarks/mine_topk/shard{{shard}}.tsv"
     script:
-        f"{SCRIPTS}/mine_topk.py"
+        script_path("mine_topk")
 
 
 rule merge_topk:
     input:
-        expand(f"{R}/mining/shard{{shard}}/{{{{layer}}}}.parquet", shard=IMAGE_SHARDS),
+        shards=expand(f"{R}/mining/shard{{shard}}/{{{{layer}}}}.parquet", shard=IMAGE_SHARDS),
     output:
-        f"{R}/topk/{{layer}}.parquet",
+        topk=f"{R}/topk/{{layer}}.parquet",
     params:
-        topk=cfg.mining.topk,
+        config=settings("mining.topk"),
+        code=code("merge_topk"),
     log:
         f"{R}/logs/merge_topk/{{layer}}.log",
     script:
-        f"{SCRIPTS}/merge_topk.py"
+        script_path("merge_topk")

@@ -18,20 +18,18 @@ rule k_sensitivity:
         patches=f"{R}/patches/{{layer}}.parquet",
         prompts=f"{R}/prompts/text.parquet",
     output:
-        f"{REPORT}/robustness/k_sensitivity_{{layer}}.parquet",
+        table=f"{REPORT}/robustness/k_sensitivity_{{layer}}.parquet",
     params:
         # Only the two report keys it uses: a gallery or browser setting must not redo this costly job.
-        k_values=cfg.report.k_values,
-        k_sensitivity_draws=cfg.report.k_sensitivity_draws,
-        **sections("stats", "nulls", "device"),
-        code=POLYPSI_VERSION,
+        config=settings("report.k_values", "report.k_sensitivity_draws", "stats", "nulls", "calibration"),
+        code=code("report_k_sensitivity"),
     threads: 1
     log:
         f"{R}/logs/report/k_sensitivity_{{layer}}.log",
     benchmark:
         f"{R}/benchmarks/report/k_sensitivity_{{layer}}.tsv"
     script:
-        f"{SCRIPTS}/report_k_sensitivity.py"
+        script_path("report_k_sensitivity")
 
 
 rule seed_split:
@@ -42,21 +40,27 @@ rule seed_split:
             dshard=DRAW_SHARDS,
         ),
     output:
-        f"{REPORT}/robustness/null_seeds_{{layer}}.parquet",
+        table=f"{REPORT}/robustness/null_seeds_{{layer}}.parquet",
     params:
-        **sections("nulls"),
-        code=POLYPSI_VERSION,
+        config=settings("calibration"),
+        code=code("report_seed_split"),
     log:
         f"{R}/logs/report/null_seeds_{{layer}}.log",
     script:
-        f"{SCRIPTS}/report_seed_split.py"
+        script_path("report_seed_split")
 
 
 # Text-head sensitivity (paper Fig. 6) needs patch and prompt embeddings from a second embedder.
 # They reuse the embedding scripts with the `embedder` section swapped for `secondary_embedder`,
 # written under R/secondary/ with the same layout as R/embeddings/ and R/prompts/.
 if cfg.secondary_embedder is not None:
-    SECONDARY = {"embedder": cfg.secondary_embedder.model_dump(mode="json")}
+
+    def secondary_settings(*keys, kinds=()):
+        """settings() with the `embedder` section replaced by `secondary_embedder`."""
+        out = settings(*keys, kinds=kinds)
+        out["embedder"] = rule_config(cfg, "secondary_embedder")["secondary_embedder"]
+        return out
+
 
     rule embed_patches_secondary:
         input:
@@ -64,36 +68,33 @@ if cfg.secondary_embedder is not None:
             dataset=f"{R}/dataset.parquet",
             geometry=f"{R}/geometry.json",
         output:
-            f"{R}/secondary/embeddings/{{layer}}/shard{{cshard}}.parquet",
+            embeddings=f"{R}/secondary/embeddings/{{layer}}/shard{{cshard}}.parquet",
         params:
-            **SECONDARY,
-            **sections("world", "device"),
-            n_shards=cfg.shards.channels,
-            code=CODE_EMBED,
+            config=secondary_settings("shards.channels", kinds=["embedder"]),
+            code=code("embed_patches"),
         threads: 2
         resources:
             gpu=1,
         log:
             f"{R}/logs/embed_patches_secondary/{{layer}}_shard{{cshard}}.log",
         script:
-            f"{SCRIPTS}/embed_patches.py"
+            script_path("embed_patches")
 
     rule embed_prompts_secondary:
         input:
             dataset=f"{R}/dataset.parquet",
         output:
-            f"{R}/secondary/prompts/text.parquet",
+            prompts=f"{R}/secondary/prompts/text.parquet",
         params:
-            **SECONDARY,
-            **sections("prompts", "world", "device"),
-            code=CODE_EMBED,
+            config=secondary_settings("prompts", kinds=["embedder", "vocabulary"]),
+            code=code("embed_prompts"),
         threads: 2
         resources:
             gpu=1,
         log:
             f"{R}/logs/embed_prompts_secondary.log",
         script:
-            f"{SCRIPTS}/embed_prompts.py"
+            script_path("embed_prompts")
 
     rule text_head:
         input:
@@ -104,14 +105,14 @@ if cfg.secondary_embedder is not None:
             ),
             secondary_prompts=f"{R}/secondary/prompts/text.parquet",
         output:
-            f"{REPORT}/robustness/text_head_{{layer}}.parquet",
+            table=f"{REPORT}/robustness/text_head_{{layer}}.parquet",
         params:
-            **sections("stats"),
-            code=POLYPSI_VERSION,
+            config=settings("stats"),
+            code=code("report_text_head"),
         log:
             f"{R}/logs/report/text_head_{{layer}}.log",
         script:
-            f"{SCRIPTS}/report_text_head.py"
+            script_path("report_text_head")
 
 
 if cfg.report.browser:
@@ -124,18 +125,16 @@ if cfg.report.browser:
             dataset=f"{R}/dataset.parquet",
             geometry=f"{R}/geometry.json",
         output:
-            directory(f"{REPORT}/browser"),
+            browser=directory(f"{REPORT}/browser"),
         params:
-            **sections("run_name"),
-            thumb_size=cfg.report.thumb_size,
-            layers=LAYERS,
-            code=POLYPSI_VERSION,
+            config=settings("run_name", "report.thumb_size", "model.layers"),
+            code=code("report_browser"),
         log:
             f"{R}/logs/report/browser.log",
         benchmark:
             f"{R}/benchmarks/report/browser.tsv"
         script:
-            f"{SCRIPTS}/report_browser.py"
+            script_path("report_browser")
 
 
 rule report:
@@ -182,33 +181,11 @@ rule report:
         fig_text_head=report(f"{REPORT}/text_head.png", caption=caption("text_head"), category="4. Robustness"),
         fig_seeds=report(f"{REPORT}/null_seeds.png", caption=caption("null_seeds"), category="4. Robustness"),
     params:
-        **sections("report", "stats", "nulls", "mining", "secondary_embedder", "run_name"),
-        layers=LAYERS,
-        code=POLYPSI_VERSION,
+        config=settings(
+            "report", "stats", "nulls", "calibration", "mining", "secondary_embedder", "run_name", "model.layers"
+        ),
+        code=code("report"),
     log:
         f"{R}/logs/report.log",
     script:
-        f"{SCRIPTS}/report.py"
-
-
-if cfg.data.source == "world" and cfg.model.source == "world":
-
-    rule ground_truth:
-        input:
-            psi=expand(f"{R}/psi/{{layer}}.parquet", layer=LAYERS),
-            clusters=expand(f"{R}/clusters/{{layer}}.parquet", layer=LAYERS),
-            patches=expand(f"{R}/patches/{{layer}}.parquet", layer=LAYERS),
-            dataset=f"{R}/dataset.parquet",
-            world=f"{R}/world/world.json",
-        output:
-            csv=report(f"{R}/report/ground_truth.csv", caption="../report/ground_truth.rst", category="Planted world"),
-            png=report(f"{R}/report/ground_truth.png", caption="../report/ground_truth.rst", category="Planted world"),
-            channels=f"{R}/report/ground_truth_channels.csv",
-        params:
-            **sections("world", "model", "run_name"),
-        log:
-            f"{R}/logs/ground_truth.log",
-        script:
-            f"{SCRIPTS}/ground_truth.py"
-
-    extra_outputs += [f"{R}/report/ground_truth.csv"]
+        script_path("report")

@@ -8,18 +8,17 @@ rule score:
         dataset=f"{R}/dataset.parquet",
         prompts=f"{R}/prompts/text.parquet",
     output:
-        f"{R}/scores/{{layer}}/shard{{cshard}}/draws{{dshard}}.parquet",
+        scores=f"{R}/scores/{{layer}}/shard{{cshard}}/draws{{dshard}}.parquet",
     params:
-        **sections("stats", "nulls", "device"),
-        n_draw_shards=cfg.shards.draws,
-        code=CODE_STATS,
+        config=settings("stats", "nulls", "shards.draws"),
+        code=code("score"),
     threads: 1
     log:
         f"{R}/logs/score/{{layer}}_shard{{cshard}}_draws{{dshard}}.log",
     benchmark:
         f"{R}/benchmarks/score/{{layer}}_shard{{cshard}}_draws{{dshard}}.tsv"
     script:
-        f"{SCRIPTS}/score.py"
+        script_path("score")
 
 
 rule calibrate:
@@ -39,9 +38,10 @@ rule calibrate:
         patches=f"{R}/patches/{{layer}}.parquet",
         clusters=f"{R}/clusters/{{layer}}.parquet",
     params:
-        **sections("nulls"),
-        code=CODE_STATS,
+        # Reads the draws' scores, not how they were drawn: only M and the calibration settings.
+        config=settings("nulls.m", "calibration"),
+        code=code("calibrate"),
     log:
         f"{R}/logs/calibrate/{{layer}}.log",
     script:
-        f"{SCRIPTS}/calibrate.py"
+        script_path("calibrate")

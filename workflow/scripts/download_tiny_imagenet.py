@@ -1,5 +1,4 @@
-from polypsi.data import download_tiny_imagenet
-from polypsi.runtime import run_stage, stage
+from polypsi.job import run
+from polypsi.data import download_stage
 
-cfg, log, params = stage(snakemake)  # noqa: F821
-run_stage(lambda: download_tiny_imagenet(cfg.data), log)
+run(snakemake, download_stage)  # noqa: F821

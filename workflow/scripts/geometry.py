@@ -1,7 +1,4 @@
-from polypsi.crops import measure_geometry
-from polypsi.io import write_json
-from polypsi.models import build_model
-from polypsi.runtime import run_stage, stage
+from polypsi.job import run
+from polypsi.crops import geometry_stage
 
-cfg, log, params = stage(snakemake)  # noqa: F821
-run_stage(lambda: write_json(measure_geometry(build_model(cfg), cfg), snakemake.output[0]), log)  # noqa: F821
+run(snakemake, geometry_stage)  # noqa: F821

@@ -1,7 +1,4 @@
-from pathlib import Path
+from polypsi.job import run
+from polypsi.world.report import ground_truth_stage
 
-from polypsi.runtime import run_stage, stage
-from polypsi.world.report import report_run
-
-cfg, log, params = stage(snakemake)  # noqa: F821
-run_stage(lambda: report_run(cfg, Path(snakemake.output.csv).parents[1]), log)  # noqa: F821
+run(snakemake, ground_truth_stage)  # noqa: F821

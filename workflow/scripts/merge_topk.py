@@ -1,5 +1,4 @@
-from polypsi.mining import merge_topk_files
-from polypsi.runtime import run_stage, stage
+from polypsi.job import run
+from polypsi.mining import merge_topk_stage
 
-cfg, log, params = stage(snakemake)  # noqa: F821
-run_stage(lambda: merge_topk_files(list(snakemake.input), params["topk"], snakemake.output[0]), log)  # noqa: F821
+run(snakemake, merge_topk_stage)  # noqa: F821

@@ -1,7 +1,4 @@
-from polypsi.report.build import run_browser
-from polypsi.runtime import run_stage, stage
+from polypsi.job import run
+from polypsi.report.build import browser_stage
 
-cfg, log, params = stage(snakemake)  # noqa: F821
-smk = snakemake  # noqa: F821
-run_stage(lambda: run_browser(cfg, list(params["layers"]), smk.input.psi, smk.input.clusters, smk.input.patches,
-                              smk.input.dataset, smk.input.geometry, smk.output[0], params["thumb_size"], log), log)
+run(snakemake, browser_stage)  # noqa: F821

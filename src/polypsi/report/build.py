@@ -1,6 +1,7 @@
 """Report stages: read a run's tables, write the CSV tables, figures and the browser.
 
-One function per Snakemake rule; every number and figure comes from the files passed in.
+One stage per Snakemake rule (`<rule>_stage(job)`); every number and figure comes from the
+job's input files.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import Config
 from ..io import read_json, read_table, write_csv, write_table
-from ..runtime import get_logger
+from ..stats import TextBank
 from . import figures, robustness, stats
+from .browser import build_browser
 from .gallery import gallery_table, pick_channels, plot_gallery
 
 
@@ -25,58 +26,56 @@ def _by_layer(layers: list[str], paths) -> dict[str, pd.DataFrame]:
 
 
 def _text_bank(path):
-    from ..stats import TextBank
-
     return TextBank.from_table(*read_table(path, embedding="embedding"))
 
 
-def run_k_sensitivity(cfg: Config, layer: str, patches_path, prompts_path, out, k_values, draws, device="cpu",
-                      log_file=None) -> None:
+def k_sensitivity_stage(job) -> None:
     """Rule k_sensitivity: PSI of every channel from its first k patches, for each k in report.k_values."""
-    patches, emb = read_table(patches_path, embedding="embedding")
-    res = robustness.k_sensitivity(patches, emb, _text_bank(prompts_path), list(k_values), cfg.stats, cfg.nulls,
-                                   draws, layer, device, log_file)
-    write_table(res, out)
+    cfg, layer = job.cfg, job.wildcard("layer")
+    patches, emb = read_table(job.input.patches, embedding="embedding")
+    res = robustness.k_sensitivity(patches, emb, _text_bank(job.input.prompts), list(cfg.report.k_values), cfg.stats,
+                                   cfg.nulls, cfg.calibration, cfg.report.k_sensitivity_draws, layer, job.device,
+                                   job.logger("polypsi.report"))
+    write_table(res, job.output.table)
 
 
-def run_seed_split(cfg: Config, score_paths, out, log_file=None) -> None:
+def seed_split_stage(job) -> None:
     """Rule seed_split: PSI calibrated with the odd and with the even null draws of the run's scores."""
-    scores = pd.concat([read_table(p) for p in score_paths], ignore_index=True)
-    split = robustness.seed_split(scores, cfg.nulls)
-    get_logger("polypsi.report", log_file).info("null-seed split: draws %s", split.attrs.get("draws"))
-    write_table(split, out)
+    scores = pd.concat([read_table(p) for p in job.input.scores], ignore_index=True)
+    split = robustness.seed_split(scores, job.cfg.calibration)
+    job.logger("polypsi.report").info("null-seed split: draws %s", split.attrs.get("draws"))
+    write_table(split, job.output.table)
 
 
-def run_text_head(cfg: Config, patches_path, prompts_path, sec_emb_paths, sec_prompts_path, out, log_file=None) -> None:
+def text_head_stage(job) -> None:
     """Rule text_head: raw D of the run's clusters with the run's embedder and with the second one."""
-    patches, emb = read_table(patches_path, embedding="embedding")
-    parts = [read_table(p, embedding="embedding") for p in sec_emb_paths]
+    patches, emb = read_table(job.input.patches, embedding="embedding")
+    parts = [read_table(p, embedding="embedding") for p in job.input.secondary]
     sec = pd.concat([t for t, _ in parts], ignore_index=True)
     sec_emb = np.concatenate([e for _, e in parts])
-    th = robustness.text_head(patches, emb, _text_bank(prompts_path), sec, sec_emb, _text_bank(sec_prompts_path),
-                              cfg.stats.gap_level, cfg.stats.k_max)
-    write_table(th, out)
+    th = robustness.text_head(patches, emb, _text_bank(job.input.prompts), sec, sec_emb,
+                              _text_bank(job.input.secondary_prompts), job.cfg.stats.gap_level, job.cfg.stats.k_max)
+    write_table(th, job.output.table)
 
 
-def run_browser(cfg: Config, layers, psi_paths, cluster_paths, patch_paths, dataset_path, geometry_path, out_dir,
-                thumb_size: int = 64, log_file=None) -> None:
+def browser_stage(job) -> None:
     """Rule browser: the static neuron browser of all channels."""
-    from .browser import build_browser
-
+    cfg, layers = job.cfg, list(job.cfg.model.layers)
     patches = {l: pd.read_parquet(p, columns=["channel", "rank", "image_id", "activation", "cluster", "label",
-                                              "y0", "x0", "y1", "x1"]) for l, p in zip(layers, patch_paths)}
-    build_browser(out_dir, _by_layer(layers, psi_paths), _by_layer(layers, cluster_paths), patches,
-                  read_table(dataset_path), int(read_json(geometry_path)["input_size"]), title=f"polypsi · {cfg.run_name}",
-                  thumb=thumb_size, log_file=log_file)
+                                              "y0", "x0", "y1", "x1"]) for l, p in zip(layers, job.input.patches)}
+    build_browser(job.output.browser, _by_layer(layers, job.input.psi), _by_layer(layers, job.input.clusters), patches,
+                  read_table(job.input.dataset), int(read_json(job.input.geometry)["input_size"]),
+                  title=f"polypsi · {cfg.run_name}", thumb=cfg.report.thumb_size, log_file=job.log)
 
 
-def run_report(cfg: Config, layers: list[str], inp, out, log_file=None) -> None:
+def report_stage(job) -> None:
     """Rule report: the paper's tables and figures.
 
-    `inp` has psi, null_psi, clusters, patches, k_sensitivity, seed_split (lists in layer order),
-    text_head (empty when no second embedder), dataset, geometry; `out` names every output file.
+    Inputs psi, null_psi, clusters, patches, k_sensitivity, seed_split (lists in layer order),
+    text_head (empty when no second embedder), dataset, geometry; the outputs name every file.
     """
-    log = get_logger("polypsi.report", log_file)
+    cfg, inp, out, log = job.cfg, job.input, job.output, job.logger("polypsi.report")
+    layers = list(cfg.model.layers)
     rep = cfg.report
     real, null = _by_layer(layers, inp["psi"]), _by_layer(layers, inp["null_psi"])
 
@@ -86,7 +85,7 @@ def run_report(cfg: Config, layers: list[str], inp, out, log_file=None) -> None:
     write_csv(ks, out["ks"])
     khat = stats.k_hat_table(real, null, rep.high_psi_quantile)
     write_csv(khat, out["k_hat"])
-    diag = stats.null_diagnostics(real, cfg.nulls)
+    diag = stats.null_diagnostics(real, cfg.nulls, cfg.calibration.sd_tol)
     write_csv(diag, out["null_diagnostics"])
     flagged = diag[diag.n_low_sd > 0]
     for r in flagged.itertuples():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .figures import plt, save
+from .figures import message_figure, plt, save
 from .stats import ok_rows
 from .thumbs import thumbnails
 
@@ -39,8 +39,6 @@ def plot_gallery(layer: str, which: str, table: pd.DataFrame, patches: pd.DataFr
                  input_size: int, path, per_cluster: int = 8, thumb: int = 64) -> None:
     """Rows of top-ranked patches, one row per cluster, channels stacked; titles carry names and gaps."""
     if table.empty:
-        from .figures import message_figure
-
         message_figure(path, f"{layer}: {which}-PSI gallery", "No channel with a valid PSI in this layer.")
         return
     # Keep the gallery's ranking (best first), clusters in order within a channel.

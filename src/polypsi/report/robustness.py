@@ -14,8 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import NullConfig, StatsConfig
+from ..calibration import calibrate
+from ..config import CalibrationConfig, NullConfig, StatsConfig
 from ..runtime import get_logger
+from ..stats import score_channels
+from ..stats.metrics import top2_gaps
 from .stats import ok_rows, spearman
 
 ROBUSTNESS_COLUMNS = ["analysis", "layer", "setting", "reference", "rho", "pvalue", "n", "note"]
@@ -45,26 +48,29 @@ def patch_arrays(patches: pd.DataFrame, emb: np.ndarray, k: int | None = None):
             df["cluster"].to_numpy(np.int64).reshape(n, K))
 
 
-def subset_psi(patches: pd.DataFrame, emb: np.ndarray, text, k: int, stats_cfg: StatsConfig, nulls: NullConfig,
-               m: int, layer: str, device="cpu") -> pd.DataFrame:
-    """Calibrated scores of every channel from its first k patches, against m null draws."""
-    from ..calibration import calibrate
-    from ..stats import score_channels
+def _no_holdout(cal: CalibrationConfig) -> CalibrationConfig:
+    # Re-scored subsets and split halves are compared with real channels only: every draw is a reference.
+    return cal.model_copy(update={"holdout_null_neurons": False})
 
+
+def subset_psi(patches: pd.DataFrame, emb: np.ndarray, text, k: int, stats_cfg: StatsConfig, nulls: NullConfig,
+               cal: CalibrationConfig, m: int, layer: str, device="cpu") -> pd.DataFrame:
+    """Calibrated scores of every channel from its first k patches, against m null draws."""
     channels, z, labels, _ = patch_arrays(patches, emb, k)
     scores = score_channels(z, labels, channels, text, list(range(m + 1)), stats_cfg, nulls, layer, device)
-    psi, _ = calibrate(scores, nulls.model_copy(update={"m": m, "holdout_null_neurons": False}))
+    psi, _ = calibrate(scores, m, _no_holdout(cal))
     return psi
 
 
 def k_sensitivity(patches: pd.DataFrame, emb: np.ndarray, text, k_values: list[int], stats_cfg: StatsConfig,
-                  nulls: NullConfig, m: int | None, layer: str, device="cpu", log_file=None) -> pd.DataFrame:
+                  nulls: NullConfig, cal: CalibrationConfig, m: int | None, layer: str, device="cpu",
+                  log=None) -> pd.DataFrame:
     """Long table (k, m, channel, psi, hats, status) of the re-scored subsets.
 
     When m < nulls.m, the full K is also re-scored with m draws: comparing it with the run's own
     PSI shows how much of the rank change comes from the smaller null sample rather than from k.
     """
-    log = get_logger("polypsi.report", log_file)
+    log = log or get_logger("polypsi.report")
     m = nulls.m if m is None else int(m)
     if not 3 <= m <= nulls.m:
         raise ValueError(f"report.k_sensitivity_draws={m} must lie in 3..nulls.m ({nulls.m})")
@@ -76,7 +82,7 @@ def k_sensitivity(patches: pd.DataFrame, emb: np.ndarray, text, k_values: list[i
             log.info("layer %s: k=%d skipped (needs k > stats.k_max=%d)", layer, k, stats_cfg.k_max)
             continue
         log.info("layer %s: scoring the first %d patches of every channel, %d null draws", layer, k, m)
-        psi = subset_psi(patches, emb, text, k, stats_cfg, nulls, m, layer, device)
+        psi = subset_psi(patches, emb, text, k, stats_cfg, nulls, cal, m, layer, device)
         cols = [c for c in ["channel", "S", "Q", "D", "S_hat", "Q_hat", "D_hat", "psi", "log_psi", "k_hat", "status"]
                 if c in psi.columns]
         frames.append(psi[cols].assign(k=k, m=m))
@@ -107,13 +113,11 @@ def k_sensitivity_rows(layer: str, subsets: pd.DataFrame, psi: pd.DataFrame, k_v
     return rows
 
 
-def seed_split(scores: pd.DataFrame, nulls: NullConfig) -> pd.DataFrame:
+def seed_split(scores: pd.DataFrame, cal: CalibrationConfig) -> pd.DataFrame:
     """PSI of the real draw calibrated with the odd null draws and, separately, with the even ones.
 
     Both halves come from the same scores/ files the run calibrated with; no scoring is repeated.
     """
-    from ..calibration import calibrate
-
     draws = sorted(int(d) for d in scores["draw"].unique() if d > 0)
     odd, even = [d for d in draws if d % 2 == 1], [d for d in draws if d % 2 == 0]
     if min(len(odd), len(even)) < 2:
@@ -123,7 +127,7 @@ def seed_split(scores: pd.DataFrame, nulls: NullConfig) -> pd.DataFrame:
         sub = scores[scores["draw"].isin([0, *half])].copy()
         # Renumber the half's draws 1..M/2 so calibration sees an ordinary run with fewer draws.
         sub["draw"] = sub["draw"].map({0: 0, **{d: i + 1 for i, d in enumerate(half)}})
-        psi, _ = calibrate(sub, nulls.model_copy(update={"m": len(half), "holdout_null_neurons": False}))
+        psi, _ = calibrate(sub, len(half), _no_holdout(cal))
         part = psi[["channel", "psi", "status"]].rename(columns={"psi": f"psi_{name}", "status": f"status_{name}"})
         out = part if out is None else out.merge(part, on="channel", how="outer")
     out.attrs["draws"] = {"odd": odd, "even": even}
@@ -145,8 +149,6 @@ def cluster_d(patches: pd.DataFrame, emb: np.ndarray, text, gap_level: str, k_ma
     Prototype = unit mean of the members' embeddings; gap = top-1 minus top-2 similarity to the
     concepts (or prompts); D = mean gap over the channel's clusters, as the scorer defines it.
     """
-    from ..stats.metrics import top2_gaps
-
     channels, z, _, cl = patch_arrays(patches, emb)
     if text.dim != z.shape[-1]:
         raise ValueError(f"patch embeddings have d={z.shape[-1]} but prompt embeddings d={text.dim}; "

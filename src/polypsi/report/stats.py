@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from ..calibration import COMPONENTS, low_sd_counts
+
 # Score columns compared against the null neurons (paper Table 1).
 METRICS = ["psi", "S_hat", "Q_hat", "D_hat"]
 
@@ -165,14 +167,12 @@ def k_hat_table(real: dict[str, pd.DataFrame], null: dict[str, pd.DataFrame], qu
     return pd.DataFrame(rows, columns=["layer", "k_hat", "n_all", "n_high_psi", "high_psi_log_threshold"])
 
 
-def null_diagnostics(real: dict[str, pd.DataFrame], nulls) -> pd.DataFrame:
+def null_diagnostics(real: dict[str, pd.DataFrame], nulls, sd_tol: float) -> pd.DataFrame:
     """Per layer and component: which null was used and how many channels it left with a near-zero sd.
 
-    A null whose sd is below `nulls.sd_tol` cannot calibrate (the hat is then 0, 0.5 or 1 up to
+    A null whose sd is below `calibration.sd_tol` cannot calibrate (the hat is then 0, 0.5 or 1 up to
     eps); counting such channels per null choice shows degenerate nulls, e.g. the paper's rotation S-null.
     """
-    from polypsi.calibration import COMPONENTS, low_sd_counts
-
     choice = {"S": nulls.s_null, "Q": nulls.q_null, "D": nulls.d_null}
     rows = []
     for layer, df in real.items():
@@ -183,6 +183,6 @@ def null_diagnostics(real: dict[str, pd.DataFrame], nulls) -> pd.DataFrame:
             rows.append({
                 "layer": layer, "component": c, "null": choice[c], "n_channels": len(live),
                 "n_low_sd": counts[c], "share_low_sd": counts[c] / len(live) if len(live) else np.nan,
-                "median_sd": float(np.nanmedian(sd)) if len(sd) else np.nan, "sd_tol": nulls.sd_tol,
+                "median_sd": float(np.nanmedian(sd)) if len(sd) else np.nan, "sd_tol": sd_tol,
             })
     return pd.DataFrame(rows)

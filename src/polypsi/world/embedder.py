@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polypsi.config import WorldConfig
+from polypsi.embedding import EmbedderParts
 from polypsi.world.concepts import COLOURS, SHAPES, UNIVERSE
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "data" / "world" / "embedder.pt"
@@ -174,3 +175,15 @@ def build_embedder(world: WorldConfig | None = None, weights: str | Path | None 
     model.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
     model.requires_grad_(False)
     return model.eval()
+
+
+def embedder_for_config(emb, cfg) -> EmbedderParts:
+    """The registry's `world` embedder source."""
+    w = build_embedder(cfg.world)
+    return EmbedderParts(w, w.tokenizer, w.image_size, w.mean, w.std)
+
+
+def vocabulary(cfg, which: str) -> list[str]:
+    """The registry's `world` vocabulary: `prompts.concepts|templates|null_concepts: world`."""
+    lists = {"concepts": prompt_concepts, "templates": templates, "null_concepts": null_concepts}
+    return lists[which]()

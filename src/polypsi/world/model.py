@@ -382,3 +382,8 @@ def _balance_on_scenes(world: WorldConfig, spec, front: nn.Module, layer2: Compe
                 peaks[o["concept"]].append(float(win.max()))
     q = torch.tensor([np.quantile(p, BALANCE_QUANTILE) if len(p) >= 5 else 1.0 for p in peaks])
     layer2.scale_out.div_(q.clamp(min=0.05).view(1, -1, 1, 1))
+
+
+def build_for_config(cfg) -> nn.Module:
+    """The registry's `world` model source: the world of `cfg.world` at the run's input size and normalisation."""
+    return build_model(cfg.world, input_size=cfg.model.input_size, mean=cfg.model.mean, std=cfg.model.std)

@@ -233,3 +233,8 @@ def world_description(world: WorldConfig, spec: WorldSpec, scenes: list[dict] | 
         "channels": [p.as_row() for p in plan_channels(world)],
         "images": scenes or [],
     }
+
+
+def render_for_config(cfg, out_dir: str | Path) -> None:
+    """The registry's `world` dataset renderer: images/ and world.json under `out_dir`."""
+    render_world(cfg.world, out_dir)

@@ -229,6 +229,11 @@ def report_run(cfg, run_dir: str | Path | None = None) -> pd.DataFrame:
     return summary
 
 
+def ground_truth_stage(job) -> None:
+    """Rule ground_truth: the planted-world recovery report of the run whose report/ folder holds the outputs."""
+    report_run(job.cfg, Path(job.output.csv).parents[1])
+
+
 if __name__ == "__main__":  # python -m polypsi.world.report config/demo.yaml [results/demo]
     import sys
 

@@ -1,0 +1,25 @@
+"""How work is split into jobs: image shards for mining, channel shards and draw shards for scoring.
+
+Every split is deterministic and results never depend on it (the tests check merged outputs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def shard_rows(df: pd.DataFrame, shard: int, n_shards: int) -> pd.DataFrame:
+    """Contiguous block `shard` of `n_shards` (image ids stay ascending inside a shard)."""
+    bounds = np.linspace(0, len(df), n_shards + 1).round().astype(int)
+    return df.iloc[bounds[shard] : bounds[shard + 1]]
+
+
+def channel_shard(channels: np.ndarray, shard: int, n_shards: int) -> np.ndarray:
+    """Channels of one shard: interleaved, so no shard needs the layer's channel count in advance."""
+    return channels[channels % n_shards == shard]
+
+
+def draws_of(shard: int, n_shards: int, m: int) -> list[int]:
+    """Draws (0 = real data, 1..m = nulls) scored by draw shard `shard`."""
+    return [d for d in range(m + 1) if d % n_shards == shard]

@@ -1,0 +1,25 @@
+# The planted world's own report: how well the run recovers the channels it planted (a plug-in's rule;
+# it runs only when both the data and the model come from the world).
+
+if cfg.data.source == "world" and cfg.model.source == "world":
+
+    rule ground_truth:
+        input:
+            psi=expand(f"{R}/psi/{{layer}}.parquet", layer=LAYERS),
+            clusters=expand(f"{R}/clusters/{{layer}}.parquet", layer=LAYERS),
+            patches=expand(f"{R}/patches/{{layer}}.parquet", layer=LAYERS),
+            dataset=f"{R}/dataset.parquet",
+            world=f"{R}/world/world.json",
+        output:
+            csv=report(f"{R}/report/ground_truth.csv", caption="../report/ground_truth.rst", category="Planted world"),
+            png=report(f"{R}/report/ground_truth.png", caption="../report/ground_truth.rst", category="Planted world"),
+            channels=f"{R}/report/ground_truth_channels.csv",
+        params:
+            config=settings("world", "model", "run_name"),
+            code=code("ground_truth"),
+        log:
+            f"{R}/logs/ground_truth.log",
+        script:
+            script_path("ground_truth")
+
+    extra_outputs += [f"{R}/report/ground_truth.csv"]
