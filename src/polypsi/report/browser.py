@@ -6,6 +6,7 @@ Layout of the output folder:
   channels/<layer>/<channel>.html       one page per channel: summary, activation plot, clusters, patches
   sprites/<layer>/<channel>.jpg         the channel's patch thumbnails tiled into one JPEG
 Each thumbnail is an <img> of the sprite shifted with object-position, so a page loads one small file.
+The page shells, style sheet and script are files in assets/; the per-channel fragments are built here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import html
 import json
 import math
 import re
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
+from string import Template
 
 import numpy as np
 import pandas as pd
@@ -37,6 +41,17 @@ INDEX_COLUMNS = [
     ("status", "status", "text"),
     ("top_activation", "top act.", "num"),
 ]
+
+
+@lru_cache(maxsize=None)
+def _asset(name: str) -> str:
+    """The text of a file in assets/ (package data, so it is installed with the code)."""
+    return (resources.files(__package__) / "assets" / name).read_text(encoding="utf-8")
+
+
+def _page(name: str, **slots) -> str:
+    """An assets/ page shell with its `$slot`s filled (string.Template: inserted text is not re-scanned)."""
+    return Template(_asset(name)).substitute(**slots)
 
 
 def slug(name: str) -> str:
@@ -183,17 +198,10 @@ def channel_page(layer: str, row: dict, patches: list[dict], clusters: dict[int,
         sections.append("<p>No mined patches for this channel.</p>")
     chart = activation_svg([p["rank"] for p in patches], [p["activation"] for p in patches],
                            [p["cluster"] for p in patches]) if patches else ""
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{e(layer)} channel {ch} · polypsi</title>
-<link rel="stylesheet" href="{up}style.css"></head>
-<body class="channel-page"><nav>{" · ".join(nav)}</nav>
-<h1>{e(layer)} · channel {ch}</h1>
-<div class="top"><table class="summary">{summary_html}</table>
-<div><h2>Activations of the mined patches</h2>{chart}</div></div>
-<h2>Clusters</h2>
-{"".join(sections)}
-</body></html>
-"""
+    return _page(
+        "channel.html", layer=e(layer), channel=ch, up=up, nav=" · ".join(nav), summary=summary_html, chart=chart,
+        sections="".join(sections),
+    )
 
 
 def _records_by_channel(df: pd.DataFrame | None, sort: list[str]) -> dict[int, list[dict]]:
@@ -218,9 +226,9 @@ def build_browser(out_dir: str | Path, psi: dict[str, pd.DataFrame], clusters: d
     cols = [{"key": k, "label": lab, "kind": kind} for k, lab, kind in INDEX_COLUMNS]
     data = {"title": title, "columns": cols, "rows": rows}
     _write_text(out / "data.js", "window.POLYPSI_DATA = " + json.dumps(data, separators=(",", ":"), allow_nan=False) + ";\n")
-    _write_text(out / "style.css", STYLE)
-    _write_text(out / "browser.js", SCRIPT)
-    _write_text(out / "index.html", INDEX_HTML.replace("{title}", html.escape(title)))
+    _write_text(out / "style.css", _asset("style.css"))
+    _write_text(out / "browser.js", _asset("browser.js"))
+    _write_text(out / "index.html", _page("index.html", title=html.escape(title)))
 
     hrefs = [r[-1] for r in rows]
     n_pages = n_sprites = 0
@@ -257,121 +265,3 @@ def build_browser(out_dir: str | Path, psi: dict[str, pd.DataFrame], clusters: d
             prog.update(len(block))
     log.info("browser: %d channel pages, %d sprites in %s", n_pages, n_sprites, out)
     return {"channels": len(rows), "pages": n_pages, "sprites": n_sprites}
-
-
-INDEX_HTML = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title} · neuron browser</title>
-<link rel="stylesheet" href="style.css"></head>
-<body>
-<h1>{title} · neuron browser</h1>
-<p class="help">Click a column header to sort (again to reverse). Type to filter on any text; a channel link opens its
-clusters and patches.</p>
-<div class="controls">
-  <input id="filter" type="search" placeholder="filter: concept, status, channel…" size="32">
-  <select id="layer"><option value="">all layers</option></select>
-  <label><input id="okonly" type="checkbox"> status ok only</label>
-  <span id="count"></span>
-</div>
-<table id="channels"><thead><tr></tr></thead><tbody></tbody></table>
-<noscript>The table needs JavaScript; channel pages are plain HTML under channels/.</noscript>
-<script src="data.js"></script>
-<script src="browser.js"></script>
-</body></html>
-"""
-
-SCRIPT = r"""// Sortable, filterable channel table; data comes from data.js (window.POLYPSI_DATA).
-(function () {
-  "use strict";
-  var D = window.POLYPSI_DATA;
-  var cols = D.columns, rows = D.rows, HREF = cols.length;
-  var key = {}; cols.forEach(function (c, i) { key[c.key] = i; });
-  var state = { sort: null, dir: -1 };
-  var tbody = document.querySelector("#channels tbody");
-  var headRow = document.querySelector("#channels thead tr");
-  var filter = document.getElementById("filter"), layerSel = document.getElementById("layer");
-  var okOnly = document.getElementById("okonly"), count = document.getElementById("count");
-
-  function esc(s) {
-    return String(s).replace(/[&<>"]/g, function (c) { return {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]; });
-  }
-  function fmt(v, kind) {
-    if (v === null || v === undefined) return "—";
-    if (kind === "num") return Math.abs(v) >= 100 ? v.toFixed(1) : v.toFixed(4);
-    return esc(v);
-  }
-  cols.forEach(function (c, i) {
-    var th = document.createElement("th");
-    th.textContent = c.label; th.dataset.key = c.key; th.dataset.kind = c.kind; th.title = "sort by " + c.label;
-    th.addEventListener("click", function () { sortBy(i); });
-    headRow.appendChild(th);
-  });
-  Array.from(new Set(rows.map(function (r) { return r[0]; }))).forEach(function (l) {
-    var o = document.createElement("option"); o.value = l; o.textContent = l; layerSel.appendChild(o);
-  });
-
-  function sortBy(i) {
-    // Numbers sort high-to-low first (the interesting channels on top); text A-to-Z first.
-    if (state.sort === i) state.dir = -state.dir;
-    else { state.sort = i; state.dir = cols[i].kind === "text" ? 1 : -1; }
-    render();
-  }
-  function compare(a, b) {
-    var i = state.sort, x = a[i], y = b[i];
-    if (x === null && y === null) return 0;
-    if (x === null) return 1;   // missing values always last
-    if (y === null) return -1;
-    if (cols[i].kind === "text") return state.dir * String(x).localeCompare(String(y));
-    return state.dir * (x - y);
-  }
-  function render() {
-    var q = filter.value.trim().toLowerCase(), l = layerSel.value, ok = okOnly.checked;
-    var shown = rows.filter(function (r) {
-      if (l && r[0] !== l) return false;
-      if (ok && r[key.status] !== "ok") return false;
-      if (!q) return true;
-      return (r[0] + " " + r[1] + " " + r[key.clusters] + " " + r[key.status]).toLowerCase().indexOf(q) >= 0;
-    });
-    if (state.sort !== null) shown.sort(compare);
-    var html = shown.map(function (r) {
-      return "<tr>" + cols.map(function (c, i) {
-        var v = fmt(r[i], c.kind);
-        if (c.key === "channel") v = '<a href="' + r[HREF] + '">' + v + "</a>";
-        return '<td data-key="' + c.key + '" data-value="' + (r[i] === null ? "" : esc(r[i])) + '">' + v + "</td>";
-      }).join("") + "</tr>";
-    }).join("");
-    tbody.innerHTML = html;
-    count.textContent = shown.length + " of " + rows.length + " channels";
-    headRow.querySelectorAll("th").forEach(function (th, i) {
-      th.className = state.sort === i ? (state.dir < 0 ? "desc" : "asc") : "";
-    });
-  }
-  [filter, layerSel, okOnly].forEach(function (el) { el.addEventListener("input", render); el.addEventListener("change", render); });
-  render();
-  document.body.dataset.ready = "1";
-})();
-"""
-
-STYLE = """body { font: 14px/1.4 system-ui, sans-serif; margin: 1.2em 2em; color: #222; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.2em; } h3 { font-size: 1em; margin: 0.6em 0 0.2em; }
-.help, .detail { color: #555; margin: 0.2em 0 0.6em; }
-.controls { margin: 0.6em 0; display: flex; gap: 1em; align-items: center; }
-table#channels { border-collapse: collapse; width: 100%; }
-#channels th, #channels td { padding: 2px 8px; border-bottom: 1px solid #e4e4e4; text-align: right; white-space: nowrap; }
-#channels td[data-key=layer], #channels td[data-key=clusters], #channels td[data-key=status] { text-align: left; }
-#channels td[data-key=clusters] { white-space: normal; max-width: 32em; }
-#channels th[data-kind=text] { text-align: left; }
-#channels th { position: sticky; top: 0; background: #f4f4f4; cursor: pointer; user-select: none; }
-#channels th.desc::after { content: " ▼"; } #channels th.asc::after { content: " ▲"; }
-#channels tbody tr:hover { background: #f6f9ff; }
-.top { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
-table.summary th { text-align: left; padding-right: 1em; font-weight: 600; }
-.patches { display: flex; flex-wrap: wrap; gap: 6px; }
-figure { margin: 0; width: 72px; font-size: 10px; text-align: center; color: #444; }
-img.thumb { object-fit: none; display: block; margin: 0 auto; border: 1px solid #ccc; }
-svg.acts .axis { stroke: #888; } svg.acts .tick { font-size: 10px; fill: #555; }
-.swatch { display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.4em; border-radius: 2px; }
-.c0 { fill: #0173b2; background: #0173b2; } .c1 { fill: #de8f05; background: #de8f05; }
-.c2 { fill: #029e73; background: #029e73; } .c3 { fill: #d55e00; background: #d55e00; }
-.c4 { fill: #cc78bc; background: #cc78bc; } .c5 { fill: #ca9161; background: #ca9161; }
-.c6 { fill: #fbafe4; background: #fbafe4; } .c7 { fill: #949494; background: #949494; }
-"""

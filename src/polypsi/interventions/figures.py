@@ -1,0 +1,52 @@
+"""The summary figure: mean normalised delta per condition with CI bars, trial points and p-values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..io import atomic_path
+from .trial import CONDITIONS, OK
+
+
+def plot_summary(summary: pd.DataFrame, trials: pd.DataFrame, path, title: str = "",
+                 confidence: float = 0.95) -> None:
+    """Bar chart of mean normalised delta per condition with CI bars, trial points and p-values."""
+    import matplotlib  # lazy: matplotlib and seaborn take seconds to import and only this figure needs them
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # lazy: after choosing the Agg backend
+    import seaborn as sns  # lazy: see matplotlib
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    colors = sns.color_palette("colorblind", len(CONDITIONS))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    x = np.arange(len(summary))
+    means = summary["mean_delta"].to_numpy(float)
+    err = np.vstack([means - summary["ci_low"].to_numpy(float), summary["ci_high"].to_numpy(float) - means])
+    ax.bar(x, np.nan_to_num(means), color=colors, alpha=0.8, width=0.65)
+    ax.errorbar(x, means, yerr=np.nan_to_num(err), fmt="none", ecolor="black", capsize=5, lw=1.2)
+    valid = trials[trials["status"] == OK]
+    rng = np.random.default_rng(0)  # jitter only
+    for i, cond in enumerate(summary["condition"]):
+        y = valid.loc[valid["condition"] == cond, "delta_norm"].to_numpy(float)
+        ax.scatter(i + rng.uniform(-0.18, 0.18, len(y)), y, s=9, color="black", alpha=0.35, lw=0, zorder=3)
+    ax.axhline(0, color="grey", lw=0.8)
+    lo, hi = ax.get_ylim()
+    for i, r in enumerate(summary.itertuples(index=False)):
+        label = f"n={r.n}"
+        if r.condition != "Aligned" and pd.notna(r.pvalue):
+            label += f"\np={r.pvalue:.2g}"
+        elif r.condition != "Aligned":
+            label += "\np=n/a"
+        ax.text(i, hi, label, ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(lo, hi + 0.12 * (hi - lo))
+    ax.set_xticks(x, summary["condition"], rotation=15)
+    unit = summary["unit"].iloc[0] if len(summary) else "site"
+    ax.set_ylabel("ΔA / top-1 activation")
+    ax.set_title(title or f"Patch-swap interventions (mean, {100 * confidence:g}% CI; paired t vs Aligned, unit={unit})",
+                 fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=130)
+    plt.close(fig)

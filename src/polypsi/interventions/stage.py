@@ -1,0 +1,47 @@
+"""The two workflow stages: the trials of one layer, and their statistics and figure."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from ..io import read_json, read_table, write_csv, write_table
+from ..models import load_model
+from .figures import plot_summary
+from .run import run_interventions
+from .statistics import summarize
+
+if TYPE_CHECKING:  # a stage only reads the job's attributes; polypsi.job is the workflow's side
+    from ..job import Job
+
+
+def interventions_stage(job: Job) -> None:
+    """The `interventions` rule: read the tables, load the model, run the trials, write one row per trial."""
+    cfg, layer = job.cfg, job.wildcard("layer")
+    lg = job.logger("polypsi.interventions")
+    device = job.device
+    patches = read_table(job.input.patches)
+    patches = patches.drop(columns=[c for c in ("embedding",) if c in patches])  # not needed here
+    model = load_model(cfg, device)
+    lg.info("model loaded on %s; layer %s; settings %s", device, layer, cfg.interventions.model_dump())
+    trials = run_interventions(model, layer, read_table(job.input.psi), patches, read_table(job.input.dataset),
+                               read_json(job.input.geometry), cfg.interventions, device, cfg.model.input_size,
+                               cfg.model.mean, cfg.model.std, logger=lg)
+    write_table(trials, job.output.trials)
+    lg.info("wrote %s (%d rows)", job.output.trials, len(trials))
+
+
+def summary_stage(job: Job) -> None:
+    """The `interventions_summary` rule: statistics table and bar chart of one trial table."""
+    unit, confidence = job.cfg.interventions.test_unit, job.cfg.interventions.confidence
+    lg = job.logger("polypsi.interventions")
+    trials = read_table(job.input.trials)
+    summary = summarize(trials, unit=unit, confidence=confidence)
+    write_csv(summary, job.output.csv)
+    layer = trials["layer"].iloc[0] if len(trials) else "?"
+    title = (f"Patch-swap interventions, {layer}: {trials['channel'].nunique()} channels "
+             f"(mean, {100 * confidence:g}% CI; paired t vs Aligned, unit={unit})")
+    plot_summary(summary, trials, job.output.png, title=title, confidence=confidence)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        lg.info("intervention summary:\n%s", summary.to_string(index=False))

@@ -1,0 +1,75 @@
+"""Channel choice, squares and donors: the seeded plan, before any forward pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from polypsi.config import InterventionConfig
+from polypsi.interventions.plan import donor_box, free_position, plan_trials, select_channels
+
+from .worlds import GEOMETRY, S, colour_world
+
+
+def test_select_channels_skips_and_counts(tmp_path):
+    _, patches, psi = colour_world(tmp_path)
+    chosen, skipped = select_channels(psi, patches, 10)
+    assert chosen["channel"].tolist() == [0]
+    assert skipped == {"status 'dead: top activation <= 0'": 1, "k_hat < 2 (no second cluster for Non-aligned)": 1}
+
+
+def test_donor_box_keeps_offset_to_site():
+    # a corner site whose crop was shifted inside the image: the donor square sits at the same offset
+    # from the donor's site centre, so the donor content lands where the replaced content was
+    box, shift = donor_box((0, 32, 32, 64), 0, 7, 4, 3, 8.0, 64)
+    assert box == (32, 0, 64, 32) and shift == 0
+    box, shift = donor_box((8, 8, 40, 40), 3, 3, 7, 6, 8.0, 64)  # would leave the image: shifted back
+    assert box == (32, 32, 64, 64) and shift == 8
+
+
+def test_matched_and_random_donors():
+    acts = {0: [1.0, 0.95, 0.7, 0.5, 0.3], 1: [0.9, 0.6, 0.4]}
+    rows = []
+    for cl, values in acts.items():
+        for a in values:
+            rows.append(dict(channel=0, cluster=cl, activation=a))
+    rows.append(dict(channel=1, cluster=0, activation=2.0))
+    rows.append(dict(channel=1, cluster=0, activation=1.2))
+    patches = pd.DataFrame(rows).sort_values(["channel", "activation"], ascending=[True, False])
+    patches["rank"] = patches.groupby("channel").cumcount()
+    patches["image_id"] = np.arange(len(patches))
+    patches["u"], patches["v"] = 1, 1
+    chosen = pd.DataFrame(dict(channel=[0], psi=[1.0], k_hat=[2], top1_activation=[1.0]))
+    cfg = InterventionConfig(sites_per_channel=3, region_scale=1.0)
+    plan = plan_trials(chosen, patches, GEOMETRY["layers"]["act"], S, cfg).set_index(["site_rank", "condition"])
+    # site rank 0 (1.0, cluster 0): closest other cluster-0 donor 0.95; other cluster 0.9; channel 1 rel 1.0
+    assert plan.loc[(0, "Aligned"), "donor_activation"] == 0.95
+    assert plan.loc[(0, "Non-aligned"), "donor_activation"] == 0.9
+    assert plan.loc[(0, "Random"), "donor_activation"] == 2.0
+    assert plan.loc[(0, "Shuffled-position"), "donor_image_id"] == plan.loc[(0, "Aligned"), "donor_image_id"]
+    # site rank 2 (0.9, cluster 1): aligned 0.6, non-aligned the closest of cluster 0, i.e. 0.95
+    assert plan.loc[(2, "Aligned"), "donor_activation"] == 0.6
+    assert plan.loc[(2, "Non-aligned"), "donor_activation"] == 0.95
+    seen = set()
+    for seed in range(30):
+        p = plan_trials(chosen, patches, GEOMETRY["layers"]["act"], S,
+                        cfg.model_copy(update={"donor": "random", "seed": seed}))
+        seen.add(p.loc[(p.site_rank == 0) & (p.condition == "Aligned"), "donor_activation"].item())
+    assert seen == {0.95, 0.7, 0.5, 0.3}
+
+
+def test_free_position_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for size, h, avoid in [(32, 8, (8, 8, 16, 16)), (20, 8, (6, 6, 14, 14)), (16, 10, (3, 3, 13, 13))]:
+        allowed = {(y, x) for y in range(size - h + 1) for x in range(size - h + 1)
+                   if y + h <= avoid[0] or y >= avoid[2] or x + h <= avoid[1] or x >= avoid[3]}
+        seen = set()
+        for _ in range(300):
+            box = free_position(rng, size, h, h, avoid)
+            if box is None:
+                break
+            seen.add(box[:2])
+        assert seen <= allowed
+        assert (box is None) == (not allowed)
+        if len(allowed) < 40:
+            assert seen == allowed

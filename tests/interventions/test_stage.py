@@ -1,0 +1,81 @@
+"""The workflow stages on the colour-detector model, from a Job built by hand.
+
+tests/interventions/data/ holds the trial tables and summaries the stages wrote before the
+interventions module became a package, for the same inputs and settings: the tables must not change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import polypsi.interventions.stage as stage
+from polypsi.config import Config
+from polypsi.io import read_table, write_table
+from polypsi.job import Files, Job
+
+from .worlds import GEOMETRY, S, UNIT_STD, ZERO_MEAN, ColourNet, colour_world
+
+DATA = Path(__file__).parent / "data"
+
+CASES = {
+    # every trial runs
+    "colour_world": dict(interventions=dict(n_channels=3, sites_per_channel=7, batch_size=5)),
+    # a site without an Aligned donor, and no free square for the elsewhere controls: -1 placeholders
+    "placeholders": dict(interventions=dict(n_channels=3, sites_per_channel=6, region_scale=1.0), crop=20,
+                         drop_yellow=True),
+}
+
+
+@pytest.fixture(autouse=True)
+def _logger_restored():
+    """The stage's logger stops propagating (runtime.get_logger); later caplog tests need it back."""
+    lg = logging.getLogger("polypsi.interventions")
+    state = lg.handlers[:], lg.propagate, lg.level
+    yield
+    lg.handlers[:], lg.propagate, lg.level = state
+
+
+def _job_inputs(folder: Path, case: dict) -> tuple[Config, dict]:
+    folder.mkdir()
+    dataset, patches, psi = colour_world(folder)
+    if case.get("drop_yellow"):  # channel 0's yellow site keeps no other yellow image to take a donor from
+        patches = patches[~((patches.channel == 0) & patches.image_id.isin([5, 6]))].copy()
+        patches["rank"] = patches.groupby("channel").cumcount()
+        patches = patches.reset_index(drop=True)
+    geom = {"input_size": S, "layers": {"act": dict(GEOMETRY["layers"]["act"], crop=case.get("crop", 8))}}
+    files = dict(psi=folder / "psi.parquet", patches=folder / "patches.parquet", dataset=folder / "dataset.parquet",
+                 geometry=folder / "geometry.json")
+    write_table(psi, files["psi"])
+    write_table(patches, files["patches"])
+    write_table(dataset, files["dataset"])
+    files["geometry"].write_text(json.dumps(geom))
+    cfg = Config(run_name="t", device="cpu", crops=dict(size={"act": 8}), interventions=case["interventions"],
+                 model=dict(name="resnet18", weights=None, layers=["act"], input_size=S, mean=ZERO_MEAN,
+                            std=UNIT_STD))
+    return cfg, files
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_stages_write_the_tables_of_before(tmp_path, monkeypatch, name):
+    monkeypatch.setattr(stage, "load_model", lambda cfg, device: ColourNet().eval())
+    cfg, files = _job_inputs(tmp_path / "in", CASES[name])
+    trials = tmp_path / "act.parquet"
+    stage.interventions_stage(Job(cfg=cfg, input=Files(**files), output=Files(trials=trials),
+                                  wildcards={"layer": "act"}))
+
+    new, old = pq.read_table(trials), pq.read_table(DATA / f"trials_{name}.parquet")
+    assert new.schema.remove_metadata().equals(old.schema.remove_metadata())
+    assert new.schema.pandas_metadata["columns"] == old.schema.pandas_metadata["columns"]
+    assert new.equals(old)
+    pd.testing.assert_frame_equal(read_table(trials), read_table(DATA / f"trials_{name}.parquet"), check_exact=True)
+
+    out = dict(csv=tmp_path / "summary.csv", png=tmp_path / "summary.png")
+    stage.summary_stage(Job(cfg=cfg, input=Files(trials=trials), output=Files(**out)))
+    assert out["csv"].read_text() == (DATA / f"summary_{name}.csv").read_text()
+    assert out["png"].read_bytes()[:4] == b"\x89PNG"
