@@ -230,3 +230,16 @@ def test_identical_patches_score_zero_structure(world):
     res = run(world, Z, np.zeros((1, 50), int), np.arange(1), [0, 1, 2, 3], n_init=3)
     assert (res.S == 0).all() and (res.Q == 0).all() and res.k_hat.between(2, 5).all()
     assert res.iloc[0].cluster_concept_1[0] == "concept0"
+
+
+def test_every_configurable_null_and_backend_has_an_implementation():
+    """The config's options and the dispatch tables name the same choices (no option without code, or back)."""
+    from typing import get_args
+
+    from polypsi.stats import batched, nulls, reference, score
+
+    d_nulls = set(get_args(NullConfig.model_fields["d_null"].annotation))
+    assert set(nulls.D_NULL_DRAWS) == d_nulls
+    assert set(batched.D_NULLS) == d_nulls
+    assert set(reference.D_NULLS) == d_nulls
+    assert set(score.BACKENDS) == set(get_args(StatsConfig.model_fields["backend"].annotation))
