@@ -7,7 +7,8 @@ from polypsi.config import Config, EmbedderConfig, WorldConfig
 from polypsi.world import build_embedder, null_concepts, prompt_concepts, templates
 from polypsi.world.concepts import COLOURS, SHAPES, UNIVERSE
 from polypsi.world.embedder import CONTEXT, Tokenizer, base_vocabulary
-from polypsi.world.render import draw_object, render_image, world_spec
+from polypsi.world.render import draw_object, render_image
+from polypsi.world.spec import world_spec
 
 
 @pytest.fixture(scope="module")
