@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from .config import Config
+from .errors import DatasetError
 
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
@@ -29,7 +30,10 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
                 im = im.resize((size, size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError) as e:
-        raise RuntimeError(f"cannot read image {path}: {e}") from None
+        raise DatasetError(
+            f"cannot read image {path} ({e}); the file is missing or not a readable image: "
+            "replace it with a good copy or remove it from the dataset, then rerun"
+        ) from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
