@@ -32,7 +32,8 @@ from polypsi.world.embedder import (
     base_vocabulary,
     templates,
 )
-from polypsi.world.render import render_image, world_spec
+from polypsi.world.render import render_image
+from polypsi.world.spec import world_spec
 
 CROP_RATIO = (1.1, 3.5)  # crop side / object diameter, as for layer3-layer4 crops of the world model
 

@@ -6,6 +6,7 @@ from torch import nn
 
 from polypsi.config import load_config
 from polypsi.crops import crop_box, crop_boxes, extract_crops, load_image, measure_geometry
+from polypsi.errors import DatasetError
 
 
 class Stack(nn.Module):
@@ -75,5 +76,7 @@ def test_load_image_and_extract_crops(tmp_path):
     crops = extract_crops([str(tmp_path / "a.png")] * 2, np.array([[0, 0, 16, 16], [24, 24, 40, 40]]), 40, 8)
     assert crops.shape == (2, 3, 8, 8)
     assert torch.allclose(crops[0, 0], torch.ones(8, 8)) and crops[1].max() == 0
-    with pytest.raises(RuntimeError, match="cannot read image"):
-        load_image(tmp_path / "missing.png", 8)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    for bad in ("missing.png", "broken.png"):  # the user's error: names the file and the fix
+        with pytest.raises(DatasetError, match=rf"cannot read image .*{bad}.*replace it .* or remove it"):
+            load_image(tmp_path / bad, 8)

@@ -1,12 +1,14 @@
 """The report stage on a generated run: every table and figure, with numbers checked against sklearn/scipy."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
-from test_report_fixtures import LAYERS, load_run, make_run
+from report_fixtures import DIM, INPUT, K, LAYERS, load_run, make_run
 
 from polypsi.config import Config
 from polypsi.io import read_table, write_table
@@ -215,3 +217,32 @@ def test_null_diagnostics_on_flagged_channels():
     assert d.n_low_sd.to_dict() == {"S": 2, "Q": 0, "D": 1}
     assert (d.n_channels == 3).all() and d.loc["S", "null"] == "rotation"
     assert d.loc["S", "share_low_sd"] == pytest.approx(2 / 3)
+
+
+def test_generated_run_follows_the_contract(tmp_path):
+    make_run(tmp_path)
+    psi, null, clusters, patches, ds, geom = load_run(tmp_path)
+    need = {"channel", "S", "Q", "D", "S_hat", "Q_hat", "D_hat", "psi", "log_psi", "k_hat", "status", "top_activation"}
+    for layer in LAYERS:
+        assert need <= set(psi[layer].columns) and need <= set(null[layer].columns)
+        assert (psi[layer].status != "ok").sum() == 1
+        p = patches[layer]
+        assert {"channel", "rank", "image_id", "activation", "cluster", "label", "y0", "x0", "y1", "x1"} <= set(p.columns)
+        assert ((p.y1 - p.y0) == geom["layers"][layer]["crop"]).all() and (p.y1 <= INPUT).all()
+        sizes = clusters[layer].groupby("channel")["size"].sum()
+        assert (sizes == K).all()
+    _, emb = read_table(tmp_path / "patches" / "layer3.parquet", embedding="embedding")
+    assert emb.shape == (len(patches["layer3"]), DIM)
+
+
+def test_no_test_module_is_imported_as_a_helper():
+    """Shared helpers live in modules not named test_*, so pytest does not collect them as tests."""
+    import ast
+
+    here = Path(__file__).parent
+    for f in here.glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            bad = [n for n in names if n.split(".")[0].startswith("test_") and (here / f"{n.split('.')[0]}.py").exists()]
+            assert not bad, f"{f.name} imports test module(s) {bad}; move what they share into a helper module"

@@ -18,7 +18,7 @@ from polypsi.stats.nulls import (
     unit_rng,
 )
 from polypsi.stats.reference import canonical
-from polypsi.stats.score import _null_gram
+from polypsi.stats.batched import _null_gram
 from polypsi.stats.synthetic import make_world, planted_channels
 from polypsi.stats.text import TextBank, concept_embeddings
 

@@ -75,8 +75,9 @@ def test_seeded_by_seed_layer_channel_and_draw(world, mixed):
     Z, y, ch = mixed
     a = run(world, Z, y, ch, 2)
     pd.testing.assert_frame_equal(a, run(world, Z, y, ch, 2))
-    assert not a.Q.equals(run(world, Z, y, ch, 2, seed=1).Q)
-    assert not a.Q.equals(run(world, Z, y, ch, 3).Q.values)
+    for other in (run(world, Z, y, ch, 2, seed=1), run(world, Z, y, ch, 3)):
+        for col in ("S", "Q", "D"):  # every null statistic depends on the seed and on the draw
+            assert not np.array_equal(a[col].to_numpy(), other[col].to_numpy()), col
     other = score_channels(Z, y, ch, world.text, 2, StatsConfig(), NullConfig(m=M), layer="layer3")
     assert not np.array_equal(a.Q.values, other.Q.values)
 
@@ -229,3 +230,16 @@ def test_identical_patches_score_zero_structure(world):
     res = run(world, Z, np.zeros((1, 50), int), np.arange(1), [0, 1, 2, 3], n_init=3)
     assert (res.S == 0).all() and (res.Q == 0).all() and res.k_hat.between(2, 5).all()
     assert res.iloc[0].cluster_concept_1[0] == "concept0"
+
+
+def test_every_configurable_null_and_backend_has_an_implementation():
+    """The config's options and the dispatch tables name the same choices (no option without code, or back)."""
+    from typing import get_args
+
+    from polypsi.stats import batched, nulls, reference, score
+
+    d_nulls = set(get_args(NullConfig.model_fields["d_null"].annotation))
+    assert set(nulls.D_NULL_DRAWS) == d_nulls
+    assert set(batched.D_NULLS) == d_nulls
+    assert set(reference.D_NULLS) == d_nulls
+    assert set(score.BACKENDS) == set(get_args(StatsConfig.model_fields["backend"].annotation))

@@ -1,3 +1,5 @@
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,8 @@ from polypsi.config import Config, EmbedderConfig, WorldConfig
 from polypsi.world import build_embedder, null_concepts, prompt_concepts, templates
 from polypsi.world.concepts import COLOURS, SHAPES, UNIVERSE
 from polypsi.world.embedder import CONTEXT, Tokenizer, base_vocabulary
-from polypsi.world.render import draw_object, render_image, world_spec
+from polypsi.world.render import draw_object, render_image
+from polypsi.world.spec import world_spec
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +36,16 @@ def _concept_text(emb, names):
 def test_prompt_sets():
     assert prompt_concepts() == [c.name for c in UNIVERSE] and len(set(prompt_concepts())) == 56
     assert len(templates()) == 6 and all(t.count("{}") == 1 for t in templates())
-    null = null_concepts(WorldConfig())
+    null = null_concepts()
     assert len(null) >= 20
     vocab = set(COLOURS) | set(SHAPES)
     assert not any(vocab & set(c.lower().split()) for c in null)
+
+
+def test_prompt_sets_are_the_embedders_not_a_worlds():
+    """One embedder, trained on the whole universe, serves every world: its prompt lists take no world."""
+    for f in (prompt_concepts, templates, null_concepts):
+        assert not inspect.signature(f).parameters, f.__name__
 
 
 def test_tokenizer_known_unknown_and_padding():
@@ -51,7 +60,7 @@ def test_tokenizer_known_unknown_and_padding():
 
 
 def test_text_embeddings_unknown_words_are_distinct_directions(emb):
-    null = null_concepts(WorldConfig())
+    null = null_concepts()
     z = _concept_text(emb, null)
     assert torch.allclose(z.norm(dim=1), torch.ones(len(null)), atol=1e-5)
     cos = z @ z.T

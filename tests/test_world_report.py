@@ -122,3 +122,41 @@ def test_topk_composition_finds_the_object_at_each_crop():
                                  "D_hat": 0.5, "S": 0.1, "Q": 0.1, "D": 0.1, "k_hat": 2, "status": "ok"}])
     t = channel_table(per_channel, {"layer3": comp.reset_index().assign(channel=5)})
     assert t.loc[0, "planted_share"] == pytest.approx(0.75) and t.loc[0, "minority_share"] == pytest.approx(0.25)
+
+
+def test_report_run_builds_the_tables_once_and_writes_what_the_report_writes(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import polypsi.world.report as report
+    import polypsi.world.truth as truth_mod
+    from polypsi.io import write_json, write_table
+
+    psi, clusters, truth = _tables(5)
+    run = tmp_path / "run"
+    for layer in psi:
+        write_table(psi[layer], run / "psi" / f"{layer}.parquet")
+        write_table(clusters[layer], run / "clusters" / f"{layer}.parquet")
+        write_table(pd.DataFrame({"channel": np.arange(30).repeat(2), "image_id": np.tile([0, 1], 30),
+                                  "y0": 0, "x0": 0, "y1": 40, "x1": 40}), run / "patches" / f"{layer}.parquet")
+    write_table(pd.DataFrame({"image_id": [0, 1], "path": ["i/red_disc/00000.png", "i/blue_square/00001.png"]}),
+                run / "dataset.parquet")
+    write_json({"concepts": [{"name": "red disc"}, {"name": "blue square"}],
+                "images": [{"image_id": 0, "objects": [{"concept": 0, "x": 10.0, "y": 10.0, "r": 6.0}]},
+                           {"image_id": 1, "objects": [{"concept": 1, "x": 30.0, "y": 30.0, "r": 9.0}]}]},
+               run / "world" / "world.json")
+    cfg = SimpleNamespace(run_name="x", model=SimpleNamespace(layers=["layer3", "layer4"], input_size=128),
+                          world=SimpleNamespace(image_size=64))
+    monkeypatch.setattr(truth_mod, "ground_truth", lambda world: truth)
+    calls = []
+    tables = report.ground_truth_tables
+    monkeypatch.setattr(report, "ground_truth_tables", lambda *a: calls.append(1) or tables(*a))
+    np.random.seed(0)  # the strip plot's jitter
+    summary = report.report_run(cfg, run)
+    assert len(calls) == 1
+    np.random.seed(0)
+    direct = ground_truth_report(psi, clusters, truth, tmp_path / "direct.csv", tmp_path / "direct.png")
+    pd.testing.assert_frame_equal(summary, direct)
+    assert (run / "report" / "ground_truth.csv").read_bytes() == (tmp_path / "direct.csv").read_bytes()
+    channels = pd.read_csv(run / "report" / "ground_truth_channels.csv")
+    assert len(channels) == 60 and channels["planted_share"].notna().any()
+    assert (run / "report" / "ground_truth.png").read_bytes() == (tmp_path / "direct.png").read_bytes()

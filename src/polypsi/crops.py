@@ -33,7 +33,8 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
             arr = np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError) as e:
         raise DatasetError(
-            f"cannot read image {path}: {e}. Replace or remove the file, then rerun (the dataset index is rebuilt)"
+            f"cannot read image {path} ({e}); the file is missing or not a readable image: "
+            "replace it with a good copy or remove it from the dataset, then rerun"
         ) from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 

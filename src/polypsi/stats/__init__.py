@@ -4,7 +4,8 @@
 batched torch scorer or the per-channel scikit-learn reference.
 """
 
-from .score import CLUSTER_COLUMNS, SCORE_COLUMNS, score_channels
+from .score import score_channels
+from .table import CLUSTER_COLUMNS, SCORE_COLUMNS
 from .text import TextBank
 
 __all__ = ["TextBank", "score_channels", "SCORE_COLUMNS", "CLUSTER_COLUMNS"]

@@ -118,6 +118,30 @@ class NullDraw:
     d_prompt_perm: np.ndarray | None = None  # [P] shuffle D-null: prompt p gets concept of prompt perm[p]
 
 
+def _draw_unrelated_prompts(rng, out: NullDraw, K, s_null, n_main_concepts, n_null_concepts, n_main_prompts, fraction):
+    n = d_null_subset_size(n_main_concepts, n_null_concepts, fraction)
+    mask = np.zeros(n_null_concepts, dtype=bool)
+    mask[rng.choice(n_null_concepts, size=n, replace=False)] = True
+    out.d_subset = mask
+
+
+def _draw_random_directions(rng, out: NullDraw, K, s_null, n_main_concepts, n_null_concepts, n_main_prompts, fraction):
+    if s_null != "gaussian":  # otherwise the D-null reuses the S-null's structure-free sample
+        out.d_gauss = rng.standard_normal((K - 1, K - 1))
+
+
+def _draw_shuffle(rng, out: NullDraw, K, s_null, n_main_concepts, n_null_concepts, n_main_prompts, fraction):
+    out.d_prompt_perm = rng.permutation(n_main_prompts)
+
+
+# The D-nulls (nulls.d_null) and how each draws its random objects; the scorers hold matching tables.
+D_NULL_DRAWS = {
+    "unrelated_prompts": _draw_unrelated_prompts,
+    "random_directions": _draw_random_directions,
+    "shuffle": _draw_shuffle,
+}
+
+
 def null_draw(
     rng: np.random.Generator,
     K: int,
@@ -134,18 +158,7 @@ def null_draw(
     if s_null not in ("gaussian", "rotation"):
         raise ValueError(f"unknown nulls.s_null {s_null!r}; use gaussian or rotation")
     out = NullDraw(permutation=rng.permutation(K))
-    if d_null == "unrelated_prompts":
-        n = d_null_subset_size(n_main_concepts, n_null_concepts, d_fraction)
-        mask = np.zeros(n_null_concepts, dtype=bool)
-        mask[rng.choice(n_null_concepts, size=n, replace=False)] = True
-        out.d_subset = mask
-    elif d_null == "random_directions":
-        if s_null != "gaussian":  # otherwise the D-null reuses the S-null's structure-free sample
-            out.d_gauss = rng.standard_normal((K - 1, K - 1))
-    elif d_null == "shuffle":
-        out.d_prompt_perm = rng.permutation(n_main_prompts)
-    else:
-        raise ValueError(f"unknown nulls.d_null {d_null!r}; use unrelated_prompts, random_directions or shuffle")
+    D_NULL_DRAWS[d_null](rng, out, K, s_null, n_main_concepts, n_null_concepts, n_main_prompts, d_fraction)
     if s_null == "gaussian":
         out.s_gauss = rng.standard_normal((K - 1, K - 1))
     elif d is not None:  # the batched scorer never needs the rotation itself

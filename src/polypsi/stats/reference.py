@@ -9,13 +9,15 @@ k-means++) and scores with sklearn.metrics. Slow; it exists to check the batched
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.metrics import normalized_mutual_info_score, silhouette_samples
 
 from ..config import NullConfig, StatsConfig
-from .nulls import null_draw, structure_free_sample, unit_rng
-from .score import rows_to_frame
+from .nulls import NullDraw, null_draw, structure_free_sample, unit_rng
+from .table import rows_to_frame
 from .text import TextBank
 
 
@@ -105,6 +107,49 @@ def _d_score(protos, cand) -> float:
     return float(np.mean([purity_gap(p, cand)[0] for p in protos]))
 
 
+@dataclass
+class _NullDraw:
+    """One null draw of one channel, for the D-null."""
+
+    X: np.ndarray  # [K, d] real patches
+    o: NullDraw  # its random objects
+    rng: np.random.Generator  # its generator, after the S-null's clustering
+    protos: list[np.ndarray]  # real cluster prototypes
+    Xn: np.ndarray  # S-null patches
+    k: int  # their K-hat
+    labels: np.ndarray  # and clusters
+    text: TextBank
+    stats: StatsConfig
+
+
+def _d_unrelated_prompts(u: _NullDraw) -> float:
+    E0, ids0 = candidates(u.text, "null", u.stats.gap_level)
+    return _d_score(u.protos, E0[np.isin(ids0, np.flatnonzero(u.o.d_subset))])
+
+
+def _d_random_directions(u: _NullDraw) -> float:
+    """D of structure-free patches clustered like real ones."""
+    Xn, k, lab = u.Xn, u.k, u.labels
+    if u.o.s_gauss is None:
+        Xn = structure_free_sample(u.X, u.o.d_gauss)
+        _, k, lab, _ = cluster_reference(Xn, u.stats, u.rng)
+    E, _ = candidates(u.text, "main", u.stats.gap_level)
+    return _d_score([Xn[lab == j].mean(0) for j in range(k)], E)
+
+
+def _d_shuffle(u: _NullDraw) -> float:
+    ids = u.text.concept_id[u.o.d_prompt_perm]
+    return _d_score(u.protos, candidates(u.text, "main", u.stats.gap_level, ids_override=ids)[0])
+
+
+# D-null of one null draw, by nulls.d_null (keys as nulls.D_NULL_DRAWS).
+D_NULLS = {
+    "unrelated_prompts": _d_unrelated_prompts,
+    "random_directions": _d_random_directions,
+    "shuffle": _d_shuffle,
+}
+
+
 def score_channels_reference(Z, labels, channels, text: TextBank, draws, stats: StatsConfig, nulls: NullConfig, layer: str):
     level = stats.gap_level
     E, E_ids = candidates(text, "main", level)
@@ -143,16 +188,5 @@ def score_channels_reference(Z, labels, channels, text: TextBank, draws, stats: 
             r["S"].append(S_m)
             r["k_hat"].append(k_m)
             r["Q"].append(normalized_mutual_info_score(y, lab[o.permutation]))
-            if nulls.d_null == "unrelated_prompts":
-                keep = np.flatnonzero(o.d_subset)
-                E0, ids0 = candidates(text, "null", level)
-                r["D"].append(_d_score(protos, E0[np.isin(ids0, keep)]))
-            elif nulls.d_null == "random_directions":  # D of structure-free patches clustered like real ones
-                if o.s_gauss is None:
-                    Xn = structure_free_sample(X, o.d_gauss)
-                    _, k_m, lab_m, _ = cluster_reference(Xn, stats, rng)
-                r["D"].append(_d_score([Xn[lab_m == j].mean(0) for j in range(k_m)], E))
-            else:
-                Es, _ = candidates(text, "main", level, ids_override=text.concept_id[o.d_prompt_perm])
-                r["D"].append(_d_score(protos, Es))
+            r["D"].append(D_NULLS[nulls.d_null](_NullDraw(X, o, rng, protos, Xn, k_m, lab_m, text, stats)))
     return rows_to_frame(np.asarray(channels), list(draws), per_draw)

@@ -1,8 +1,7 @@
-"""Raw S, Q, D of channels (draw 0) and of their null draws (draws 1..M), batched in torch."""
+"""score_channels: checks the inputs and runs the scorer that stats.backend names."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -10,21 +9,10 @@ import pandas as pd
 import torch
 
 from ..config import NullConfig, StatsConfig
-from .kmeans import cluster_search
-from .metrics import canonical_labels, dense_labels, nmi, top2_gaps
-from .nulls import TANGENT_MIN_COS, kmeans_uniforms, mixing_matrices, null_draw, unit_rng
+from .batched import score_channels_batched
+from .reference import score_channels_reference
 from .text import TextBank
 
-SCORE_COLUMNS = ["channel", "draw", "S", "Q", "D", "k_hat"]
-CLUSTER_COLUMNS = [
-    "assignments",
-    "cluster_size",
-    "cluster_silhouette",
-    "cluster_concept_1",
-    "cluster_concept_2",
-    "cluster_gap",
-    "cluster_similarity_1",
-]
 NORM_TOL = 1e-2  # e.g. bf16 embeddings normalised before the cast
 
 
@@ -67,213 +55,13 @@ def check_inputs(Z, labels, channels, text: TextBank, stats: StatsConfig, layer:
     return Z, labels.astype(np.int64), channels
 
 
-def _normalise(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+def _reference(Z, labels, channels, text, draws, stats, nulls, layer, *, device, progress, chunk_units):
+    """The per-channel reference: numpy on the CPU, one channel and draw at a time (no batches)."""
+    return score_channels_reference(Z, labels, channels, text, draws, stats, nulls, layer)
 
 
-@dataclass
-class _Real:
-    """The real clustering of a chunk of channels at K-hat."""
-
-    S: np.ndarray
-    k_hat: np.ndarray  # [n] chosen K'
-    labels: torch.Tensor  # [n, K] canonical cluster ids
-    samples: torch.Tensor  # [n, K] per-point silhouettes at K-hat
-    proto: torch.Tensor  # [n, k_max, d] unit cluster prototypes (zeros beyond K-hat)
-    valid: torch.Tensor  # [n, k_max] cluster slot exists
-
-
-def _best_k(res, ks: list[int]):
-    sil = res.silhouette
-    a = sil.argmax(1)  # first K' on ties
-    S = sil.gather(1, a.unsqueeze(1)).squeeze(1).clamp_min(0)
-    k_hat = torch.tensor(ks, device=sil.device)[a]
-    return a, S, k_hat
-
-
-def _search(G, unif, stats: StatsConfig, ks):
-    return cluster_search(
-        G, unif, ks, max_iter=stats.max_iter, spherical=stats.kmeans == "spherical"
-    )
-
-
-def _real(Zc, G, unif, stats: StatsConfig, ks) -> _Real:
-    res = _search(G, unif, stats, ks)
-    a, S, k_hat = _best_k(res, ks)
-    idx = a.view(-1, 1, 1).expand(-1, 1, G.shape[1])
-    raw = res.labels.gather(1, idx).squeeze(1)
-    labels = canonical_labels(raw, stats.k_max)
-    samples = res.samples.gather(1, idx).squeeze(1)
-    A = torch.nn.functional.one_hot(labels, stats.k_max).to(Zc.dtype)  # [n, K, k_max]
-    proto = _normalise(torch.bmm(A.transpose(1, 2), Zc))
-    valid = A.sum(1) > 0
-    return _Real(S.cpu().numpy().astype(float), k_hat.cpu().numpy(), labels, samples, proto, valid)
-
-
-def _shuffled_sims(proto: torch.Tensor, text: TextBank, level: str, perms: np.ndarray) -> torch.Tensor:
-    """Similarities [U, k, n] to the candidates after shuffling which concept each main prompt belongs to."""
-    T = torch.from_numpy(text.emb).to(proto.device)
-    if level == "prompt":  # a prompt-level gap ignores concept membership: unchanged (degenerate)
-        return torch.einsum("nkd,pd->nkp", proto, T)
-    new_ids = torch.from_numpy(text.concept_id[perms]).to(proto.device)  # [U, P]
-    sums = torch.zeros(len(proto), len(text.concepts), T.shape[1], device=proto.device)
-    for u in range(len(proto)):
-        sums[u].index_add_(0, new_ids[u], T)
-    return torch.bmm(proto, _normalise(sums).transpose(1, 2))
-
-
-def _score_chunk(Z, y, chans, text, draws, stats: StatsConfig, nulls: NullConfig, layer, dev, ks):
-    """Rows of one chunk of channels for the requested draws (as dicts), plus cluster details for draw 0."""
-    n, K, d = Z.shape
-    Zc = torch.from_numpy(Z).to(dev)
-    G = torch.bmm(Zc, Zc.transpose(1, 2))
-    rngs = {(c, m): unit_rng(nulls.seed, layer, c, m) for c in chans for m in set(draws) | {0}}
-    unif0 = np.stack([kmeans_uniforms(rngs[c, 0], len(ks), stats.n_init, stats.k_max) for c in chans])
-    real = _real(Zc, G, torch.from_numpy(unif0).float().to(dev), stats, ks)
-    level = stats.gap_level
-    E, E_ids = text.candidates("main", level)
-    E_t = torch.from_numpy(E).to(dev)
-    sims_main = torch.einsum("nkd,pd->nkp", real.proto, E_t)
-    D_real, gap, top_idx, top_sim = top2_gaps(sims_main, real.valid)
-    y_dense = dense_labels(y)
-    lab_np = real.labels.cpu().numpy()
-    out: dict[int, dict] = {}
-    if 0 in draws:
-        out[0] = dict(S=real.S, Q=nmi(y_dense, lab_np), D=D_real.cpu().numpy().astype(float), k_hat=real.k_hat)
-        out[0]["details"] = _details(real, gap, top_idx, top_sim, E_ids, text.concepts)
-    nd = [m for m in draws if m > 0]
-    if not nd:
-        return out
-    # Null draws of all channels in the chunk, stacked as units (draw-major).
-    flat = [
-        null_draw(
-            rngs[c, m], K, s_null=nulls.s_null, d_null=nulls.d_null,
-            n_main_concepts=len(text.concepts), n_null_concepts=len(text.null_concepts),
-            n_main_prompts=len(text.emb), d_fraction=nulls.d_null_fraction,
-        )
-        for m in nd
-        for c in chans
-    ]
-    Gr = G.repeat(len(nd), 1, 1)
-    if nulls.s_null == "gaussian":
-        Gn, scale = _null_gram(Gr, np.stack([o.s_gauss for o in flat]))
-    else:  # a rotation of the embedding space leaves the Gram matrix exactly unchanged
-        Gn, scale = Gr, None
-    unif = np.stack(
-        [kmeans_uniforms(rngs[c, m], len(ks), stats.n_init, stats.k_max) for m in nd for c in chans]
-    )
-    res = _search(Gn, torch.from_numpy(unif).float().to(dev), stats, ks)
-    a, S_null, k_null = _best_k(res, ks)
-    perm = np.stack([o.permutation for o in flat])
-    lab_rep = np.tile(lab_np, (len(nd), 1))
-    Q_null = nmi(np.tile(y_dense, (len(nd), 1)), np.take_along_axis(lab_rep, perm, 1))
-    if nulls.d_null == "random_directions":
-        if nulls.s_null != "gaussian":  # draw and cluster a structure-free sample of its own
-            Gn, scale = _null_gram(Gr, np.stack([o.d_gauss for o in flat]))
-            unif = np.stack([
-                kmeans_uniforms(rngs[c, m], len(ks), stats.n_init, stats.k_max) for m in nd for c in chans
-            ])
-            res = _search(Gn, torch.from_numpy(unif).float().to(dev), stats, ks)
-            a, _, _ = _best_k(res, ks)
-        D_null = _d_random_directions(Zc.repeat(len(nd), 1, 1), res, a, scale, text, stats)
-    else:
-        D_null = _d_null(real, flat, text, nulls, level, len(nd))
-    S_null, k_null, D_null = (t.cpu().numpy() for t in (S_null, k_null, D_null))
-    for i, m in enumerate(nd):
-        sl = slice(i * n, (i + 1) * n)
-        out[m] = dict(S=S_null[sl], Q=Q_null[sl], D=D_null[sl], k_hat=k_null[sl])
-    return out
-
-
-def _null_gram(G: torch.Tensor, gauss: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gram matrices of the gaussian S-null's patches, from the real Gram matrices G [U, K, K].
-
-    Same construction as nulls.structure_free_sample, in K-space: the central projection
-    x / (x . m) has Gram G / (a a^T) with a = x . m = (G 1) / sqrt(1^T G 1).
-    Returns (Gram [U, K, K] of the unit null patches, M [U, K, K] with null patches = M Z).
-    """
-    dtype = G.dtype
-    G = G.double()  # float64 so that rounding noise cannot pose as structure (e.g. identical patches)
-    a = G.sum(-1) / G.sum((-1, -2)).clamp_min(1e-12).sqrt().unsqueeze(-1)  # cosine to the mean direction
-    ok = a.amin(-1, keepdim=True) > TANGENT_MIN_COS
-    a = torch.where(ok, a, torch.ones_like(a))
-    W = torch.from_numpy(mixing_matrices(gauss)).to(G.device) / a.unsqueeze(1)
-    Gw = W @ G @ W.transpose(1, 2)
-    norm = Gw.diagonal(dim1=1, dim2=2).clamp_min(1e-12).sqrt()
-    Gn = Gw / (norm.unsqueeze(2) * norm.unsqueeze(1))
-    return Gn.to(dtype), (W / norm.unsqueeze(2)).to(dtype)
-
-
-def _d_random_directions(Z, res, a, M, text: TextBank, stats: StatsConfig) -> torch.Tensor:
-    """D of structure-free patches unit(W Z) = M Z, clustered like a real channel, against the main prompts."""
-    K = Z.shape[1]
-    labels = res.labels.gather(1, a.view(-1, 1, 1).expand(-1, 1, K)).squeeze(1)
-    A = torch.nn.functional.one_hot(labels, stats.k_max).to(Z.dtype)  # [U, K, k_max]
-    proto = _normalise(torch.bmm(torch.bmm(A.transpose(1, 2), M), Z))  # cluster sums of the null patches
-    E, _ = text.candidates("main", stats.gap_level)
-    sims = torch.einsum("nkd,pd->nkp", proto, torch.from_numpy(E).to(Z.device))
-    return top2_gaps(sims, A.sum(1) > 0)[0]
-
-
-def _d_null(real: _Real, flat, text: TextBank, nulls: NullConfig, level: str, reps: int) -> torch.Tensor:
-    """D-null from the real prototypes: unrelated-domain prompt subsets, or shuffled prompt concepts."""
-    dev = real.proto.device
-    proto = real.proto.repeat(reps, 1, 1)
-    valid = real.valid.repeat(reps, 1)
-    if nulls.d_null == "unrelated_prompts":
-        if len(text.null_concepts) == 0:
-            raise ValueError("nulls.d_null is unrelated_prompts but the prompt table has no 'null' set; "
-                             "set prompts.null_concepts or choose nulls.d_null: random_directions")
-        E0, ids0 = text.candidates("null", level)
-        sims = torch.einsum("nkd,pd->nkp", proto, torch.from_numpy(E0).to(dev))
-        allowed = torch.from_numpy(np.stack([o.d_subset for o in flat])[:, ids0]).to(dev)
-        return top2_gaps(sims, valid, allowed)[0]
-    if nulls.d_null == "shuffle":
-        sims = _shuffled_sims(proto, text, level, np.stack([o.d_prompt_perm for o in flat]))
-        return top2_gaps(sims, valid)[0]
-    raise ValueError(f"unknown nulls.d_null {nulls.d_null!r}")
-
-
-def _details(real: _Real, gap, top_idx, top_sim, cand_ids: np.ndarray, names: list[str]) -> list[dict]:
-    lab = real.labels.cpu().numpy()
-    samp = real.samples.cpu().numpy()
-    gap, top_idx, top_sim = gap.cpu().numpy(), top_idx.cpu().numpy(), top_sim.cpu().numpy()
-    rows = []
-    for i in range(len(lab)):
-        k = int(real.k_hat[i])
-        size = np.bincount(lab[i], minlength=k)[:k]
-        sil = np.bincount(lab[i], weights=samp[i], minlength=k)[:k] / np.maximum(size, 1)
-        rows.append(dict(
-            assignments=lab[i].tolist(),
-            cluster_size=size.tolist(),
-            cluster_silhouette=sil.astype(float).tolist(),
-            cluster_concept_1=[names[cand_ids[top_idx[i, j, 0]]] for j in range(k)],
-            cluster_concept_2=[names[cand_ids[top_idx[i, j, 1]]] for j in range(k)],
-            cluster_gap=gap[i, :k].astype(float).tolist(),
-            cluster_similarity_1=top_sim[i, :k].astype(float).tolist(),
-        ))
-    return rows
-
-
-def rows_to_frame(channels: np.ndarray, draws: list[int], per_draw: dict[int, dict]) -> pd.DataFrame:
-    """Assemble the score table (draw-major) from per-draw column arrays."""
-    frames = []
-    for m in draws:
-        r = per_draw[m]
-        df = pd.DataFrame({
-            "channel": channels.astype(np.int64),
-            "draw": np.full(len(channels), m, dtype=np.int64),
-            "S": np.asarray(r["S"], dtype=float),
-            "Q": np.asarray(r["Q"], dtype=float),
-            "D": np.asarray(r["D"], dtype=float),
-            "k_hat": np.asarray(r["k_hat"], dtype=np.int64),
-        })
-        if 0 in draws:
-            det = r.get("details") or None  # null draws carry no cluster details
-            for col in CLUSTER_COLUMNS:
-                df[col] = [row[col] for row in det] if det is not None else [None] * len(df)
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
+# The scorer of each stats.backend.
+BACKENDS = {"torch": score_channels_batched, "sklearn": _reference}
 
 
 def score_channels(
@@ -298,32 +86,7 @@ def score_channels(
     """
     draws = _as_draws(draw, nulls.m)
     Z, labels, channels = check_inputs(Z, labels, channels, text, stats, layer)
-    if stats.backend == "sklearn":
-        from .reference import score_channels_reference
-
-        return score_channels_reference(Z, labels, channels, text, draws, stats, nulls, layer)
-    if stats.backend != "torch":
-        raise ValueError(f"unknown stats.backend {stats.backend!r}; use torch or sklearn")
-    dev = torch.device(device)
-    ks = list(range(stats.k_min, stats.k_max + 1))
-    n_null = sum(m > 0 for m in draws)
-    step = max(1, chunk_units // (1 + n_null))
-    starts = range(0, len(channels), step)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc=f"score {layer}", unit="chunk")
-    parts: dict[int, list] = {m: [] for m in draws}
-    with torch.no_grad():
-        for s in starts:
-            sl = slice(s, s + step)
-            res = _score_chunk(Z[sl], labels[sl], channels[sl].tolist(), text, draws, stats, nulls, layer, dev, ks)
-            for m in draws:
-                parts[m].append(res[m])
-    per_draw = {}
-    for m in draws:
-        merged = {key: np.concatenate([p[key] for p in parts[m]]) for key in ("S", "Q", "D", "k_hat")}
-        if m == 0:
-            merged["details"] = [row for p in parts[m] for row in p["details"]]
-        per_draw[m] = merged
-    return rows_to_frame(channels, draws, per_draw)
+    return BACKENDS[stats.backend](
+        Z, labels, channels, text, draws, stats, nulls, layer,
+        device=device, progress=progress, chunk_units=chunk_units,
+    )

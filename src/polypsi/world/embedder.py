@@ -51,16 +51,18 @@ def templates() -> list[str]:
     return list(TEMPLATES)
 
 
-def prompt_concepts(world: WorldConfig | None = None) -> list[str]:
+def prompt_concepts() -> list[str]:
     """The main prompt set's concepts: the whole colour-shape universe (56 names).
 
     Like CLIP's vocabulary it is larger than what any one world contains (12 concepts
-    by default), so naming a cluster is a real choice, with look-alikes nearby.
+    by default), so naming a cluster is a real choice, with look-alikes nearby. It is the
+    embedder's vocabulary, not a world's: one embedder, trained on the universe, serves
+    every world, so no prompt list depends on the world config.
     """
     return [c.name for c in UNIVERSE]
 
 
-def null_concepts(world: WorldConfig | None = None) -> list[str]:
+def null_concepts() -> list[str]:
     """Unrelated-domain concepts for the D-null (the project's shipped list, minus any colour/shape word)."""
     from polypsi.prompts import read_list
 

@@ -32,7 +32,8 @@ from torch import nn
 
 from polypsi.config import IMAGENET_MEAN, IMAGENET_STD, WorldConfig
 from polypsi.world.concepts import COLOURS, SYMMETRY, shape_sdf
-from polypsi.world.render import MAIN_RADIUS, SHADE, STREAM_MODEL, render_concept, world_spec
+from polypsi.world.render import MAIN_RADIUS, SHADE, draw_scene, render_concept, sample_scene
+from polypsi.world.spec import STREAM_MODEL, world_spec
 from polypsi.world.truth import TEMPLATE_RADII, plan_channels, scale_gain
 
 ROTATION_STEP = math.radians(30)  # largest template rotation step within a symmetry period
@@ -362,8 +363,6 @@ def _balance_on_scenes(world: WorldConfig, spec, front: nn.Module, layer2: Compe
     clutter, distractors and occlusion; an instance's response is its concept's peak in
     the 3x3 layer2 cells around the object's centre.
     """
-    from polypsi.world.render import sample_scene, draw_scene
-
     size = world.image_size
     scenes = [sample_scene(world, spec, world.n_images + 100_000 + k) for k in range(BALANCE_SCENES)]
     x = torch.tensor(np.stack([draw_scene(world, spec, s) for s in scenes])).permute(0, 3, 1, 2)

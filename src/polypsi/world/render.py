@@ -12,7 +12,6 @@ Geometry is defined for a 64 px image and scaled with `world.image_size`.
 from __future__ import annotations
 
 import colorsys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,42 +19,14 @@ from PIL import Image
 
 from polypsi.config import WorldConfig
 from polypsi.io import atomic_path, write_json
-from polypsi.world.concepts import Concept, choose_concepts, shape_alpha
-
-# Independent random streams derived from the world seed.
-STREAM_CONCEPTS, STREAM_SCENES, STREAM_MODEL = 0, 1, 2
+from polypsi.world.concepts import Concept, shape_alpha
+from polypsi.world.spec import STREAM_SCENES, WorldSpec, world_spec
+from polypsi.world.truth import plan_channels
 
 # Radii in pixels of a 64 px image.
 MAIN_RADIUS = (9.0, 14.0)
 DISTRACTOR_RADIUS = (4.5, 8.0)
 SHADE = (0.65, 1.0)
-
-
-@dataclass(frozen=True)
-class WorldSpec:
-    """What a world contains: its concepts, and the concept behind each class."""
-
-    concepts: tuple[Concept, ...]
-    class_concepts: tuple[int, ...]  # class k -> index into `concepts` of its main object
-
-    @property
-    def class_names(self) -> list[str]:
-        return [self.concepts[i].slug for i in self.class_concepts]
-
-    def concept_names(self) -> list[str]:
-        return [c.name for c in self.concepts]
-
-
-def world_spec(world: WorldConfig) -> WorldSpec:
-    if world.n_classes > world.n_concepts:
-        raise ValueError(
-            f"world.n_classes ({world.n_classes}) must be <= world.n_concepts ({world.n_concepts}): "
-            "each class is named after the concept of its main object"
-        )
-    rng = np.random.default_rng([world.seed, STREAM_CONCEPTS])
-    concepts = tuple(choose_concepts(world.n_concepts, world.concept_similarity, rng))
-    # The first n_classes concepts are main objects; the rest appear only as distractors.
-    return WorldSpec(concepts=concepts, class_concepts=tuple(range(world.n_classes)))
 
 
 def _scale(world: WorldConfig) -> float:
@@ -221,8 +192,6 @@ def render_world(world: WorldConfig, out_dir: str | Path) -> None:
 
 
 def world_description(world: WorldConfig, spec: WorldSpec, scenes: list[dict] | None = None) -> dict:
-    from polypsi.world.truth import plan_channels  # local import: truth imports this module
-
     return {
         "world": world.model_dump(),
         "concepts": [{"name": c.name, "colour": c.colour, "shape": c.shape, "rgb": list(c.rgb)} for c in spec.concepts],

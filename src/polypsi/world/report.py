@@ -126,10 +126,14 @@ def ground_truth_tables(psi_tables: dict[str, pd.DataFrame], clusters_tables: di
 def ground_truth_report(psi_tables: dict[str, pd.DataFrame], clusters_tables: dict[str, pd.DataFrame],
                         truth: pd.DataFrame, out_csv: str | Path, out_png: str | Path) -> pd.DataFrame:
     """Write report/ground_truth.csv (columns COLUMNS, one row per statistic) and its figure."""
-    summary, per_channel, per_cluster = ground_truth_tables(psi_tables, clusters_tables, truth)
+    summary, per_channel, _ = ground_truth_tables(psi_tables, clusters_tables, truth)
+    _write_report(summary, per_channel, out_csv, out_png)
+    return summary
+
+
+def _write_report(summary: pd.DataFrame, per_channel: pd.DataFrame, out_csv: str | Path, out_png: str | Path) -> None:
     write_csv(summary, out_csv)
     plot_ground_truth(summary, per_channel, out_png)
-    return summary
 
 
 def plot_ground_truth(summary: pd.DataFrame, per_channel: pd.DataFrame, path: str | Path) -> None:
@@ -219,9 +223,8 @@ def report_run(cfg, run_dir: str | Path | None = None) -> pd.DataFrame:
     psi = {l: read_table(run / "psi" / f"{l}.parquet") for l in layers}
     clusters = {l: read_table(run / "clusters" / f"{l}.parquet") for l in layers}
     truth = ground_truth(cfg.world)
-    summary = ground_truth_report(psi, clusters, truth, run / "report" / "ground_truth.csv",
-                                  run / "report" / "ground_truth.png")
-    _, per_channel, _ = ground_truth_tables(psi, clusters, truth)
+    summary, per_channel, _ = ground_truth_tables(psi, clusters, truth)
+    _write_report(summary, per_channel, run / "report" / "ground_truth.csv", run / "report" / "ground_truth.png")
     dataset, desc = read_table(run / "dataset.parquet"), read_json(run / "world" / "world.json")
     comp = {l: topk_composition(read_table(run / "patches" / f"{l}.parquet"), dataset, desc,
                                 cfg.model.input_size, cfg.world.image_size) for l in layers}

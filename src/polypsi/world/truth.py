@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from polypsi.config import WorldConfig
-from polypsi.world.render import STREAM_MODEL, WorldSpec, world_spec
+from polypsi.world.spec import STREAM_MODEL, WorldSpec, world_spec
 
 LAYERS = ("layer3", "layer4")
 TEMPLATE_RADII = (4.0, 6.0, 9.0, 13.0)  # detector scales, px of a 64 px image

@@ -1,4 +1,4 @@
-"""A small generated run folder in the contract's formats, shared by the report and browser tests."""
+"""A small generated run folder in the contract's formats, shared by the report and browser tests (a helper, not a test module)."""
 
 from pathlib import Path
 
@@ -109,18 +109,3 @@ def load_run(root: Path):
     patches = {l: read_table(root / "patches" / f"{l}.parquet") for l in LAYERS}
     return psi, null, clusters, patches, read_table(root / "dataset.parquet"), read_json(root / "geometry.json")
 
-
-def test_generated_run_follows_the_contract(tmp_path):
-    make_run(tmp_path)
-    psi, null, clusters, patches, ds, geom = load_run(tmp_path)
-    need = {"channel", "S", "Q", "D", "S_hat", "Q_hat", "D_hat", "psi", "log_psi", "k_hat", "status", "top_activation"}
-    for layer in LAYERS:
-        assert need <= set(psi[layer].columns) and need <= set(null[layer].columns)
-        assert (psi[layer].status != "ok").sum() == 1
-        p = patches[layer]
-        assert {"channel", "rank", "image_id", "activation", "cluster", "label", "y0", "x0", "y1", "x1"} <= set(p.columns)
-        assert ((p.y1 - p.y0) == geom["layers"][layer]["crop"]).all() and (p.y1 <= INPUT).all()
-        sizes = clusters[layer].groupby("channel")["size"].sum()
-        assert (sizes == K).all()
-    _, emb = read_table(tmp_path / "patches" / "layer3.parquet", embedding="embedding")
-    assert emb.shape == (len(patches["layer3"]), DIM)
