@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from polypsi.calibration import calibrate
-from polypsi.config import NullConfig, StatsConfig
+from polypsi.config import CalibrationConfig, NullConfig, StatsConfig
 from polypsi.stats import CLUSTER_COLUMNS, SCORE_COLUMNS, TextBank, score_channels
 from polypsi.stats.synthetic import make_world, noise_channels, planted_channels
 
@@ -158,7 +158,7 @@ def separation_series(world):
         if sep == 0.0:
             y = rng.integers(0, 10, y.shape)  # nothing to align with
         scores = run(world, Z, y, np.arange(16), ALL)
-        out[sep] = calibrate(scores, NullConfig(m=M))[0]
+        out[sep] = calibrate(scores, M, CalibrationConfig())[0]
     return out
 
 
@@ -174,7 +174,7 @@ def structure_free(world):
     """Pure noise with random labels; the world's prompts name nothing in it."""
     Z, y = noise_channels(np.random.default_rng(6), 60, decay=0.3, common=1.0)
     scores = run(world, Z, y, np.arange(60), ALL)
-    return scores, calibrate(scores, NullConfig(m=M))
+    return scores, calibrate(scores, M, CalibrationConfig())
 
 
 def test_structure_free_hats_are_centred(structure_free):
@@ -190,7 +190,7 @@ def test_structure_free_hats_are_centred(structure_free):
 def test_default_nulls_are_not_degenerate(structure_free):
     scores, (psi, _) = structure_free
     assert (psi.status == "ok").all()
-    tol = NullConfig().sd_tol
+    tol = CalibrationConfig().sd_tol
     for c in ("S", "Q", "D"):
         assert psi[f"{c}_sd"].min() > 5 * tol
         # The null spread is comparable to how much the real value varies between noise channels.
@@ -201,8 +201,8 @@ def test_rotation_null_is_degenerate(world):
     rng = np.random.default_rng(7)
     Z, y, _ = planted_channels(rng, world, 8, 3, separation=1.0)
     ch = np.arange(8)
-    rot = calibrate(run(world, Z, y, ch, ALL, s_null="rotation"), NullConfig(m=M))[0]
-    gau = calibrate(run(world, Z, y, ch, ALL), NullConfig(m=M))[0]
+    rot = calibrate(run(world, Z, y, ch, ALL, s_null="rotation"), M, CalibrationConfig())[0]
+    gau = calibrate(run(world, Z, y, ch, ALL), M, CalibrationConfig())[0]
     # Rotations keep every cosine: the null S is the real S up to k-means restart noise (none here).
     assert (rot.S_sd < 1e-6).all() and np.allclose(rot.S, rot.S_mu, atol=1e-6)
     assert rot.S_hat.between(0.49, 0.51).all() and rot.status.str.contains("low_null_sd:S").all()

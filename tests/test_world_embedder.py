@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from polypsi.config import Config, EmbedderConfig, WorldConfig
-from polypsi.world import build_embedder, null_concepts, prompt_concepts, templates
+from polypsi.world.embedder import build_embedder, null_concepts, prompt_concepts, templates
 from polypsi.world.concepts import COLOURS, SHAPES, UNIVERSE
 from polypsi.world.embedder import CONTEXT, Tokenizer, base_vocabulary
 from polypsi.world.render import draw_object, render_image

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from polypsi.config import IMAGENET_MEAN, IMAGENET_STD, WorldConfig
-from polypsi.world import build_model, world_spec
+from polypsi.world.model import build_model
+from polypsi.world.spec import world_spec
 from polypsi.world.render import render_concept, render_image
 from polypsi.world.model import _construct
 from polypsi.world.truth import plan_channels

@@ -5,7 +5,9 @@ import pytest
 
 from polypsi.config import WorldConfig
 from polypsi.io import read_json
-from polypsi.world import ground_truth, render_world, world_spec
+from polypsi.world.render import render_world
+from polypsi.world.spec import world_spec
+from polypsi.world.truth import ground_truth
 from polypsi.world.concepts import UNIVERSE, Concept, choose_concepts, concept_by_name, shape_alpha
 from polypsi.world.render import render_concept, render_image
 from polypsi.world.truth import plan_channels

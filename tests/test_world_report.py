@@ -128,7 +128,6 @@ def test_report_run_builds_the_tables_once_and_writes_what_the_report_writes(tmp
     from types import SimpleNamespace
 
     import polypsi.world.report as report
-    import polypsi.world.truth as truth_mod
     from polypsi.io import write_json, write_table
 
     psi, clusters, truth = _tables(5)
@@ -146,7 +145,7 @@ def test_report_run_builds_the_tables_once_and_writes_what_the_report_writes(tmp
                run / "world" / "world.json")
     cfg = SimpleNamespace(run_name="x", model=SimpleNamespace(layers=["layer3", "layer4"], input_size=128),
                           world=SimpleNamespace(image_size=64))
-    monkeypatch.setattr(truth_mod, "ground_truth", lambda world: truth)
+    monkeypatch.setattr(report, "ground_truth", lambda world: truth)
     calls = []
     tables = report.ground_truth_tables
     monkeypatch.setattr(report, "ground_truth_tables", lambda *a: calls.append(1) or tables(*a))

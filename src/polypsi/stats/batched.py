@@ -257,7 +257,7 @@ def score_channels_batched(
     step = max(1, chunk_units // (1 + n_null))
     starts = range(0, len(channels), step)
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # lazy: only when progress bars are asked for
 
         starts = tqdm(starts, desc=f"score {layer}", unit="chunk")
     parts: dict[int, list] = {m: [] for m in draws}

@@ -26,6 +26,7 @@ from torch import nn
 
 from polypsi.config import WorldConfig
 from polypsi.embedding import EmbedderParts
+from polypsi.prompts import read_list
 from polypsi.world.concepts import COLOURS, SHAPES, UNIVERSE
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "data" / "world" / "embedder.pt"
@@ -64,8 +65,6 @@ def prompt_concepts() -> list[str]:
 
 def null_concepts() -> list[str]:
     """Unrelated-domain concepts for the D-null (the project's shipped list, minus any colour/shape word)."""
-    from polypsi.prompts import read_list
-
     banned = set(COLOURS) | set(SHAPES)
     items = read_list("builtin:unrelated_concepts.txt")
     return [c for c in items if not banned & set(_words(c))]

@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from polypsi.io import write_csv
+from polypsi.config import load_config_file
+from polypsi.io import read_json, read_table, write_csv
 from polypsi.report.stats import auroc
+from polypsi.world.truth import ground_truth
 
 METRICS = ["psi", "S_hat", "Q_hat", "D_hat", "S", "Q", "D"]  # raw components too: the hats can saturate
 COLUMNS = ["layer", "section", "metric", "subset", "true_n", "k_hat", "value", "n_poly", "n_mono", "n_clusters"]
@@ -137,8 +139,9 @@ def _write_report(summary: pd.DataFrame, per_channel: pd.DataFrame, out_csv: str
 
 
 def plot_ground_truth(summary: pd.DataFrame, per_channel: pd.DataFrame, path: str | Path) -> None:
-    from polypsi.report.figures import HAT_LABELS, _panels, save
-    import seaborn as sns
+    import seaborn as sns  # lazy: plotting libraries load only for the figure
+
+    from polypsi.report.figures import HAT_LABELS, _panels, save  # lazy: matplotlib loads only for the figure
 
     layers = [l for l in summary["layer"].unique() if l != "all"]
     fig, axes = _panels(3 + len(layers))
@@ -215,9 +218,6 @@ def report_run(cfg, run_dir: str | Path | None = None) -> pd.DataFrame:
     """ground_truth_report for a finished run (`cfg` is the run's Config): reads <run>/psi/ and
     <run>/clusters/, writes <run>/report/ground_truth.csv and .png; also
     <run>/report/ground_truth_channels.csv (channel_table, from patches and world.json)."""
-    from polypsi.io import read_json, read_table
-    from polypsi.world.truth import ground_truth
-
     run = Path(run_dir or f"results/{cfg.run_name}")
     layers = list(cfg.model.layers)
     psi = {l: read_table(run / "psi" / f"{l}.parquet") for l in layers}
@@ -239,8 +239,6 @@ def ground_truth_stage(job) -> None:
 
 if __name__ == "__main__":  # python -m polypsi.world.report config/demo.yaml [results/demo]
     import sys
-
-    from polypsi.config import load_config_file
 
     cfg = load_config_file(sys.argv[1])
     print(report_run(cfg, sys.argv[2] if len(sys.argv) > 2 else None).to_string())
