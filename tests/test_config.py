@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from polypsi.config import (RUNTIME_KEYS, Config, ConfigError, Undeclared, config_for_rule, load_config,
+from polypsi.config import (RUNTIME_KEYS, ConfigError, Undeclared, config_for_rule, load_config,
                             load_config_file, rule_config, schema_text)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,8 @@ from PIL import Image
 from torch import nn
 
 from polypsi.config import load_config
-from polypsi.crops import crop_box, crop_boxes, extract_crops, load_image, measure_geometry
+from polypsi.crops import crop_box, crop_boxes, extract_crops, load_image
+from polypsi.geometry import measure_geometry
 from polypsi.errors import DatasetError
 
 

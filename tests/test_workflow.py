@@ -130,6 +130,13 @@ def test_config_change_reruns_only_what_it_touches(smoke):
     changed = planned(work / "changed.yaml")
     assert {"score", "calibrate", "report"} <= changed
     assert not changed & {"mine_topk", "merge_topk", "embed_patches", "embed_prompts", "render_images", "geometry"}
+    # calibration settings re-calibrate without re-scoring
+    cfg = _smoke_cfg()
+    cfg["calibration"] = {"eps": 1e-5, "sd_tol": 1e-3}
+    (work / "calibration.yaml").write_text(yaml.safe_dump(cfg))
+    changed = planned(work / "calibration.yaml")
+    assert {"calibrate", "report"} <= changed
+    assert not changed & {"score", "embed_patches", "mine_topk"}
     # settings that change speed, not results, and keys a rule does not read, rerun nothing
     cfg = _smoke_cfg()
     cfg["mining"].update(batch_size=5, channels_last=not cfg["mining"].get("channels_last", True))

@@ -1,10 +1,7 @@
-"""Layer geometry (where a feature-map site looks in the input) and patch crops.
+"""Images and patch crops: reading an image at the model's input size, the crop box of a site, crops.
 
-The theoretical receptive field of deep ResNet layers is larger than the image, so the
-crop side is a documented rule (`crops.size_rule`): a configured size per layer, or the
-square that holds a given share of the measured input-gradient mass (effective RF).
-The centre of a site is measured, not assumed: for a grid of interior units we take the
-centre of mass of |d activation / d input| and fit centre = offset + index * stride.
+Where a site looks in the input (stride, centre offset, crop side) is measured by
+`polypsi.geometry`; the boxes here follow from that measurement.
 """
 
 from __future__ import annotations
@@ -15,12 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
-from .config import Config
 from .errors import DatasetError
-from .io import write_json
-from .models import build_model
 
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
@@ -53,104 +46,6 @@ def crop_boxes(u: np.ndarray, v: np.ndarray, geom: dict, input_size: int) -> np.
     return np.concatenate([lo, lo + side], axis=1)
 
 
-def _grad_maps(model: nn.Module, layer: str, input_size: int, units: list[tuple[int, int]], mean, std,
-               n_images: int = 4, seed: int = 0) -> list[np.ndarray]:
-    """|d sum_c A[c,u,v] / d input| summed over colour channels and a few noise images, per unit."""
-    device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(seed)
-    x01 = torch.rand(n_images, 3, input_size, input_size, generator=g)
-    m = torch.tensor(mean).view(1, 3, 1, 1)
-    s = torch.tensor(std).view(1, 3, 1, 1)
-    x = ((x01 - m) / s).to(device).requires_grad_(True)
-    store = {}
-    h = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, o: store.__setitem__("a", o))
-    try:
-        with torch.enable_grad():
-            model(x)
-            a = store["a"]
-            maps = []
-            for u, v in units:
-                (grad,) = torch.autograd.grad(a[:, :, u, v].sum(), x, retain_graph=True)
-                maps.append(grad.abs().sum(dim=(0, 1)).float().cpu().numpy())
-    finally:
-        h.remove()
-    return maps
-
-
-def _erf_side(gmap: np.ndarray, cy: float, cx: float, mass: float) -> int:
-    total = gmap.sum()
-    if total <= 0:
-        return gmap.shape[0]
-    yy, xx = np.mgrid[0 : gmap.shape[0], 0 : gmap.shape[1]]
-    cheb = np.maximum(np.abs(yy - cy), np.abs(xx - cx)).ravel()
-    order = np.argsort(cheb, kind="stable")
-    cum = np.cumsum(gmap.ravel()[order]) / total
-    radius = cheb[order][np.searchsorted(cum, mass)]
-    return int(min(gmap.shape[0], 2 * np.ceil(radius) + 1))
-
-
-def _feature_shapes(model: nn.Module, layers: list[str], size: int) -> dict[str, tuple[int, int, int]]:
-    """(channels, height, width) of every layer's output for a size x size input, in one forward pass."""
-    store = {}
-    modules = dict(model.named_modules())
-    hooks = [modules[l].register_forward_hook(lambda _m, _i, o, l=l: store.__setitem__(l, tuple(o.shape[1:])))
-             for l in layers]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
-    finally:
-        for h in hooks:
-            h.remove()
-    return store
-
-
-def measure_geometry(model: nn.Module, cfg: Config, probe_size: int = 384) -> dict:
-    """Stride, centre offset, crop side and feature-map shape of every analysed layer.
-
-    The stride is the input growth that adds one feature-map unit (probe and twice the probe).
-    The offset is measured on a probe image (at least `probe_size` px) around its central
-    units, where the image border does not truncate the gradient; for a convolutional network
-    stride and offset do not depend on the input size.
-    """
-    size = cfg.model.input_size
-    probe = max(size, probe_size)
-    model = model.float()
-    out = {"input_size": size, "layers": {}}
-    layers = cfg.model.layers
-    shapes, probe_shapes = _feature_shapes(model, layers, size), _feature_shapes(model, layers, probe)
-    double_shapes = _feature_shapes(model, layers, 2 * probe)
-    for layer in layers:
-        c, hh, ww = shapes[layer]
-        ph = probe_shapes[layer][1]
-        # Growing the input by one stride adds one unit, whatever the padding: measure it over many units.
-        ph2 = double_shapes[layer][1]
-        stride = pstride = probe / (ph2 - ph)
-        mid = ph // 2
-        units = [(i, i) for i in sorted({max(mid - 1, 0), mid})]
-        maps = _grad_maps(model, layer, probe, units, cfg.model.mean, cfg.model.std)
-        offsets, sides = [], []
-        yy, xx = np.mgrid[0:probe, 0:probe]
-        for (u, v), gm in zip(units, maps):
-            tot = gm.sum()
-            if tot <= 0:
-                continue
-            cy, cx = (gm * yy).sum() / tot, (gm * xx).sum() / tot
-            offsets += [cy - u * pstride, cx - v * pstride]
-            sides.append(_erf_side(gm, cy, cx, cfg.crops.erf_mass))
-        if cfg.crops.center == "half_stride" or not offsets:
-            offset = 0.5 * stride
-        else:
-            offset = round(float(np.mean(offsets)) * 2) / 2  # half-pixel resolution is all a crop needs
-        erf_side = int(np.median(sides)) if sides else None
-        crop = erf_side if (cfg.crops.size_rule == "erf" and erf_side) else int(cfg.crops.size.get(layer, size))
-        out["layers"][layer] = {
-            "stride": float(stride), "offset": float(offset), "crop": int(min(crop, size)),
-            "channels": int(c), "height": int(hh), "width": int(ww),
-            "measured_offsets": [float(o) for o in offsets], "erf_side": erf_side,
-        }
-    return out
-
-
 @lru_cache(maxsize=256)
 def _cached_image(path: str, size: int) -> torch.Tensor:
     return load_image(path, size)
@@ -167,7 +62,3 @@ def extract_crops(paths: list[str], boxes: np.ndarray, input_size: int, out_size
         )[0]
     return crops
 
-
-def geometry_stage(job) -> None:
-    """Rule geometry: stride, centre offset and crop side of every analysed layer."""
-    write_json(measure_geometry(build_model(job.cfg), job.cfg), job.output.geometry)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .config import Config, config_for_rule, load_config
+from .config import Config, config_for_rule
 from .errors import PolypsiError
 from .runtime import get_logger, resolve_device
 

@@ -8,7 +8,6 @@ Memory is O(channels x K) per layer, independent of the dataset size.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -1,4 +1,4 @@
 from polypsi.job import run
-from polypsi.crops import geometry_stage
+from polypsi.geometry import geometry_stage
 
 run(snakemake, geometry_stage)  # noqa: F821

@@ -1,0 +1,99 @@
+"""The job object: built from Snakemake's script object, by hand, or from the workflow (mock_job)."""
+
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from snakemake.iocontainers import Namedlist  # the class of snakemake.input, .output, .log
+
+from polypsi.config import Undeclared
+from polypsi.errors import DatasetError, PolypsiError
+from polypsi.job import Files, Job, mock_job, run
+from polypsi.mining import merge_topk_stage
+
+
+def _namedlist(**named):
+    nl = Namedlist()
+    for name, value in named.items():
+        start = len(nl)
+        if isinstance(value, list):
+            nl.extend(value)
+            nl._set_name(name, start, len(nl))
+        else:
+            nl.append(value)
+            nl._set_name(name, start)
+    return nl
+
+
+def _smk(tmp_path, **kw):
+    base = dict(input=_namedlist(a="x.parquet", many=["1.parquet", "2.parquet"]), output=_namedlist(out="y.parquet"),
+                params=SimpleNamespace(config={"mining": {"topk": 7}}), wildcards=_namedlist(layer="layer3"),
+                log=Namedlist([str(tmp_path / "logs" / "job.log")]), threads=2, rule="merge_topk",
+                config={"device": "cpu", "mining": {"batch_size": 4}})
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def test_files_give_named_paths_and_lists():
+    f = Files(psi="a.parquet", layers=["l3.parquet", "l4.parquet"])
+    assert f.psi == "a.parquet" and f["layers"] == ["l3.parquet", "l4.parquet"] and "psi" in f
+    assert list(f.paths()) == ["a.parquet", "l3.parquet", "l4.parquet"]
+    with pytest.raises(AttributeError, match="no file named 'clusters'"):
+        f.clusters
+
+
+def test_job_from_snakemake_reads_declared_settings_and_runtime_keys(tmp_path):
+    job = Job.from_snakemake(_smk(tmp_path))
+    assert job.input.many == ["1.parquet", "2.parquet"] and job.output.out == "y.parquet"
+    assert job.wildcard("layer") == "layer3" and job.threads == 2 and job.rule == "merge_topk"
+    assert job.cfg.mining.topk == 7 and job.cfg.mining.batch_size == 4 and job.cfg.device == "cpu"
+    assert isinstance(job.cfg.nulls, Undeclared)
+    with pytest.raises(PolypsiError, match="no wildcard 'shard'"):
+        job.wildcard("shard")
+
+
+def test_unnamed_files_are_refused(tmp_path):
+    nl = _namedlist(a="x")
+    nl.append("stray.parquet")
+    with pytest.raises(PolypsiError, match="unnamed file"):
+        Job.from_snakemake(_smk(tmp_path, input=nl))
+
+
+def test_run_ends_a_user_error_with_its_message_and_exit_code_1(tmp_path):
+    def stage(job):
+        raise DatasetError("cannot read image bad.jpg")
+
+    smk = _smk(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        run(smk, stage)
+    assert e.value.code == 1
+    assert "polypsi error: cannot read image bad.jpg" in (tmp_path / "logs" / "job.log").read_text()
+
+
+def test_a_stage_runs_from_a_job_built_by_hand(tmp_path):
+    from polypsi.config import Config
+    from polypsi.io import write_table
+
+    shards = []
+    for i, acts in enumerate(([3.0, 1.0], [2.0, 5.0])):
+        t = pd.DataFrame({"channel": [0, 0], "rank": [0, 1], "image_id": [2 * i, 2 * i + 1], "u": [0, 0],
+                          "v": [0, 0], "activation": pd.Series(acts, dtype="float32")})
+        t = t.sort_values("activation", ascending=False).assign(rank=[0, 1])
+        write_table(t, tmp_path / f"s{i}.parquet")
+        shards.append(tmp_path / f"s{i}.parquet")
+    cfg = Config.model_validate({"mining": {"topk": 3}, "report": {"k_values": [3]}, "stats": {"k_max": 3}})
+    merge_topk_stage(Job(cfg=cfg, input=Files(shards=shards), output=Files(topk=tmp_path / "topk.parquet")))
+    got = pd.read_parquet(tmp_path / "topk.parquet")
+    assert got.activation.tolist() == [5.0, 3.0, 2.0] and got["rank"].tolist() == [0, 1, 2]
+
+
+def test_mock_job_asks_the_workflow_for_a_rule(tmp_path):
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    job = mock_job("calibrate", root / "config" / "smoke.yaml", workdir=tmp_path, layer="layer3")
+    assert job.output.psi == str(tmp_path / "results" / "smoke" / "psi" / "layer3.parquet")
+    assert len(job.input.scores) == 2 and job.input.topk.endswith("topk/layer3.parquet")
+    assert job.cfg.nulls.m == 6 and job.cfg.calibration.eps == 1e-6 and isinstance(job.cfg.stats, Undeclared)
+    with pytest.raises(PolypsiError, match="needs wildcard"):
+        mock_job("calibrate", root / "config" / "smoke.yaml", workdir=tmp_path)
+    with pytest.raises(PolypsiError, match="no rule 'calibrat'"):
+        mock_job("calibrat", root / "config" / "smoke.yaml", workdir=tmp_path, layer="layer3")
