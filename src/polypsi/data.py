@@ -140,7 +140,7 @@ def render_images_stage(job) -> None:
     job.logger().info("rendered %s images into %s", job.cfg.data.source, out / "images")
 
 
-def download_stage(job) -> None:
+def download_tiny_imagenet_stage(job) -> None:
     """Rule download_tiny_imagenet."""
     download_tiny_imagenet(job.cfg.data)
 

@@ -76,6 +76,6 @@ def test_stages_write_the_tables_of_before(tmp_path, monkeypatch, name):
     pd.testing.assert_frame_equal(read_table(trials), read_table(DATA / f"trials_{name}.parquet"), check_exact=True)
 
     out = dict(csv=tmp_path / "summary.csv", png=tmp_path / "summary.png")
-    stage.summary_stage(Job(cfg=cfg, input=Files(trials=trials), output=Files(**out)))
+    stage.interventions_summary_stage(Job(cfg=cfg, input=Files(trials=trials), output=Files(**out)))
     assert out["csv"].read_text() == (DATA / f"summary_{name}.csv").read_text()
     assert out["png"].read_bytes()[:4] == b"\x89PNG"

@@ -22,14 +22,14 @@ rule k_sensitivity:
     params:
         # Only the two report keys it uses: a gallery or browser setting must not redo this costly job.
         config=settings("report.k_values", "report.k_sensitivity_draws", "stats", "nulls", "calibration"),
-        code=code("report_k_sensitivity"),
+        code=code("k_sensitivity"),
     threads: 1
     log:
         f"{R}/logs/report/k_sensitivity_{{layer}}.log",
     benchmark:
         f"{R}/benchmarks/report/k_sensitivity_{{layer}}.tsv"
     script:
-        script_path("report_k_sensitivity")
+        script_path("k_sensitivity")
 
 
 rule seed_split:
@@ -43,11 +43,11 @@ rule seed_split:
         table=f"{REPORT}/robustness/null_seeds_{{layer}}.parquet",
     params:
         config=settings("calibration"),
-        code=code("report_seed_split"),
+        code=code("seed_split"),
     log:
         f"{R}/logs/report/null_seeds_{{layer}}.log",
     script:
-        script_path("report_seed_split")
+        script_path("seed_split")
 
 
 # Text-head sensitivity (paper Fig. 6) needs patch and prompt embeddings from a second embedder.
@@ -108,11 +108,11 @@ if cfg.secondary_embedder is not None:
             table=f"{REPORT}/robustness/text_head_{{layer}}.parquet",
         params:
             config=settings("stats"),
-            code=code("report_text_head"),
+            code=code("text_head"),
         log:
             f"{R}/logs/report/text_head_{{layer}}.log",
         script:
-            script_path("report_text_head")
+            script_path("text_head")
 
 
 if cfg.report.browser:
@@ -128,13 +128,13 @@ if cfg.report.browser:
             browser=directory(f"{REPORT}/browser"),
         params:
             config=settings("run_name", "report.thumb_size", "model.layers"),
-            code=code("report_browser"),
+            code=code("browser"),
         log:
             f"{R}/logs/report/browser.log",
         benchmark:
             f"{R}/benchmarks/report/browser.tsv"
         script:
-            script_path("report_browser")
+            script_path("browser")
 
 
 rule report:

@@ -1,4 +1,4 @@
 from polypsi.job import run
-from polypsi.data import download_stage
+from polypsi.data import download_tiny_imagenet_stage
 
-run(snakemake, download_stage)  # noqa: F821
+run(snakemake, download_tiny_imagenet_stage)  # noqa: F821

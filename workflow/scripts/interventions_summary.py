@@ -1,4 +1,4 @@
 from polypsi.job import run
-from polypsi.interventions import summary_stage
+from polypsi.interventions import interventions_summary_stage
 
-run(snakemake, summary_stage)  # noqa: F821
+run(snakemake, interventions_summary_stage)  # noqa: F821

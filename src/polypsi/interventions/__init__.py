@@ -26,11 +26,11 @@ forward passes), statistics (paired tests), figures (the bar chart), stage (the 
 from .figures import plot_summary
 from .plan import plan_trials, select_channels
 from .run import run_interventions
-from .stage import interventions_stage, summary_stage
+from .stage import interventions_stage, interventions_summary_stage
 from .statistics import SUMMARY_COLUMNS, summarize
 from .trial import CONDITIONS, Trial
 
 __all__ = [
     "CONDITIONS", "SUMMARY_COLUMNS", "Trial", "interventions_stage", "plan_trials", "plot_summary",
-    "run_interventions", "select_channels", "summarize", "summary_stage",
+    "run_interventions", "select_channels", "summarize", "interventions_summary_stage",
 ]

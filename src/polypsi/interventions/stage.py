@@ -32,7 +32,7 @@ def interventions_stage(job: Job) -> None:
     lg.info("wrote %s (%d rows)", job.output.trials, len(trials))
 
 
-def summary_stage(job: Job) -> None:
+def interventions_summary_stage(job: Job) -> None:
     """The `interventions_summary` rule: statistics table and bar chart of one trial table."""
     unit, confidence = job.cfg.interventions.test_unit, job.cfg.interventions.confidence
     lg = job.logger("polypsi.interventions")

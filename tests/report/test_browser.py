@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from report_fixtures import K, LAYERS, load_run, make_run
+from .fixtures import K, LAYERS, load_run, make_run
 
 from polypsi.report.browser import build_browser
 

@@ -1,6 +1,5 @@
 """The report stage on a generated run: every table and figure, with numbers checked against sklearn/scipy."""
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -8,7 +7,7 @@ import pytest
 from PIL import Image
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
-from report_fixtures import DIM, INPUT, K, LAYERS, load_run, make_run
+from .fixtures import DIM, INPUT, K, LAYERS, load_run, make_run
 
 from polypsi.config import Config
 from polypsi.io import read_table, write_table
@@ -233,16 +232,3 @@ def test_generated_run_follows_the_contract(tmp_path):
         assert (sizes == K).all()
     _, emb = read_table(tmp_path / "patches" / "layer3.parquet", embedding="embedding")
     assert emb.shape == (len(patches["layer3"]), DIM)
-
-
-def test_no_test_module_is_imported_as_a_helper():
-    """Shared helpers live in modules not named test_*, so pytest does not collect them as tests."""
-    import ast
-
-    here = Path(__file__).parent
-    for f in here.glob("*.py"):
-        for node in ast.walk(ast.parse(f.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
-            bad = [n for n in names if n.split(".")[0].startswith("test_") and (here / f"{n.split('.')[0]}.py").exists()]
-            assert not bad, f"{f.name} imports test module(s) {bad}; move what they share into a helper module"
