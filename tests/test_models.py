@@ -5,8 +5,8 @@ import pytest
 import torch
 import torchvision
 
-from polypsi.config import load_config
-from polypsi.models import FeatureExtractor, ModelLoadError, build_model, load_model
+from polypsi.config import IMAGENET_MEAN, IMAGENET_STD, load_config
+from polypsi.models import ModelLoadError, build_model, extractor, load_model
 
 
 def _cfg(**model):
@@ -69,12 +69,13 @@ def test_weights_from_cache_and_bad_enum(monkeypatch, tmp_path):
 def test_feature_extractor_matches_direct_forward():
     cfg = _cfg()
     model = load_model(cfg, "cpu")
-    fx = FeatureExtractor(model, ["layer3", "layer4"], cfg.model.mean, cfg.model.std)
+    fx, pre = extractor(model, cfg)
+    assert pre.mean == tuple(IMAGENET_MEAN) and pre.std == tuple(IMAGENET_STD) and pre.input_size == 64
     x = torch.rand(2, 3, 64, 64)
     out = fx(x)
     assert out["layer3"].shape == (2, 256, 4, 4) and out["layer4"].shape == (2, 512, 2, 2)
-    m = torch.tensor(cfg.model.mean).view(1, 3, 1, 1)
-    s = torch.tensor(cfg.model.std).view(1, 3, 1, 1)
+    m = torch.tensor(pre.mean).view(1, 3, 1, 1)
+    s = torch.tensor(pre.std).view(1, 3, 1, 1)
     with torch.no_grad():
         h = (x - m) / s
         h = model.maxpool(model.relu(model.bn1(model.conv1(h))))

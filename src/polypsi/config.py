@@ -83,21 +83,49 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    source: Literal["torchvision", "world"] = Field(
-        "torchvision", description="torchvision architecture by name, or the planted world's model."
+    source: Literal["torchvision", "timm", "python", "world"] = Field(
+        "torchvision",
+        description="torchvision or timm architecture by name, your own module (python: model.entry), "
+        "or the planted world's model.",
     )
-    name: str = Field("resnet50", description="torchvision model builder name, e.g. resnet50.")
+    name: str = Field("resnet50", description="torchvision builder or timm architecture name, e.g. resnet50.")
+    entry: Optional[str] = Field(
+        None,
+        description="source python: 'package.module:function' or 'path/to/file.py:function' returning an "
+        "nn.Module (paths relative to where snakemake runs).",
+    )
+    kwargs: dict[str, Any] = Field(
+        {}, description="Keyword arguments of the python entry (or of timm.create_model)."
+    )
     weights: Optional[str] = Field(
-        "IMAGENET1K_V1", description="torchvision weights enum member; null = random init (seeded)."
+        "IMAGENET1K_V1",
+        description="torchvision: weights enum member; timm: pretrained tag or `default`; null = random init (seeded).",
     )
     checkpoint: Optional[str] = Field(
         None, description="Local state_dict file; overrides `weights` (no download)."
     )
     init_seed: int = Field(0, description="Seed for random initialisation when no weights are given.")
     layers: list[str] = Field(["layer3", "layer4"], min_length=1, description="Named modules to analyse.")
-    input_size: int = Field(224, ge=8, description="Images are resized (upsampled) to this size.")
-    mean: list[float] = Field(IMAGENET_MEAN, min_length=3, max_length=3, description="Input normalisation mean (RGB).")
-    std: list[float] = Field(IMAGENET_STD, min_length=3, max_length=3, description="Input normalisation std (RGB).")
+    input_size: Optional[int] = Field(
+        None, ge=8, description="Images are resized (upsampled) to this size; null = the model's own "
+        "(timm's data config, a python entry's `polypsi_preprocessing`, else 224).",
+    )
+    mean: Optional[list[float]] = Field(
+        None, min_length=3, max_length=3, description="Input normalisation mean (RGB); null = the model's own, else ImageNet's."
+    )
+    std: Optional[list[float]] = Field(
+        None, min_length=3, max_length=3, description="Input normalisation std (RGB); null = the model's own, else ImageNet's."
+    )
+    prefix_tokens: Optional[int] = Field(
+        None, ge=0, description="Token layers ([B, N, C]): tokens before the patch grid (class, registers); "
+        "null = from the model (timm's num_prefix_tokens, torchvision's class token) or N minus the largest square.",
+    )
+
+    @model_validator(mode="after")
+    def _entry(self) -> "ModelConfig":
+        if self.source == "python" and not self.entry:
+            raise ValueError("model.source: python needs model.entry ('package.module:function' or 'file.py:function')")
+        return self
 
 
 class MiningConfig(_Section):

@@ -9,7 +9,6 @@ Weights that are not on disk fail within seconds with the file to place and wher
 from __future__ import annotations
 
 import os
-import socket
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,6 +22,7 @@ from .config import Config, EmbedderConfig
 from .crops import crop_boxes, extract_crops
 from .errors import EmbedderLoadError
 from .io import read_json, read_table, write_table
+from .models import host_resolves
 from .runtime import Progress, get_logger
 from .shards import channel_shard
 
@@ -88,14 +88,6 @@ def _register_builtin_archs() -> None:
     open_clip.add_model_config(PACKAGE_DATA / "open_clip")
 
 
-def _host_resolves(host: str) -> bool:
-    try:
-        socket.getaddrinfo(host, 443)
-        return True
-    except OSError:
-        return False
-
-
 def resolve_open_clip_weights(name: str, tag: str) -> str:
     """A local file for open_clip's (name, tag): the cache if present, else a download, else a clear error."""
     import open_clip  # lazy: several seconds to import; only open_clip sources need it
@@ -121,7 +113,7 @@ def resolve_open_clip_weights(name: str, tag: str) -> str:
         if cached.is_file():
             return str(cached)
         where = f"{url} -> {cached}"
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or not host or not _host_resolves(host):
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not host or not host_resolves(host):
         raise EmbedderLoadError(
             f"open_clip weights {name}/{tag} are not on this machine and {host or 'the source'} cannot be reached. "
             f"Fetch {where} on a connected machine, then set embedder.checkpoint to the file's path "

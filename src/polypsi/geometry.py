@@ -5,6 +5,9 @@ crop side is a documented rule (`crops.size_rule`): a configured size per layer,
 square that holds a given share of the measured input-gradient mass (effective RF).
 The centre of a site is measured, not assumed: for a grid of interior units we take the
 centre of mass of |d activation / d input| and fit centre = offset + index * stride.
+Token layers (transformer blocks, [B, N, C]) take one input size: their sites are the patch
+tokens, the stride is the input size over the patch grid's side, and the centre is measured
+the same way at the model's own input size.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from torch import nn
 
 from .config import Config
 from .io import write_json
-from .models import build_model
+from .models import as_grid, build_model, preprocessing, prefix_tokens_of
 
 
 def _grad_maps(model: nn.Module, layer: str, input_size: int, units: list[tuple[int, int]], mean, std,
-               n_images: int = 4, seed: int = 0) -> list[np.ndarray]:
+               prefix: int | None = None, n_images: int = 4, seed: int = 0) -> list[np.ndarray]:
     """|d sum_c A[c,u,v] / d input| summed over colour channels and a few noise images, per unit."""
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
@@ -32,7 +35,7 @@ def _grad_maps(model: nn.Module, layer: str, input_size: int, units: list[tuple[
     try:
         with torch.enable_grad():
             model(x)
-            a = store["a"]
+            a = as_grid(store["a"], layer, prefix)
             maps = []
             for u, v in units:
                 (grad,) = torch.autograd.grad(a[:, :, u, v].sum(), x, retain_graph=True)
@@ -54,12 +57,19 @@ def _erf_side(gmap: np.ndarray, cy: float, cx: float, mass: float) -> int:
     return int(min(gmap.shape[0], 2 * np.ceil(radius) + 1))
 
 
-def _feature_shapes(model: nn.Module, layers: list[str], size: int) -> dict[str, tuple[int, int, int]]:
-    """(channels, height, width) of every layer's output for a size x size input, in one forward pass."""
+def _feature_shapes(model: nn.Module, layers: list[str], size: int,
+                    prefix: int | None = None) -> dict[str, tuple[int, int, int, bool]]:
+    """(channels, height, width, is a token layer) of every layer's output for a size x size input, in one pass."""
     store = {}
     modules = dict(model.named_modules())
-    hooks = [modules[l].register_forward_hook(lambda _m, _i, o, l=l: store.__setitem__(l, tuple(o.shape[1:])))
-             for l in layers]
+
+    def keep(layer):
+        def hook(_m, _i, o):
+            raw = o[0] if isinstance(o, (tuple, list)) else o
+            store[layer] = (*as_grid(o, layer, prefix).shape[1:], raw.dim() == 3)
+        return hook
+
+    hooks = [modules[l].register_forward_hook(keep(l)) for l in layers]
     try:
         with torch.no_grad():
             model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
@@ -67,6 +77,14 @@ def _feature_shapes(model: nn.Module, layers: list[str], size: int) -> dict[str,
         for h in hooks:
             h.remove()
     return store
+
+
+def _probe_shapes(model, layers, sizes, prefix):
+    """Shapes at each probe size, or None when the model takes only its own input size (e.g. a ViT)."""
+    try:
+        return [_feature_shapes(model, layers, s, prefix) for s in sizes]
+    except (RuntimeError, AssertionError, ValueError):
+        return None
 
 
 def measure_geometry(model: nn.Module, cfg: Config, probe_size: int = 384) -> dict:
@@ -77,22 +95,28 @@ def measure_geometry(model: nn.Module, cfg: Config, probe_size: int = 384) -> di
     units, where the image border does not truncate the gradient; for a convolutional network
     stride and offset do not depend on the input size.
     """
-    size = cfg.model.input_size
-    probe = max(size, probe_size)
+    pre = preprocessing(model, cfg)
+    size = pre.input_size
     model = model.float()
+    prefix = cfg.model.prefix_tokens if cfg.model.prefix_tokens is not None else prefix_tokens_of(model)
     out = {"input_size": size, "layers": {}}
     layers = cfg.model.layers
-    shapes, probe_shapes = _feature_shapes(model, layers, size), _feature_shapes(model, layers, probe)
-    double_shapes = _feature_shapes(model, layers, 2 * probe)
+    shapes = _feature_shapes(model, layers, size, prefix)
+    fixed_size = any(tok for *_, tok in shapes.values())
+    probes = None if fixed_size else _probe_shapes(model, layers, (max(size, probe_size), 2 * max(size, probe_size)), prefix)
     for layer in layers:
-        c, hh, ww = shapes[layer]
-        ph = probe_shapes[layer][1]
-        # Growing the input by one stride adds one unit, whatever the padding: measure it over many units.
-        ph2 = double_shapes[layer][1]
-        stride = pstride = probe / (ph2 - ph)
+        c, hh, ww, tokens = shapes[layer]
+        if probes is not None:
+            # Growing the input by one stride adds one unit, whatever the padding: measure it over many units.
+            probe = max(size, probe_size)
+            ph, ph2 = probes[0][layer][1], probes[1][layer][1]
+            stride = pstride = probe / (ph2 - ph)
+        else:  # one input size (token layers): the grid covers the image
+            probe, ph = size, hh
+            stride = pstride = size / hh
         mid = ph // 2
         units = [(i, i) for i in sorted({max(mid - 1, 0), mid})]
-        maps = _grad_maps(model, layer, probe, units, cfg.model.mean, cfg.model.std)
+        maps = _grad_maps(model, layer, probe, units, pre.mean, pre.std, prefix)
         offsets, sides = [], []
         yy, xx = np.mgrid[0:probe, 0:probe]
         for (u, v), gm in zip(units, maps):
@@ -112,6 +136,7 @@ def measure_geometry(model: nn.Module, cfg: Config, probe_size: int = 384) -> di
             "stride": float(stride), "offset": float(offset), "crop": int(min(crop, size)),
             "channels": int(c), "height": int(hh), "width": int(ww),
             "measured_offsets": [float(o) for o in offsets], "erf_side": erf_side,
+            "kind": "tokens" if tokens else "feature_map",
         }
     return out
 

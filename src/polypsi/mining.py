@@ -16,7 +16,7 @@ import torch
 from .config import Config
 from .crops import load_image
 from .io import read_table, write_table
-from .models import FeatureExtractor, load_model
+from .models import extractor, load_model
 from .runtime import Progress, get_logger
 from .shards import shard_rows
 
@@ -106,9 +106,9 @@ def mine_shard(cfg: Config, dataset: pd.DataFrame, shard: int, device, workers: 
     n_shards = cfg.shards.images
     rows = shard_rows(dataset, shard, n_shards)
     model = load_model(cfg, device)
-    fx = FeatureExtractor(model, cfg.model.layers, cfg.model.mean, cfg.model.std, cfg.mining.precision)
+    fx, pre = extractor(model, cfg)
     loader = torch.utils.data.DataLoader(
-        _Images(rows, cfg.model.input_size), batch_size=cfg.mining.batch_size, num_workers=workers,
+        _Images(rows, pre.input_size), batch_size=cfg.mining.batch_size, num_workers=workers,
     )
     log.info("mining shard %d/%d: %d images, layers %s, K=%d, one site per image=%s, %s on %s",
              shard + 1, n_shards, len(rows), cfg.model.layers, cfg.mining.topk,

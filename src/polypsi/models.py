@@ -1,47 +1,28 @@
-"""Models under study: loading (through the source registry; torchvision's loader lives here) and layer hooks."""
+"""Models under study: loading through the source registry, preprocessing, and the outputs of analysed layers.
+
+A layer's output is a feature map [B, C, H, W] (a convolutional layer: channels C, sites on the
+H x W grid) or a token sequence [B, N, C] (a transformer block: channels are the C features of
+the residual stream, sites are the patch tokens on the grid of the image's patches; class and
+register tokens before them are left out). Everything after mining sees [B, C, H, W].
+"""
 
 from __future__ import annotations
 
 import difflib
+import math
 import socket
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import sources
-from .config import Config
-from .errors import ModelLoadError
+from .config import IMAGENET_MEAN, IMAGENET_STD, Config
+from .errors import ModelLoadError, StageError
 
-
-def _torchvision_state_dict(name: str, weights_name: str) -> dict:
-    import torchvision  # lazy: its import costs a second and only torchvision sources need it
-
-    try:
-        enum = torchvision.models.get_model_weights(name)
-    except ValueError as e:
-        raise ModelLoadError(f"model.name '{name}' is not a torchvision model: {e}") from None
-    try:
-        weights = enum[weights_name]
-    except KeyError:
-        options = ", ".join(m.name for m in enum)
-        raise ModelLoadError(f"model.weights '{weights_name}' is not one of {enum.__name__}: {options}") from None
-    url = weights.url
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-    if not cached.is_file():
-        old = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(20)  # fail in seconds on a closed network, not after minutes
-        try:
-            torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True)
-        except Exception as e:  # any network/hash failure ends the same way: tell the user what to do
-            raise ModelLoadError(
-                f"could not fetch {enum.__name__}.{weights_name} from {url} ({type(e).__name__}: {e}). "
-                f"Place the file at {cached} (or set TORCH_HOME), or set model.checkpoint to a local state_dict file."
-            ) from None
-        finally:
-            socket.setdefaulttimeout(old)
-    return torch.load(cached, map_location="cpu", weights_only=True)
+DEFAULT_INPUT_SIZE = 224
 
 
 def load_state_dict_file(path: str | Path) -> dict:
@@ -60,29 +41,22 @@ def load_state_dict_file(path: str | Path) -> dict:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def build_torchvision(cfg: Config) -> nn.Module:
-    """The registry's `torchvision` model source: an architecture by name, with an enum's weights or a checkpoint."""
-    import torchvision  # lazy: its import costs a second and only torchvision sources need it
-
-    m = cfg.model
-    torch.manual_seed(m.init_seed)  # random init is reproducible when no weights are given
+def load_weights(model: nn.Module, path: str | Path, what: str) -> None:
+    """Load a local state_dict file into `model`, naming both when they do not fit."""
+    sd = load_state_dict_file(path)
     try:
-        model = torchvision.models.get_model(m.name, weights=None)
-    except ValueError as e:
-        raise ModelLoadError(f"model.name '{m.name}' is not a torchvision model: {e}") from None
-    if m.checkpoint:
-        sd = load_state_dict_file(m.checkpoint)
-    elif m.weights:
-        sd = _torchvision_state_dict(m.name, m.weights)
-    else:
-        sd = None
-    if sd is not None:
-        try:
-            model.load_state_dict(sd)
-        except RuntimeError as e:
-            src = m.checkpoint or m.weights
-            raise ModelLoadError(f"weights {src} do not fit torchvision '{m.name}': {str(e)[:500]}") from None
-    return model
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise ModelLoadError(f"weights {path} do not fit {what}: {str(e)[:500]}") from None
+
+
+def host_resolves(host: str) -> bool:
+    """Whether a download host's name resolves (no network: fail in seconds, not after retries)."""
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
 
 
 def build_model(cfg: Config) -> nn.Module:
@@ -90,6 +64,29 @@ def build_model(cfg: Config) -> nn.Module:
     model = sources.get("model", cfg.model.source).load()(cfg)
     check_layers(model, cfg.model.layers)
     return model.eval()
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images enter the model: resized to input_size x input_size, then (x - mean) / std."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def preprocessing(model: nn.Module, cfg: Config) -> Preprocessing:
+    """The config's input size and normalisation where set, else what the model declares, else 224 / ImageNet.
+
+    A source (timm's data config) or your own module declares its own as an attribute
+    `polypsi_preprocessing = {"input_size": ..., "mean": [...], "std": [...]}`.
+    """
+    declared = getattr(model, "polypsi_preprocessing", None) or {}
+    m = cfg.model
+    size = m.input_size or declared.get("input_size") or DEFAULT_INPUT_SIZE
+    mean = m.mean or declared.get("mean") or IMAGENET_MEAN
+    std = m.std or declared.get("std") or IMAGENET_STD
+    return Preprocessing(int(size), tuple(float(x) for x in mean), tuple(float(x) for x in std))
 
 
 def load_model(cfg: Config, device: torch.device | str = "cpu") -> nn.Module:
@@ -101,20 +98,55 @@ def load_model(cfg: Config, device: torch.device | str = "cpu") -> nn.Module:
     return model
 
 
-def check_layers(model: nn.Module, layers: list[str]) -> None:
-    names = dict(model.named_modules())
+def check_layers(model: nn.Module | list[str], layers: list[str]) -> None:
+    """Every analysed layer is a named module of the model (or of a list of module names)."""
+    names = list(model) if isinstance(model, list) else [n for n, _ in model.named_modules()]
+    known = set(names)
     for layer in layers:
-        if layer not in names:
-            close = difflib.get_close_matches(layer, list(names), n=3)
+        if layer not in known:
+            close = difflib.get_close_matches(layer, names, n=3)
             hint = f"; close names: {close}" if close else ""
             raise ModelLoadError(f"model.layers: '{layer}' is not a module of the model{hint}")
+
+
+def prefix_tokens_of(model: nn.Module) -> int | None:
+    """Tokens before the patch grid, as the model declares them (timm, torchvision), or None."""
+    n = getattr(model, "num_prefix_tokens", None)  # timm VisionTransformer and relatives
+    if isinstance(n, int):
+        return n
+    if isinstance(getattr(model, "class_token", None), torch.Tensor):  # torchvision VisionTransformer
+        return 1
+    return None
+
+
+def as_grid(out, layer: str, prefix: int | None = None) -> torch.Tensor:
+    """A layer's output as a feature map [B, C, H, W]; token sequences [B, N, C] become their patch grid.
+
+    `prefix` tokens (class, registers) are dropped; None takes N minus the largest square.
+    """
+    if isinstance(out, (tuple, list)):  # blocks that also return attention or state
+        out = out[0]
+    if out.dim() == 4:
+        return out
+    if out.dim() != 3:
+        raise StageError(f"layer {layer} outputs shape {tuple(out.shape)}; polypsi analyses feature maps "
+                         "[B, C, H, W] and token sequences [B, N, C]")
+    b, n, c = out.shape
+    p = n - math.isqrt(n) ** 2 if prefix is None else prefix
+    side = math.isqrt(max(n - p, 0))
+    if p < 0 or side == 0 or side * side != n - p:
+        raise StageError(f"layer {layer} outputs {n} tokens; after {p} prefix token(s) they do not form a square "
+                         "patch grid. Set model.prefix_tokens to the number of class/register tokens.")
+    return out[:, p:, :].transpose(1, 2).reshape(b, c, side, side)
 
 
 class FeatureExtractor:
     """Runs the model once per batch and returns the outputs of every requested layer."""
 
-    def __init__(self, model: nn.Module, layers: list[str], mean, std, precision: str = "fp32"):
+    def __init__(self, model: nn.Module, layers: list[str], mean, std, precision: str = "fp32",
+                 prefix_tokens: int | None = None):
         self.model, self.layers, self.precision = model, list(layers), precision
+        self.prefix = prefix_tokens if prefix_tokens is not None else prefix_tokens_of(model)
         p = next(model.parameters(), None)
         self.device = p.device if p is not None else torch.device("cpu")
         # Feed channels_last inputs to a model converted by load_model (4-D weights in that layout).
@@ -136,7 +168,7 @@ class FeatureExtractor:
         return fn
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images: [B,3,S,S] in [0,1]. Returns {layer: float32 [B,C,H,W]}."""
+        """images: [B,3,S,S] in [0,1]. Returns {layer: float32 [B,C,H,W]} (token layers as their patch grid)."""
         x = (images.to(self.device) - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -151,8 +183,19 @@ class FeatureExtractor:
         missing = [n for n in self.layers if n not in self._out]
         if missing:
             raise RuntimeError(f"layers {missing} produced no output in the forward pass")
-        return {n: self._out[n].float().contiguous() for n in self.layers}
+        return {n: as_grid(self._out[n], n, self.prefix).float().contiguous() for n in self.layers}
 
     def close(self) -> None:
         for h in self._handles:
             h.remove()
+
+
+def extractor(model: nn.Module, cfg: Config, layers: list[str] | None = None,
+              precision: str | None = None) -> tuple[FeatureExtractor, Preprocessing]:
+    """The feature extractor of `layers` (default: the run's) with the model's preprocessing.
+
+    `precision` defaults to mining.precision."""
+    pre = preprocessing(model, cfg)
+    fx = FeatureExtractor(model, layers or cfg.model.layers, pre.mean, pre.std, precision or cfg.mining.precision,
+                          cfg.model.prefix_tokens)
+    return fx, pre

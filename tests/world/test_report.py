@@ -143,7 +143,8 @@ def test_report_run_builds_the_tables_once_and_writes_what_the_report_writes(tmp
                 "images": [{"image_id": 0, "objects": [{"concept": 0, "x": 10.0, "y": 10.0, "r": 6.0}]},
                            {"image_id": 1, "objects": [{"concept": 1, "x": 30.0, "y": 30.0, "r": 9.0}]}]},
                run / "world" / "world.json")
-    cfg = SimpleNamespace(run_name="x", model=SimpleNamespace(layers=["layer3", "layer4"], input_size=128),
+    write_json({"input_size": 128, "layers": {}}, run / "geometry.json")
+    cfg = SimpleNamespace(run_name="x", model=SimpleNamespace(layers=["layer3", "layer4"]),
                           world=SimpleNamespace(image_size=64))
     monkeypatch.setattr(report, "ground_truth", lambda world: truth)
     calls = []

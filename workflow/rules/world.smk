@@ -10,6 +10,7 @@ if cfg.data.source == "world" and cfg.model.source == "world":
             patches=expand(f"{R}/patches/{{layer}}.parquet", layer=LAYERS),
             dataset=f"{R}/dataset.parquet",
             world=f"{R}/world/world.json",
+            geometry=f"{R}/geometry.json",
         output:
             csv=report(f"{R}/report/ground_truth.csv", caption="../report/ground_truth.rst", category="Planted world"),
             png=report(f"{R}/report/ground_truth.png", caption="../report/ground_truth.rst", category="Planted world"),

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from ..io import read_json, read_table, write_csv, write_table
-from ..models import load_model
+from ..models import extractor, load_model
 from .figures import plot_summary
 from .run import run_interventions
 from .statistics import summarize
@@ -24,10 +24,11 @@ def interventions_stage(job: Job) -> None:
     patches = read_table(job.input.patches)
     patches = patches.drop(columns=[c for c in ("embedding",) if c in patches])  # not needed here
     model = load_model(cfg, device)
+    fx, pre = extractor(model, cfg, [layer], precision="fp32")  # interventions measure small changes: fp32
     lg.info("model loaded on %s; layer %s; settings %s", device, layer, cfg.interventions.model_dump())
-    trials = run_interventions(model, layer, read_table(job.input.psi), patches, read_table(job.input.dataset),
-                               read_json(job.input.geometry), cfg.interventions, device, cfg.model.input_size,
-                               cfg.model.mean, cfg.model.std, logger=lg)
+    trials = run_interventions(fx, layer, read_table(job.input.psi), patches, read_table(job.input.dataset),
+                               read_json(job.input.geometry), cfg.interventions, device, pre.input_size,
+                               pre.mean, pre.std, logger=lg)
     write_table(trials, job.output.trials)
     lg.info("wrote %s (%d rows)", job.output.trials, len(trials))
 

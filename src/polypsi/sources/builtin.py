@@ -5,8 +5,12 @@ Importing this module only records names and targets; nothing heavy is imported 
 
 from . import Source, register
 
-register(Source("model", "torchvision", "polypsi.models:build_torchvision",
+register(Source("model", "torchvision", "polypsi.sources.torchvision:build_torchvision",
                 doc="torchvision architecture by name (model.name), weights enum or local checkpoint"))
+register(Source("model", "timm", "polypsi.sources.timm:build_timm",
+                doc="timm architecture by name (model.name), pretrained tag (model.weights) or local checkpoint"))
+register(Source("model", "python", "polypsi.sources.python:build_python",
+                doc="your own nn.Module from a function (model.entry, model.kwargs), local checkpoint"))
 register(Source("embedder", "open_clip", "polypsi.embedding:build_open_clip",
                 doc="open_clip architecture by name, pretrained tag or local checkpoint"))
 register(Source("dataset", "tiny_imagenet", "polypsi.data:index_tiny_imagenet_source",

@@ -384,5 +384,10 @@ def _balance_on_scenes(world: WorldConfig, spec, front: nn.Module, layer2: Compe
 
 
 def build_for_config(cfg) -> nn.Module:
-    """The registry's `world` model source: the world of `cfg.world` at the run's input size and normalisation."""
-    return build_model(cfg.world, input_size=cfg.model.input_size, mean=cfg.model.mean, std=cfg.model.std)
+    """The registry's `world` model source: the world of `cfg.world` at the run's input size and normalisation
+    (by default the rendered size and ImageNet's statistics)."""
+    size = cfg.model.input_size or cfg.world.image_size
+    mean, std = cfg.model.mean or IMAGENET_MEAN, cfg.model.std or IMAGENET_STD
+    model = build_model(cfg.world, input_size=size, mean=mean, std=std)
+    model.polypsi_preprocessing = {"input_size": size, "mean": list(mean), "std": list(std)}
+    return model
