@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from polypsi.layercheck import check_crop_sizes
 from polypsi.config import (RUNTIME_KEYS, ConfigError, Undeclared, config_for_rule, load_config,
                             load_config_file, rule_config, schema_text)
 
@@ -46,7 +47,7 @@ def test_wrong_type_names_the_key_and_value():
 
 def test_cross_checks():
     with pytest.raises(ConfigError, match="crops.size has no entry"):
-        load_config({"model": {"layers": ["layer2"]}})
+        check_crop_sizes(load_config({"model": {"layers": ["layer2"]}}))
     with pytest.raises(ConfigError, match="k_max"):
         load_config({"stats": {"k_min": 4, "k_max": 3}})
     with pytest.raises(ConfigError, match="interventions.layer"):

@@ -83,3 +83,18 @@ def test_feature_extractor_matches_direct_forward():
     assert torch.allclose(out["layer4"], ref, atol=1e-5)
     fx.close()
     assert not model.layer3._forward_hooks
+
+
+def test_token_sequences_become_patch_grids():
+    from polypsi.errors import StageError
+    from polypsi.models import as_grid
+
+    tokens = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)  # 1 class token + a 2 x 2 grid
+    grid = as_grid(tokens, "blk")
+    assert grid.shape == (2, 3, 2, 2) and torch.equal(grid[:, :, 1, 0], tokens[:, 1 + 2, :])
+    assert torch.equal(as_grid(tokens.transpose(0, 1), "blk", batch=2), grid)  # sequence-first output
+    assert torch.equal(as_grid((tokens, None), "blk", prefix=1), grid)  # blocks that return tuples
+    with pytest.raises(StageError, match="do not form a square patch grid.*model.prefix_tokens"):
+        as_grid(tokens, "blk", prefix=2)
+    with pytest.raises(StageError, match="outputs shape"):
+        as_grid(torch.zeros(2, 3), "fc")

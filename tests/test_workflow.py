@@ -1,6 +1,8 @@
 """End-to-end: the offline smoke configuration through every rule, in a temporary folder."""
 
+import json
 import os
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +200,48 @@ def test_paper_setup_plans_every_rule_over_its_shards(tmp_path, overlay):
     assert counts["embed_patches"] == 2 * shards["channels"] and counts["score"] == 2 * shards["channels"] * shards["draws"]
     for rule in ("geometry", "index_dataset", "embed_prompts", "merge_topk", "calibrate", "report", "interventions"):
         assert counts.get(rule, 0) >= 1, rule
+
+
+def test_unknown_layer_is_rejected_by_name_before_any_job(tmp_path):
+    t0 = time.monotonic()
+    p = snakemake(tmp_path, "--configfile", str(ROOT / "config" / "smoke.yaml"),
+                  "--config", "model={'source': 'torchvision', 'name': 'resnet18', 'weights': None, "
+                  "'layers': ['layer5', 'layer4']}", check=False)
+    assert p.returncode != 0 and time.monotonic() - t0 < 60
+    assert "'layer5' is not a module of the model; close names: ['layer4'" in p.stderr
+    assert "crops.size" not in p.stderr and not (tmp_path / "results").exists()
+
+
+def test_python_entry_plans_from_its_own_file(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / "examples" / "python_entry.yaml").read_text())
+    cfg["model"]["entry"] = f"{ROOT / 'config' / 'examples' / 'my_model.py'}:build"
+    (tmp_path / "entry.yaml").write_text(yaml.safe_dump(cfg))
+    p = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"), str(tmp_path / "entry.yaml"))
+    assert "mine_topk" in p.stdout and "geometry" in p.stdout
+    cfg["model"]["layers"] = ["stage3"]
+    cfg["crops"]["size"] = {"stage3": 8}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    p = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"), str(tmp_path / "bad.yaml"),
+                  check=False)
+    assert p.returncode != 0 and "'stage3' is not a module of the model; close names" in p.stderr
+
+
+def test_vit_block_end_to_end(tmp_path):
+    """A timm ViT's blocks as the analysed layers, through every rule (a small ViT, one shard each)."""
+    fast = {"shards": {"images": 1, "channels": 1, "draws": 1}, "interventions": {"n_channels": 2},
+            "report": {"browser": False}}
+    (tmp_path / "fast.yaml").write_text(yaml.safe_dump(fast))
+    snakemake(tmp_path, "--configfile", str(ROOT / "config" / "smoke.yaml"),
+              str(ROOT / "config" / "examples" / "timm_vit.yaml"), str(tmp_path / "fast.yaml"))
+    run = tmp_path / "results" / "smoke_timm_vit"
+    geometry = json.loads((run / "geometry.json").read_text())
+    assert geometry["input_size"] == 64
+    for layer in ("blocks.2", "blocks.3"):
+        g = geometry["layers"][layer]
+        assert g["kind"] == "tokens" and (g["stride"], g["height"], g["width"], g["channels"]) == (8, 8, 8, 192)
+        psi = pd.read_parquet(run / "psi" / f"{layer}.parquet")
+        assert list(psi.columns[:len(PSI_COLUMNS)]) == PSI_COLUMNS and len(psi) == 192
+        patches = pd.read_parquet(run / "patches" / f"{layer}.parquet")
+        assert patches["u"].between(0, 7).all() and patches["v"].between(0, 7).all()
+    trials = pd.read_parquet(run / "interventions" / "blocks.3.parquet")
+    assert trials["channel"].nunique() >= 1

@@ -95,7 +95,7 @@ class ModelConfig(_Section):
         "nn.Module (paths relative to where snakemake runs).",
     )
     kwargs: dict[str, Any] = Field(
-        {}, description="Keyword arguments of the python entry (or of timm.create_model)."
+        {}, description="Keyword arguments of the python entry, of timm.create_model or of torchvision's builder."
     )
     weights: Optional[str] = Field(
         "IMAGENET1K_V1",
@@ -314,12 +314,7 @@ class Config(_Section):
     def _cross_checks(self) -> "Config":
         if len(set(self.model.layers)) != len(self.model.layers):
             raise ValueError(f"model.layers has duplicates: {self.model.layers}")
-        if self.crops.size_rule == "fixed":
-            missing = [l for l in self.model.layers if l not in self.crops.size]
-            if missing:
-                raise ValueError(
-                    f"crops.size has no entry for layer(s) {missing}; add e.g. `crops: {{size: {{{missing[0]}: 96}}}}`"
-                )
+        # crops.size is checked with the layer names (polypsi.layercheck), once they are known to exist
         il = self.interventions.layer
         if il is not None and il not in self.model.layers:
             raise ValueError(f"interventions.layer '{il}' is not one of model.layers {self.model.layers}")

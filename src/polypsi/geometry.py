@@ -35,7 +35,7 @@ def _grad_maps(model: nn.Module, layer: str, input_size: int, units: list[tuple[
     try:
         with torch.enable_grad():
             model(x)
-            a = as_grid(store["a"], layer, prefix)
+            a = as_grid(store["a"], layer, prefix, n_images)
             maps = []
             for u, v in units:
                 (grad,) = torch.autograd.grad(a[:, :, u, v].sum(), x, retain_graph=True)
@@ -66,7 +66,7 @@ def _feature_shapes(model: nn.Module, layers: list[str], size: int,
     def keep(layer):
         def hook(_m, _i, o):
             raw = o[0] if isinstance(o, (tuple, list)) else o
-            store[layer] = (*as_grid(o, layer, prefix).shape[1:], raw.dim() == 3)
+            store[layer] = (*as_grid(o, layer, prefix, 1).shape[1:], raw.dim() == 3)
         return hook
 
     hooks = [modules[l].register_forward_hook(keep(l)) for l in layers]

@@ -8,7 +8,6 @@ register tokens before them are left out). Everything after mining sees [B, C, H
 
 from __future__ import annotations
 
-import difflib
 import math
 import socket
 from contextlib import nullcontext
@@ -21,6 +20,7 @@ from torch import nn
 from . import sources
 from .config import IMAGENET_MEAN, IMAGENET_STD, Config
 from .errors import ModelLoadError, StageError
+from .layercheck import check_names
 
 DEFAULT_INPUT_SIZE = 224
 
@@ -98,15 +98,9 @@ def load_model(cfg: Config, device: torch.device | str = "cpu") -> nn.Module:
     return model
 
 
-def check_layers(model: nn.Module | list[str], layers: list[str]) -> None:
-    """Every analysed layer is a named module of the model (or of a list of module names)."""
-    names = list(model) if isinstance(model, list) else [n for n, _ in model.named_modules()]
-    known = set(names)
-    for layer in layers:
-        if layer not in known:
-            close = difflib.get_close_matches(layer, names, n=3)
-            hint = f"; close names: {close}" if close else ""
-            raise ModelLoadError(f"model.layers: '{layer}' is not a module of the model{hint}")
+def check_layers(model: nn.Module, layers: list[str]) -> None:
+    """Every analysed layer is a named module of the model."""
+    check_names([n for n, _ in model.named_modules()], layers)
 
 
 def prefix_tokens_of(model: nn.Module) -> int | None:
@@ -119,10 +113,12 @@ def prefix_tokens_of(model: nn.Module) -> int | None:
     return None
 
 
-def as_grid(out, layer: str, prefix: int | None = None) -> torch.Tensor:
+def as_grid(out, layer: str, prefix: int | None = None, batch: int | None = None) -> torch.Tensor:
     """A layer's output as a feature map [B, C, H, W]; token sequences [B, N, C] become their patch grid.
 
     `prefix` tokens (class, registers) are dropped; None takes N minus the largest square.
+    With the input's `batch` size, a sequence-first output [N, B, C] (transformers built without
+    batch_first) is recognised and transposed.
     """
     if isinstance(out, (tuple, list)):  # blocks that also return attention or state
         out = out[0]
@@ -131,6 +127,8 @@ def as_grid(out, layer: str, prefix: int | None = None) -> torch.Tensor:
     if out.dim() != 3:
         raise StageError(f"layer {layer} outputs shape {tuple(out.shape)}; polypsi analyses feature maps "
                          "[B, C, H, W] and token sequences [B, N, C]")
+    if batch is not None and out.shape[0] != batch and out.shape[1] == batch:
+        out = out.transpose(0, 1)
     b, n, c = out.shape
     p = n - math.isqrt(n) ** 2 if prefix is None else prefix
     side = math.isqrt(max(n - p, 0))
@@ -183,7 +181,7 @@ class FeatureExtractor:
         missing = [n for n in self.layers if n not in self._out]
         if missing:
             raise RuntimeError(f"layers {missing} produced no output in the forward pass")
-        return {n: as_grid(self._out[n], n, self.prefix).float().contiguous() for n in self.layers}
+        return {n: as_grid(self._out[n], n, self.prefix, len(x)).float().contiguous() for n in self.layers}
 
     def close(self) -> None:
         for h in self._handles:

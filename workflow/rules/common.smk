@@ -10,6 +10,7 @@ from polypsi import sources
 from polypsi.codehash import code_version
 from polypsi.config import load_config, rule_config
 from polypsi.errors import PolypsiError
+from polypsi.layercheck import check_layers_and_crops
 
 try:
     cfg = load_config(config, "merged --configfile / config/config.yaml")
@@ -24,6 +25,8 @@ try:
             if spec in sources.names("vocabulary")
         ],
     }
+    # Unknown layer names stop the plan here, in seconds, before any job runs.
+    check_layers_and_crops(cfg, Path(".snakemake") / "polypsi")
 except PolypsiError as err:
     sys.stderr.write(f"\n{err}\n\n")
     sys.exit(1)

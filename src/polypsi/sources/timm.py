@@ -61,7 +61,10 @@ def build_timm(cfg: Config) -> nn.Module:
     if m.weights != "default":
         tag = m.weights
     full = f"{arch}.{tag}" if tag else arch
-    pcfg = get_pretrained_cfg(full)
+    try:
+        pcfg = get_pretrained_cfg(full)
+    except RuntimeError:  # timm's answer to a tag its architecture does not have
+        pcfg = None
     if pcfg is None:
         raise ModelLoadError(f"model.weights '{tag}' is not a timm pretrained tag of '{arch}'; "
                              f"known: {timm.list_pretrained(f'{arch}.*')[:10]}")
@@ -90,6 +93,9 @@ def _with_preprocessing(model: nn.Module) -> nn.Module:
     from timm.data import resolve_model_data_config  # lazy: as above
 
     d = resolve_model_data_config(model)
-    model.polypsi_preprocessing = {"input_size": int(d["input_size"][-1]), "mean": list(d["mean"]),
-                                   "std": list(d["std"])}
+    size = int(d["input_size"][-1])
+    img = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if isinstance(img, (tuple, list)) and img and img[0]:  # a ViT built for another size takes only that one
+        size = int(img[0])
+    model.polypsi_preprocessing = {"input_size": size, "mean": list(d["mean"]), "std": list(d["std"])}
     return model

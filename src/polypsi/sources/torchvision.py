@@ -57,7 +57,7 @@ def build_torchvision(cfg: Config) -> nn.Module:
     m = cfg.model
     torch.manual_seed(m.init_seed)  # random init is reproducible when no weights are given
     try:
-        model = torchvision.models.get_model(m.name, weights=None)
+        model = torchvision.models.get_model(m.name, weights=None, **m.kwargs)
     except ValueError as e:
         raise ModelLoadError(f"model.name '{m.name}' is not a torchvision model: {e}") from None
     what = f"torchvision '{m.name}'"
