@@ -1,21 +1,20 @@
 """The source registry: built-in sources, the planted world as a plug-in, clear errors for unknown names."""
 
-import typing
-
 import pytest
 
 from polypsi import sources
-from polypsi.config import DataConfig, EmbedderConfig, ModelConfig
-from polypsi.errors import PolypsiError, SourceError
-
-CONFIG_FIELDS = {"model": ModelConfig.model_fields["source"], "embedder": EmbedderConfig.model_fields["source"],
-                 "dataset": DataConfig.model_fields["source"]}
+from polypsi.config import json_schema, load_config
+from polypsi.errors import ConfigError, PolypsiError, SourceError
 
 
-@pytest.mark.parametrize("kind", sorted(CONFIG_FIELDS))
-def test_every_config_option_is_a_registered_source_and_back(kind):
-    options = set(typing.get_args(CONFIG_FIELDS[kind].annotation))
-    assert options == set(sources.names(kind))
+@pytest.mark.parametrize("kind,section", [("model", "ModelConfig"), ("embedder", "EmbedderConfig"),
+                                          ("dataset", "DataConfig")])
+def test_the_config_accepts_exactly_the_registered_sources(kind, section):
+    schema = json_schema()["$defs"][section]["properties"]["source"]
+    assert schema["enum"] == sources.names(kind)
+    key = {"dataset": "data"}.get(kind, kind)
+    with pytest.raises(ConfigError, match=f"'nope' is not a registered {kind} source; known: "):
+        load_config({key: {"source": "nope"}})
 
 
 def test_the_planted_world_registers_itself_through_an_entry_point():
@@ -62,3 +61,14 @@ def test_registering_costs_no_heavy_import():
             "print(sorted(m for m in ('torch', 'torchvision', 'open_clip', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_a_checkout_without_installation_finds_the_world_in_pyproject(monkeypatch):
+    from importlib.metadata import PackageNotFoundError
+
+    def not_installed(name):
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(sources, "distribution", not_installed)
+    monkeypatch.setattr(sources, "entry_points", lambda group: [])
+    assert sources.plugins() == {"world": "polypsi.world.plugin"}

@@ -13,12 +13,29 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from . import sources
 from .errors import ConfigError
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def _source(kind: str, default: str, description: str):
+    """A `source` field: any name registered for `kind` in the source registry (the one table of sources)."""
+
+    def schema(s: dict) -> None:
+        s["enum"] = sources.names(kind)
+
+    return Field(default, description=description, json_schema_extra=schema)
+
+
+def _check_source(kind: str, name: str) -> str:
+    if name not in sources.names(kind):
+        known = ", ".join(sources.names(kind))
+        raise ValueError(f"{name!r} is not a registered {kind} source; known: {known}")
+    return name
 
 
 # Marks a field that changes speed, not results (batch sizes, memory layout, device): the workflow
@@ -67,8 +84,8 @@ class SyntheticConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: Literal["tiny_imagenet", "imagefolder", "world", "synthetic"] = Field(
-        "tiny_imagenet",
+    source: str = _source(
+        "dataset", "tiny_imagenet",
         description="Dataset layout: Tiny-ImageNet's own, an ImageFolder tree, the planted world, or generated shapes.",
     )
     root: str = Field("data/tiny-imagenet-200", description="Dataset root folder.")
@@ -81,10 +98,15 @@ class DataConfig(_Section):
     )
     synthetic: SyntheticConfig = SyntheticConfig()
 
+    @field_validator("source")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        return _check_source("dataset", v)
+
 
 class ModelConfig(_Section):
-    source: Literal["torchvision", "timm", "python", "world"] = Field(
-        "torchvision",
+    source: str = _source(
+        "model", "torchvision",
         description="torchvision or timm architecture by name, your own module (python: model.entry), "
         "or the planted world's model.",
     )
@@ -120,6 +142,11 @@ class ModelConfig(_Section):
         None, ge=0, description="Token layers ([B, N, C]): tokens before the patch grid (class, registers); "
         "null = from the model (timm's num_prefix_tokens, torchvision's class token) or N minus the largest square.",
     )
+
+    @field_validator("source")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        return _check_source("model", v)
 
     @model_validator(mode="after")
     def _entry(self) -> "ModelConfig":
@@ -158,7 +185,12 @@ class CropConfig(_Section):
 
 
 class EmbedderConfig(_Section):
-    source: Literal["open_clip", "world"] = Field("open_clip", description="open_clip model, or the planted world's embedder.")
+    source: str = _source("embedder", "open_clip", "open_clip model, or the planted world's embedder.")
+
+    @field_validator("source")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        return _check_source("embedder", v)
     name: str = Field("ViT-B-32", description="open_clip architecture name.")
     pretrained: Optional[str] = Field("openai", description="open_clip pretrained tag; null = random init.")
     checkpoint: Optional[str] = Field(None, description="Local open_clip checkpoint file; overrides `pretrained`.")

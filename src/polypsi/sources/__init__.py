@@ -21,7 +21,8 @@ from __future__ import annotations
 import difflib
 import importlib
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, distribution, entry_points
+from pathlib import Path
 
 from ..errors import SourceError
 
@@ -67,8 +68,29 @@ def register(source: Source) -> Source:
 
 
 def plugins() -> dict[str, str]:
-    """Plug-in name -> module, from the installed distributions' entry points."""
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    """Plug-in name -> module, from the installed distributions' entry points.
+
+    Run from a checkout without installing polypsi (the workflow puts src/ on the path), its own
+    entry points are read from the checkout's pyproject.toml instead.
+    """
+    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    try:
+        distribution("polypsi")
+    except PackageNotFoundError:
+        found = {**_checkout_entry_points(), **found}
+    return found
+
+
+def _checkout_entry_points() -> dict[str, str]:
+    pyproject = Path(__file__).resolve().parents[3] / "pyproject.toml"
+    try:
+        import tomllib  # lazy: Python 3.11+; only a checkout without installation needs it
+    except ImportError:
+        return {}
+    if not pyproject.is_file():
+        return {}
+    data = tomllib.loads(pyproject.read_text())
+    return dict(data.get("project", {}).get("entry-points", {}).get(ENTRY_POINT_GROUP, {}))
 
 
 def _discover() -> None:
