@@ -94,26 +94,21 @@ def test_every_rule_logged(smoke):
         assert rule in names, f"no log for {rule}"
 
 
-def test_patches_identical_for_one_and_three_image_shards(smoke, tmp_path):
-    """The main run mines with 2 image shards and 2 channel shards; 1 and 3 image shards give the same patches.
+def test_top_k_identical_for_two_and_three_image_shards(smoke, tmp_path):
+    """The main run mines with 2 image shards; 3 image shards give the same top-K table (so the same patches).
 
-    To stay fast these runs analyse layer4 only, with one channel shard and 3 null draws: neither
-    changes layer4's patch table (layers are mined and scored independently, and the clusters come
-    from the real draw, seeded per channel).
+    To stay fast this run stops at layer4's merged top-K: everything after it is computed from that
+    table alone. Any shard count against one pass is tested on the top-K merge itself
+    (tests/test_mining.py), and every later stage is seeded per channel, whatever the channel shards.
     """
-    for n in (1, 3):
-        cfg = _smoke_cfg()
-        cfg.update(run_name=f"shards{n}", shards={"images": n, "channels": 1, "draws": 1})
-        cfg["model"]["layers"] = ["layer4"]
-        cfg["crops"]["size"] = {"layer4": cfg["crops"]["size"]["layer4"]}
-        cfg["nulls"]["m"] = 3
-        cfg["interventions"]["enabled"] = False
-        (tmp_path / f"c{n}.yaml").write_text(yaml.safe_dump(cfg))
-        snakemake(tmp_path, f"results/shards{n}/patches/layer4.parquet", "--configfile", str(tmp_path / f"c{n}.yaml"))
-    main = pd.read_parquet(smoke / "patches" / "layer4.parquet")
-    for n in (1, 3):
-        got = pd.read_parquet(tmp_path / "results" / f"shards{n}" / "patches" / "layer4.parquet")
-        pd.testing.assert_frame_equal(got, main)
+    cfg = _smoke_cfg()
+    cfg.update(run_name="shards3", shards={"images": 3, "channels": 1, "draws": 1})
+    cfg["model"]["layers"] = ["layer4"]
+    cfg["crops"]["size"] = {"layer4": cfg["crops"]["size"]["layer4"]}
+    (tmp_path / "c3.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(tmp_path, "results/shards3/topk/layer4.parquet", "--configfile", str(tmp_path / "c3.yaml"))
+    got = pd.read_parquet(tmp_path / "results" / "shards3" / "topk" / "layer4.parquet")
+    pd.testing.assert_frame_equal(got, pd.read_parquet(smoke / "topk" / "layer4.parquet"))
     assert len(list((tmp_path / "results" / "shards3" / "mining").glob("shard*/layer4.parquet"))) == 3
 
 
@@ -163,7 +158,8 @@ def test_interrupted_run_resumes_to_identical_results(smoke):
     (smoke / "scores" / "layer3" / "shard0" / "draws0.parquet").unlink()
     (smoke / "embeddings" / "layer3" / "shard1.parquet").unlink()
     (smoke / "psi" / "layer3.parquet").unlink()
-    snakemake(work, "--configfile", str(ROOT / "config" / "smoke.yaml"), "--rerun-incomplete")
+    snakemake(work, "--configfile", str(ROOT / "config" / "smoke.yaml"), "--rerun-incomplete",
+              *[f"results/smoke/{k}/layer3.parquet" for k in before])
     for k, df in before.items():
         pd.testing.assert_frame_equal(pd.read_parquet(smoke / k / "layer3.parquet"), df)
 
@@ -227,21 +223,23 @@ def test_python_entry_plans_from_its_own_file(tmp_path):
 
 
 def test_vit_block_end_to_end(tmp_path):
-    """A timm ViT's blocks as the analysed layers, through every rule (a small ViT, one shard each)."""
-    fast = {"shards": {"images": 1, "channels": 1, "draws": 1}, "interventions": {"n_channels": 2},
-            "report": {"browser": False}}
+    """A timm ViT block as the analysed layer, from rendering to calibration and interventions (small, one shard)."""
+    fast = {"shards": {"images": 1, "channels": 1, "draws": 1}, "nulls": {"m": 4},
+            "model": {"layers": ["blocks.3"]}, "crops": {"size": {"blocks.3": 32}},
+            "interventions": {"n_channels": 2, "layer": "blocks.3"}}
     (tmp_path / "fast.yaml").write_text(yaml.safe_dump(fast))
-    snakemake(tmp_path, "--configfile", str(ROOT / "config" / "smoke.yaml"),
-              str(ROOT / "config" / "examples" / "timm_vit.yaml"), str(tmp_path / "fast.yaml"))
     run = tmp_path / "results" / "smoke_timm_vit"
+    snakemake(tmp_path, "results/smoke_timm_vit/psi/blocks.3.parquet",
+              "results/smoke_timm_vit/interventions/blocks.3.parquet", "--configfile",
+              str(ROOT / "config" / "smoke.yaml"), str(ROOT / "config" / "examples" / "timm_vit.yaml"),
+              str(tmp_path / "fast.yaml"))
     geometry = json.loads((run / "geometry.json").read_text())
-    assert geometry["input_size"] == 64
-    for layer in ("blocks.2", "blocks.3"):
-        g = geometry["layers"][layer]
-        assert g["kind"] == "tokens" and (g["stride"], g["height"], g["width"], g["channels"]) == (8, 8, 8, 192)
-        psi = pd.read_parquet(run / "psi" / f"{layer}.parquet")
-        assert list(psi.columns[:len(PSI_COLUMNS)]) == PSI_COLUMNS and len(psi) == 192
-        patches = pd.read_parquet(run / "patches" / f"{layer}.parquet")
-        assert patches["u"].between(0, 7).all() and patches["v"].between(0, 7).all()
+    g = geometry["layers"]["blocks.3"]
+    assert geometry["input_size"] == 64 and g["kind"] == "tokens"
+    assert (g["stride"], g["height"], g["width"], g["channels"]) == (8, 8, 8, 192) and 2 <= g["offset"] <= 5
+    psi = pd.read_parquet(run / "psi" / "blocks.3.parquet")
+    assert list(psi.columns[:len(PSI_COLUMNS)]) == PSI_COLUMNS and len(psi) == 192
+    patches = pd.read_parquet(run / "patches" / "blocks.3.parquet")
+    assert patches["u"].between(0, 7).all() and patches["v"].between(0, 7).all()
     trials = pd.read_parquet(run / "interventions" / "blocks.3.parquet")
-    assert trials["channel"].nunique() >= 1
+    assert trials["channel"].nunique() >= 1 and trials["layer"].eq("blocks.3").all()
