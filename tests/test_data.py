@@ -91,3 +91,96 @@ def test_download_checksums_and_extracts(tmp_path, tiny_imagenet):
     cfg = load_config({"data": {"root": str(existing), "url": f"file://{archive}", "md5": md5}})
     download_tiny_imagenet(cfg.data)
     assert (existing / "wnids.txt").is_file() and len(index_tiny_imagenet(existing)) == 6
+
+
+# ---------------------------------------------------------------- bad and odd images
+
+
+def _odd_folder(root):
+    """A class folder of good images plus files that cannot be mined, and hidden files to ignore."""
+    good = write_images(root / "cats", 4, size=16)
+    write_images(root / "dogs", 2, size=16, seed=1)
+    full = (root / "cats" / "img_000.png").read_bytes()
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(root / "dogs" / "whole.jpg", quality=95)
+    data = (root / "dogs" / "whole.jpg").read_bytes()
+    (root / "dogs" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "dogs" / "empty.png").write_bytes(b"")
+    (root / "dogs" / "notes.jpg").write_text("not an image")
+    (root / "cats" / "._img_000.png").write_bytes(full[:40])  # a macOS resource fork
+    (root / "cats" / ".DS_Store").write_bytes(b"\0\1")
+    (root / "birds").mkdir()  # an empty class
+    return good
+
+
+def _index(tmp_path, root, **data):
+    from polypsi.config import Config
+    from polypsi.job import Files, Job
+    from polypsi.data import index_dataset_stage
+
+    cfg = Config.model_validate({"data": {"source": "imagefolder", "root": str(root), **data}})
+    out = Files(dataset=tmp_path / "dataset.parquet", skipped=tmp_path / "skipped.csv")
+    index_dataset_stage(Job(cfg=cfg, output=out, log=str(tmp_path / "index.log")))
+    import pandas as pd
+
+    return pd.read_parquet(out.dataset), pd.read_csv(out.skipped), (tmp_path / "index.log").read_text()
+
+
+def test_unreadable_images_are_skipped_named_and_counted(tmp_path):
+    root = tmp_path / "data"
+    _odd_folder(root)
+    df, skipped, log = _index(tmp_path, root, max_skipped_share=0.5)
+    names = {p.split("/")[-1] for p in skipped.path}
+    assert names == {"truncated.jpg", "empty.png", "notes.jpg"}
+    assert skipped.set_index(skipped.path.str.split("/").str[-1]).loc["notes.jpg", "reason"].startswith(
+        "not a readable image")
+    # every good image is kept, ids are contiguous, hidden files were never indexed
+    assert len(df) == 7 and list(df.image_id) == list(range(7)) and not df.path.str.contains("/\\.").any()
+    assert "truncated.jpg" in log and "3 skipped" in log and "hold no images (birds)" in log
+
+
+def test_too_many_unreadable_images_stop_the_run_listing_them(tmp_path):
+    root = tmp_path / "data"
+    _odd_folder(root)
+    with pytest.raises(DatasetError, match=r"(?s)3 of 10 images \(30.0%\) cannot be read.*truncated.jpg.*max_skipped_share"):
+        _index(tmp_path, root)
+
+
+def test_oversized_images_are_refused_from_their_header(tmp_path):
+    root = tmp_path / "data"
+    write_images(root / "a", 3, size=16)
+    from PIL import Image
+
+    Image.new("RGB", (40, 40)).save(root / "a" / "big.png")
+    df, skipped, _ = _index(tmp_path, root, max_pixels=1000, max_skipped_share=0.5)
+    assert len(df) == 3 and skipped.reason.tolist() == ["40 x 40 = 1600 pixels exceeds data.max_pixels (1000)"]
+
+
+@pytest.mark.parametrize("mode,make,expected", [
+    ("I;16", lambda: __import__("numpy").full((4, 4), 32768, dtype="uint16"), (128, 128, 128)),
+    ("I;16-max", lambda: __import__("numpy").full((4, 4), 65535, dtype="uint16"), (255, 255, 255)),
+    ("CMYK", lambda: (255, 0, 0, 0), (0, 255, 255)),
+    ("P", lambda: 1, (10, 200, 30)),
+    ("LA", lambda: (100, 50), (100, 100, 100)),
+    ("L", lambda: 77, (77, 77, 77)),
+])
+def test_image_modes_convert_to_rgb_with_known_values(tmp_path, mode, make, expected):
+    from PIL import Image
+
+    from polypsi.crops import load_image
+
+    if mode.startswith("I;16"):
+        im = Image.fromarray(make())
+        assert im.mode.startswith("I;16")
+        path = tmp_path / "x.png"
+    elif mode == "P":
+        im = Image.new("P", (4, 4), make())
+        im.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+        path = tmp_path / "x.png"
+    else:
+        im = Image.new(mode, (4, 4), make())
+        path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
+    im.save(path)
+    px = (load_image(path, 4)[:, 1, 1] * 255).round().int().tolist()
+    assert px == list(expected)

@@ -90,7 +90,16 @@ class DataConfig(_Section):
     )
     root: str = Field("data/tiny-imagenet-200", description="Dataset root folder.")
     split: Literal["train", "val"] = Field("val", description="Tiny-ImageNet split to scan.")
-    max_images: Optional[int] = Field(None, ge=1, description="Use only the first N images (after sorting).")
+    max_images: Optional[int] = Field(
+        None, ge=1, description="Use only the first N images (after sorting; unreadable ones among them are skipped)."
+    )
+    max_pixels: int = Field(
+        89_478_485, ge=1, description="Images with more pixels (read from the header) are skipped as oversized."
+    )
+    max_skipped_share: float = Field(
+        0.05, ge=0.0, le=1.0,
+        description="Unreadable or oversized images are skipped (listed in skipped.csv); past this share the run stops.",
+    )
     download: bool = Field(True, description="Download Tiny-ImageNet when the root is absent.")
     url: str = Field("http://cs231n.stanford.edu/tiny-imagenet-200.zip", description="Tiny-ImageNet archive URL.")
     md5: Optional[str] = Field(

@@ -16,11 +16,30 @@ from PIL import Image
 from .errors import DatasetError
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of any PIL mode, scaling 16- and 32-bit pixel values to 0-255.
+
+    PIL's own convert("RGB") clips 16-bit grey values at 255, so a 16-bit image would come out
+    nearly white; palette, LA, RGBA (alpha dropped) and CMYK convert as PIL does.
+    """
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode.startswith("I;16"):
+            top = 65535.0
+        elif im.mode == "F":
+            top = 1.0 if a.size and np.nanmax(a) <= 1.0 else 255.0
+        else:  # 32-bit integer: 16-bit PNGs open this way in some Pillow versions
+            top = 65535.0 if a.size and a.max() > 255 else 255.0
+        grey = np.clip(np.round(a / top * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey[..., None], 3, axis=2), "RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """An RGB image resized (bilinear, upsampled for Tiny-ImageNet) to size x size, as [3,S,S] in [0,1]."""
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = to_rgb(im)
             if im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)

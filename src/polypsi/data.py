@@ -9,10 +9,13 @@ train/<wnid>/images, val/images + val_annotations.txt), an ImageFolder tree
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import tempfile
 import urllib.request
+import warnings
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +25,20 @@ from PIL import Image
 from . import sources
 from .config import Config, DataConfig, SyntheticConfig
 from .errors import DatasetError
-from .io import write_table
+from .io import write_csv, write_table
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+SKIPPED_COLUMNS = ["path", "reason"]
+log = logging.getLogger("polypsi.data")
+
+
+def _hidden(p: Path) -> bool:
+    """Dot files, among them macOS's `._x.jpg` resource forks (not images, though named like them)."""
+    return p.name.startswith(".")
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    return sorted(p for p in folder.iterdir() if p.is_file() and not _hidden(p) and p.suffix.lower() in IMAGE_EXTS)
 
 
 def index_imagefolder(root: str | Path) -> pd.DataFrame:
@@ -38,10 +48,15 @@ def index_imagefolder(root: str | Path) -> pd.DataFrame:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DatasetError(f"{root} has no class subfolders; expected {root}/<class_name>/<image files>")
-    rows = []
+    rows, empty = [], []
     for label, cls in enumerate(classes):
-        for p in _images_in(root / cls):
-            rows.append((str(p), label, cls))
+        found = _images_in(root / cls)
+        rows += [(str(p), label, cls) for p in found]
+        if not found:
+            empty.append(cls)
+    if empty and rows:
+        log.warning("%d class folder(s) of %s hold no images (%s); their classes have no images in the run",
+                    len(empty), root, ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else ""))
     if not rows:
         raise DatasetError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) under {root}/<class>/")
     return _finish(rows)
@@ -127,10 +142,63 @@ def index_dataset(cfg: Config, rendered_dir: str | Path | None = None) -> pd.Dat
     return df
 
 
+def check_image(path: str, max_pixels: int) -> str | None:
+    """Why an image cannot be used (None when it can): header read, size checked, then a bounded decode.
+
+    JPEGs decode at reduced scale (draft mode), which still reads the whole stream, so truncation
+    shows while the check stays fast; the pixel count is refused from the header, before decoding.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    return f"{w} x {h} = {w * h} pixels exceeds data.max_pixels ({max_pixels})"
+                if w == 0 or h == 0:
+                    return "the image has no pixels"
+                im.draft("RGB", (64, 64))
+                im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return f"refused as a decompression bomb: {e}"
+    except Exception as e:  # any failure to read means the file cannot be mined: say which and why
+        return f"not a readable image ({type(e).__name__}: {e})"
+    return None
+
+
+def validate_images(df: pd.DataFrame, max_pixels: int, threads: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(usable rows with image ids renumbered, skipped rows: path, reason). Decoding runs in threads."""
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        reasons = list(pool.map(lambda p: check_image(p, max_pixels), df["path"], chunksize=64))
+    bad = np.array([r is not None for r in reasons], dtype=bool)
+    skipped = pd.DataFrame({"path": df["path"][bad].tolist(), "reason": [r for r in reasons if r is not None]},
+                           columns=SKIPPED_COLUMNS)
+    ok = df[~bad].drop(columns="image_id").reset_index(drop=True)
+    ok.insert(0, "image_id", np.arange(len(ok), dtype=np.int64))
+    return ok, skipped
+
+
 def index_dataset_stage(job) -> None:
-    """Rule index_dataset."""
+    """Rule index_dataset: the dataset table of usable images, and skipped.csv (path, reason) of the others."""
+    cfg, lg = job.cfg, job.logger("polypsi")  # the "polypsi" logger also carries this module's warnings
     rendered = Path(job.input.images).parent if "images" in job.input else None
-    write_table(index_dataset(job.cfg, rendered), job.output.dataset)
+    df = index_dataset(cfg, rendered)
+    ok, skipped = validate_images(df, cfg.data.max_pixels, job.threads)
+    for r in skipped.itertuples():
+        lg.warning("skipped %s: %s", r.path, r.reason)
+    share = len(skipped) / max(len(df), 1)
+    lg.info("indexed %d images, %d usable, %d skipped (%.1f%%; listed in %s)", len(df), len(ok), len(skipped),
+            100 * share, job.output.skipped)
+    if share > cfg.data.max_skipped_share or ok.empty:
+        listed = "\n".join(f"  {r.path}: {r.reason}" for r in skipped.head(20).itertuples())
+        more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+        raise DatasetError(
+            f"{len(skipped)} of {len(df)} images ({100 * share:.1f}%) cannot be read, more than "
+            f"data.max_skipped_share ({100 * cfg.data.max_skipped_share:g}%):\n{listed}{more}\n"
+            "Replace or remove these files, or raise data.max_skipped_share to run without them."
+        )
+    write_csv(skipped, job.output.skipped)
+    write_table(ok, job.output.dataset)
 
 
 def render_images_stage(job) -> None:

@@ -34,9 +34,13 @@ rule index_dataset:
         **images_source(),
     output:
         dataset=f"{R}/dataset.parquet",
+        skipped=f"{R}/skipped.csv",
     params:
-        config=settings("data.source", "data.root", "data.split", "data.max_images"),
+        config=settings(
+            "data.source", "data.root", "data.split", "data.max_images", "data.max_pixels", "data.max_skipped_share"
+        ),
         code=code("index_dataset"),
+    threads: 2
     log:
         f"{R}/logs/index_dataset.log",
     script:
