@@ -116,3 +116,9 @@ def test_runtime_settings_come_from_the_full_config():
     assert cfg.embedder.batch_size == 5 and cfg.mining.topk == 12 and cfg.embedder.name == "x"
     with pytest.raises(ValueError):
         config_for_rule({"mining": {"topk": 12}}, {"mining": {"batch_size": 0}})
+
+
+def test_more_draw_shards_than_draws_is_refused_by_key():
+    with pytest.raises(ConfigError, match=r"shards.draws \(8\) exceeds the 7 draws"):
+        load_config({"nulls": {"m": 6}, "shards": {"draws": 8}})
+    assert load_config({"nulls": {"m": 6}, "shards": {"draws": 7}}).shards.draws == 7

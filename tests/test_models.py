@@ -98,3 +98,14 @@ def test_token_sequences_become_patch_grids():
         as_grid(tokens, "blk", prefix=2)
     with pytest.raises(StageError, match="outputs shape"):
         as_grid(torch.zeros(2, 3), "fc")
+
+
+def test_a_corrupt_checkpoint_is_named_without_unsafe_advice(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), good)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError) as e:
+        build_model(_cfg(checkpoint=str(bad)))
+    msg = str(e.value)
+    assert str(bad) in msg and "not a readable torch checkpoint" in msg and "weights_only=False" not in msg

@@ -366,6 +366,9 @@ class Config(_Section):
             raise ValueError(f"report.k_sensitivity_draws ({kd}) must not exceed nulls.m ({self.nulls.m})")
         if self.mining.topk < self.stats.k_max:
             raise ValueError(f"mining.topk ({self.mining.topk}) must be >= stats.k_max ({self.stats.k_max})")
+        if self.shards.draws > self.nulls.m + 1:
+            raise ValueError(f"shards.draws ({self.shards.draws}) exceeds the {self.nulls.m + 1} draws there are "
+                             f"(the real data and nulls.m = {self.nulls.m} null draws); lower shards.draws")
         return self
 
     @property

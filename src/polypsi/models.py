@@ -32,7 +32,14 @@ def load_state_dict_file(path: str | Path) -> dict:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ModelLoadError(f"{path} is not a readable torch checkpoint: {e}") from None
+        # torch's message suggests weights_only=False: unsafe for a file of unknown origin, and no help
+        # for a corrupt one. Keep its first line only.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"{path} is not a readable torch checkpoint ({first[:300]}). polypsi loads weights only "
+            "(weights_only=True): save a state_dict with torch.save(model.state_dict(), path), or replace a "
+            "corrupt or truncated file"
+        ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
