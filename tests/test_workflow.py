@@ -134,6 +134,15 @@ def test_config_change_reruns_only_what_it_touches(smoke):
     changed = planned(work / "calibration.yaml")
     assert {"calibrate", "report"} <= changed
     assert not changed & {"score", "embed_patches", "mine_topk"}
+    # a prompt list edited in place re-embeds the prompts (its modification time is what Snakemake sees)
+    templates = ROOT / "src" / "polypsi" / "data" / "templates.txt"
+    st = templates.stat()
+    try:
+        os.utime(templates, (st.st_atime, time.time() + 60))
+        changed = planned(ROOT / "config" / "smoke.yaml")
+    finally:
+        os.utime(templates, (st.st_atime, st.st_mtime))
+    assert "embed_prompts" in changed and not changed & {"mine_topk", "geometry", "embed_patches"}
     # settings that change speed, not results, and keys a rule does not read, rerun nothing
     cfg = _smoke_cfg()
     cfg["mining"].update(batch_size=5, channels_last=not cfg["mining"].get("channels_last", True))

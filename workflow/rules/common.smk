@@ -67,6 +67,36 @@ def code(name):
     return code_version(SCRIPTS / f"{name}.py", SOURCES_USED)
 
 
+def asset_inputs(*kinds, embedder=None):
+    """Local files that results depend on besides the workflow's own outputs, as named inputs.
+
+    Replacing a checkpoint, your own model's file or a prompt list (even in place) then reruns the
+    rules that read it: Snakemake reruns a job whose input is newer than its output.
+    kinds: "model", "embedder" (`embedder` = that section, default cfg.embedder), "prompts".
+    """
+    files = {}
+    if "model" in kinds:
+        if cfg.model.checkpoint:
+            files["model_checkpoint"] = cfg.model.checkpoint
+        where = (cfg.model.entry or "").rpartition(":")[0]
+        if cfg.model.source == "python" and where.endswith(".py"):
+            files["model_entry"] = where
+    if "embedder" in kinds:
+        emb = embedder or cfg.embedder
+        if emb.checkpoint:
+            files["embedder_checkpoint"] = emb.checkpoint
+    if "prompts" in kinds:
+        registered = sources.names("vocabulary")
+        for key in ("concepts", "templates", "null_concepts"):
+            spec = getattr(cfg.prompts, key)
+            if spec in registered:
+                continue
+            if spec.startswith("builtin:"):
+                spec = str(Path(workflow.basedir) / "src" / "polypsi" / "data" / spec.removeprefix("builtin:"))
+            files[f"prompts_{key}"] = spec
+    return files
+
+
 def script_path(name):
     return str(SCRIPTS / f"{name}.py")
 

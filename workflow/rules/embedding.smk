@@ -6,6 +6,7 @@ rule embed_patches:
         topk=f"{R}/topk/{{layer}}.parquet",
         dataset=f"{R}/dataset.parquet",
         geometry=f"{R}/geometry.json",
+        **asset_inputs("embedder"),
     output:
         embeddings=f"{R}/embeddings/{{layer}}/shard{{cshard}}.parquet",
     params:
@@ -25,6 +26,7 @@ rule embed_patches:
 rule embed_prompts:
     input:
         dataset=f"{R}/dataset.parquet",
+        **asset_inputs("embedder", "prompts"),
     output:
         prompts=f"{R}/prompts/text.parquet",
     params:

@@ -9,6 +9,7 @@ rule interventions:
         patches=f"{R}/patches/{{layer}}.parquet",
         dataset=f"{R}/dataset.parquet",
         geometry=f"{R}/geometry.json",
+        **asset_inputs("model"),
     output:
         trials=f"{R}/interventions/{{layer}}.parquet",
     params:

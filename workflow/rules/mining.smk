@@ -2,6 +2,8 @@
 
 
 rule geometry:
+    input:
+        **asset_inputs("model"),
     output:
         geometry=f"{R}/geometry.json",
     params:
@@ -16,6 +18,7 @@ rule geometry:
 rule mine_topk:
     input:
         dataset=f"{R}/dataset.parquet",
+        **asset_inputs("model"),
     output:
         # one table per layer, in model.layers order
         tables=expand(f"{R}/mining/shard{{{{shard}}}}/{{layer}}.parquet", layer=LAYERS),

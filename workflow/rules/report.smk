@@ -67,6 +67,7 @@ if cfg.secondary_embedder is not None:
             topk=f"{R}/topk/{{layer}}.parquet",
             dataset=f"{R}/dataset.parquet",
             geometry=f"{R}/geometry.json",
+            **asset_inputs("embedder", embedder=cfg.secondary_embedder),
         output:
             embeddings=f"{R}/secondary/embeddings/{{layer}}/shard{{cshard}}.parquet",
         params:
@@ -83,6 +84,7 @@ if cfg.secondary_embedder is not None:
     rule embed_prompts_secondary:
         input:
             dataset=f"{R}/dataset.parquet",
+            **asset_inputs("embedder", "prompts", embedder=cfg.secondary_embedder),
         output:
             prompts=f"{R}/secondary/prompts/text.parquet",
         params:
