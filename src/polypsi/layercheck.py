@@ -20,6 +20,16 @@ from .config import Config
 from .errors import ConfigError, ModelLoadError
 
 
+def cache_dir() -> Path:
+    """Where module lists are kept: $POLYPSI_CACHE, else $XDG_CACHE_HOME/polypsi, else ~/.cache/polypsi.
+
+    Shared by every run folder: a list depends only on the model's settings and its source's code.
+    """
+    if os.environ.get("POLYPSI_CACHE"):
+        return Path(os.environ["POLYPSI_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "polypsi"
+
+
 def _key(cfg: Config) -> str:
     src = sources.get("model", cfg.model.source)
     h = hashlib.sha1()

@@ -10,7 +10,7 @@ from polypsi import sources
 from polypsi.codehash import code_version
 from polypsi.config import load_config, rule_config
 from polypsi.errors import PolypsiError
-from polypsi.layercheck import check_layers_and_crops
+from polypsi.layercheck import cache_dir, check_layers_and_crops
 
 try:
     cfg = load_config(config, "merged --configfile / config/config.yaml")
@@ -26,7 +26,7 @@ try:
         ],
     }
     # Unknown layer names stop the plan here, in seconds, before any job runs.
-    check_layers_and_crops(cfg, Path(".snakemake") / "polypsi")
+    check_layers_and_crops(cfg, cache_dir())
 except PolypsiError as err:
     sys.stderr.write(f"\n{err}\n\n")
     sys.exit(1)
