@@ -10,7 +10,6 @@ import torch
 
 from ..config import NullConfig, StatsConfig
 from .batched import score_channels_batched
-from .reference import score_channels_reference
 from .text import TextBank
 
 NORM_TOL = 1e-2  # e.g. bf16 embeddings normalised before the cast
@@ -57,6 +56,8 @@ def check_inputs(Z, labels, channels, text: TextBank, stats: StatsConfig, layer:
 
 def _reference(Z, labels, channels, text, draws, stats, nulls, layer, *, device, progress, chunk_units):
     """The per-channel reference: numpy on the CPU, one channel and draw at a time (no batches)."""
+    from .reference import score_channels_reference  # lazy: scikit-learn takes 1-2 s to import; only this backend
+
     return score_channels_reference(Z, labels, channels, text, draws, stats, nulls, layer)
 
 
