@@ -79,3 +79,22 @@ def test_stages_write_the_tables_of_before(tmp_path, monkeypatch, name):
     stage.interventions_summary_stage(Job(cfg=cfg, input=Files(trials=trials), output=Files(**out)))
     assert out["csv"].read_text() == (DATA / f"summary_{name}.csv").read_text()
     assert out["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_no_eligible_channel_gives_an_empty_table_and_says_why(tmp_path, monkeypatch):
+    """One-class data or no split channel: no trials, the run goes on, the summary and figure give the reason."""
+    monkeypatch.setattr(stage, "load_model", lambda cfg, device: ColourNet().eval())
+    cfg, files = _job_inputs(tmp_path / "in", CASES["colour_world"])
+    psi = read_table(files["psi"]).assign(k_hat=1)  # no channel split into clusters
+    write_table(psi, files["psi"])
+    trials = tmp_path / "act.parquet"
+    stage.interventions_stage(Job(cfg=cfg, input=Files(**files), output=Files(trials=trials),
+                                  wildcards={"layer": "act"}))
+    empty, full = read_table(trials), read_table(DATA / "trials_colour_world.parquet")
+    assert empty.empty and list(empty.columns) == list(full.columns)
+    assert (empty.dtypes.astype(str) == full.dtypes.astype(str)).all()
+    out = dict(csv=tmp_path / "summary.csv", png=tmp_path / "summary.png")
+    stage.interventions_summary_stage(Job(cfg=cfg, input=Files(trials=trials), output=Files(**out)))
+    summary = pd.read_csv(out["csv"])
+    assert (summary["n"] == 0).all() and summary["dropped_reasons"].str.contains("k_hat >= 2").all()
+    assert out["png"].stat().st_size > 1000

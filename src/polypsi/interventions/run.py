@@ -122,9 +122,14 @@ def run_interventions(model_or_extractor, layer: str, psi: pd.DataFrame, patches
             layer, len(psi), len(chosen), chosen["channel"].tolist())
     for reason, count in skipped.items():
         lg.info("  skipped %d channel(s): %s", count, reason)
-    if chosen.empty:
-        raise ValueError(f"no channel of layer '{layer}' has status 'ok' and k_hat >= 2 (skipped: {skipped}); "
-                         "nothing to intervene on")
+    if chosen.empty:  # e.g. one-class data or no split channel: the run goes on, the report says why
+        lg.warning("no channel of layer '%s' has status 'ok' and k_hat >= 2 (skipped: %s): no interventions",
+                   layer, skipped)
+        trials = trials_table([])
+        for col in ("activation_before", "activation_after", "delta", "delta_norm"):
+            trials[col] = pd.Series(dtype=float)
+        trials.insert(0, "layer", pd.Series(dtype=str))
+        return trials
     if len(chosen) < cfg.n_channels:
         lg.warning("only %d of the requested %d channels are eligible", len(chosen), cfg.n_channels)
 

@@ -33,12 +33,24 @@ def interventions_stage(job: Job) -> None:
     lg.info("wrote %s (%d rows)", job.output.trials, len(trials))
 
 
+NO_TRIALS = ("no channel had status ok and k_hat >= 2 (e.g. one-class data, or no channel split into clusters); "
+             "nothing to intervene on: see the interventions log")
+
+
 def interventions_summary_stage(job: Job) -> None:
     """The `interventions_summary` rule: statistics table and bar chart of one trial table."""
     unit, confidence = job.cfg.interventions.test_unit, job.cfg.interventions.confidence
     lg = job.logger("polypsi.interventions")
     trials = read_table(job.input.trials)
     summary = summarize(trials, unit=unit, confidence=confidence)
+    if trials.empty:
+        summary["dropped_reasons"] = NO_TRIALS
+        lg.warning("no trials: %s", NO_TRIALS)
+        write_csv(summary, job.output.csv)
+        from ..report.figures import message_figure  # lazy: matplotlib, only for this message
+
+        message_figure(job.output.png, "Patch-swap interventions", NO_TRIALS.replace("; ", ";\n"))
+        return
     write_csv(summary, job.output.csv)
     layer = trials["layer"].iloc[0] if len(trials) else "?"
     title = (f"Patch-swap interventions, {layer}: {trials['channel'].nunique()} channels "

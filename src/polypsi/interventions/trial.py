@@ -91,5 +91,8 @@ def _float(x: Optional[float]) -> float:
 
 
 def trials_table(trials: list[Trial]) -> pd.DataFrame:
-    """One row per trial, in the order given."""
+    """One row per trial, in the order given (no trials: the same columns and types, no rows)."""
+    if not trials:
+        site = Site(0, 0.0, 0, 0, 0, 0, 0, 0, NO_BOX, 1.0, 0.0)
+        return pd.DataFrame([Trial(site, CONDITIONS[0], 1.0, 0).row()]).iloc[0:0].reset_index(drop=True)
     return pd.DataFrame([t.row() for t in trials])
