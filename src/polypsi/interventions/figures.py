@@ -50,3 +50,19 @@ def plot_summary(summary: pd.DataFrame, trials: pd.DataFrame, path, title: str =
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=130)
     plt.close(fig)
+
+
+def plot_message(path, title: str, message: str) -> None:
+    """The summary figure when there is nothing to plot: it says why, so the report never omits it silently."""
+    import matplotlib  # lazy: see plot_summary
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # lazy: after choosing the Agg backend
+
+    fig, ax = plt.subplots(figsize=(7.5, 2.4))
+    ax.axis("off")
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=130)
+    plt.close(fig)

@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..io import read_json, read_table, write_csv, write_table
 from ..models import extractor, load_model
-from .figures import plot_summary
+from .figures import plot_message, plot_summary
 from .run import run_interventions
 from .statistics import summarize
 
@@ -47,9 +47,7 @@ def interventions_summary_stage(job: Job) -> None:
         summary["dropped_reasons"] = NO_TRIALS
         lg.warning("no trials: %s", NO_TRIALS)
         write_csv(summary, job.output.csv)
-        from ..report.figures import message_figure  # lazy: matplotlib, only for this message
-
-        message_figure(job.output.png, "Patch-swap interventions", NO_TRIALS.replace("; ", ";\n"))
+        plot_message(job.output.png, "Patch-swap interventions", NO_TRIALS.replace("; ", ";\n"))
         return
     write_csv(summary, job.output.csv)
     layer = trials["layer"].iloc[0] if len(trials) else "?"
