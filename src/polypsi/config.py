@@ -377,7 +377,8 @@ class Config(_Section):
 
 
 def _is_runtime(field) -> bool:
-    return bool((field.json_schema_extra or {}).get("runtime")) if isinstance(field.json_schema_extra, dict) else False
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("runtime"))
 
 
 def _runtime_keys() -> dict[str, tuple[str, ...]]:

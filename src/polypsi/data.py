@@ -169,7 +169,7 @@ def check_image(path: str, max_pixels: int) -> str | None:
 def validate_images(df: pd.DataFrame, max_pixels: int, threads: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(usable rows with image ids renumbered, skipped rows: path, reason). Decoding runs in threads."""
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        reasons = list(pool.map(lambda p: check_image(p, max_pixels), df["path"], chunksize=64))
+        reasons = list(pool.map(lambda p: check_image(p, max_pixels), df["path"]))
     bad = np.array([r is not None for r in reasons], dtype=bool)
     skipped = pd.DataFrame({"path": df["path"][bad].tolist(), "reason": [r for r in reasons if r is not None]},
                            columns=SKIPPED_COLUMNS)

@@ -41,9 +41,6 @@ class Files:
     def items(self):
         return self._named.items()
 
-    def keys(self):
-        return self._named.keys()
-
     def paths(self) -> Iterator[str]:
         for v in self._named.values():
             yield from ([v] if isinstance(v, str) else v)

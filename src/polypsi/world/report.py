@@ -226,9 +226,9 @@ def report_run(cfg, run_dir: str | Path | None = None) -> pd.DataFrame:
     summary, per_channel, _ = ground_truth_tables(psi, clusters, truth)
     _write_report(summary, per_channel, run / "report" / "ground_truth.csv", run / "report" / "ground_truth.png")
     dataset, desc = read_table(run / "dataset.parquet"), read_json(run / "world" / "world.json")
-    comp = {l: topk_composition(read_table(run / "patches" / f"{l}.parquet"), dataset, desc,
-                                int(read_json(run / "geometry.json")["input_size"]), cfg.world.image_size)
-            for l in layers}
+    input_size = int(read_json(run / "geometry.json")["input_size"])
+    comp = {l: topk_composition(read_table(run / "patches" / f"{l}.parquet"), dataset, desc, input_size,
+                                cfg.world.image_size) for l in layers}
     write_csv(channel_table(per_channel, comp), run / "report" / "ground_truth_channels.csv")
     return summary
 
