@@ -94,3 +94,17 @@ def low_sd_counts(psi: pd.DataFrame) -> dict[str, int]:
     """Channels whose null sd was below calibration.sd_tol, per component (from the status column)."""
     flagged = psi.status.astype(str).str.extract(r"low_null_sd:([SQD,]+)")[0].dropna()
     return {c: int(flagged.str.contains(c).sum()) for c in COMPONENTS}
+
+
+UNIT_KINDS = ("channel", "or_unit")
+
+
+def channels_only(psi: pd.DataFrame) -> pd.DataFrame:
+    """The real channels' rows of a psi/ or null_psi/ table (synthetic OR-units have their own rows).
+
+    OR-units are a validation device: they never enter the real channels' statistics, galleries,
+    browser or interventions.
+    """
+    if "unit_kind" not in psi.columns:
+        return psi
+    return psi[psi["unit_kind"] == "channel"].reset_index(drop=True)
