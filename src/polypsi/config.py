@@ -276,6 +276,30 @@ class CalibrationConfig(_Section):
     )
 
 
+class IndexConfig(_Section):
+    """The polysemanticity index in the `index` column (docs/index.md); read by calibration only."""
+
+    method: Literal["contrast", "psi"] = Field(
+        "contrast",
+        description="contrast: balanced concept contrast of the channel's clusters minus the layer's null median "
+        "(chance level 0); psi: the paper's PSI (S_hat x Q_hat x D_hat).",
+    )
+
+
+class ValidationConfig(_Section):
+    """Synthetic OR-units (a ground truth on any model) and the recovery report."""
+
+    or_units: bool = Field(True, description="Add synthetic 'A OR B' units per layer (their own rows, unit_kind or_unit).")
+    or_units_per_layer: int = Field(64, ge=1, description="OR-units per layer (fewer if fewer eligible pairs exist).")
+    or_far_quantile: float = Field(
+        0.25, gt=0.0, le=1.0,
+        description="Without a planted truth, a pair is eligible when its parts' prototype cosine is in this lowest "
+        "quantile of the layer's live-channel pairs.",
+    )
+    seed: int = Field(0, description="Seed of the choice of OR-unit pairs and of the bootstrap.")
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples of the recovery AUROC's 95% interval.")
+
+
 class ShardConfig(_Section):
     images: int = Field(1, ge=1, description="Image shards for mining (results do not depend on it).")
     channels: int = Field(1, ge=1, description="Channel shards per layer for embedding and scoring.")
@@ -347,6 +371,8 @@ class Config(_Section):
     stats: StatsConfig = StatsConfig()
     nulls: NullConfig = NullConfig()
     calibration: CalibrationConfig = CalibrationConfig()
+    index: IndexConfig = IndexConfig()
+    validation: ValidationConfig = ValidationConfig()
     shards: ShardConfig = ShardConfig()
     interventions: InterventionConfig = InterventionConfig()
     report: ReportConfig = ReportConfig()

@@ -209,3 +209,38 @@ def test_unit_generators_are_keyed_by_seed_layer_channel_and_draw():
     seen = {unit_rng(*key).random() for key in
             [(0, "layer4", 7, 3), (1, "layer4", 7, 3), (0, "layer3", 7, 3), (0, "layer4", 8, 3), (0, "layer4", 7, 4)]}
     assert len(seen) == 5
+
+
+def test_concept_contrast_matches_pairwise_definition():
+    from polypsi.stats.metrics import concept_contrast
+
+    rng = np.random.default_rng(5)
+    sims = torch.from_numpy(rng.uniform(-1, 1, (6, 4, 9)))
+    sizes = torch.from_numpy(rng.integers(0, 20, (6, 4)))
+    sizes[0, 2:] = 0  # absent cluster slots
+    contrast, eff = concept_contrast(sims, sizes)
+    for u in range(6):
+        w = sizes[u].numpy() / sizes[u].numpy().sum()
+        s = sims[u].numpy()
+        n = s.argmax(1)
+        want = sum(w[i] * w[j] * ((s[j, n[j]] - s[j, n[i]]) + (s[i, n[i]] - s[i, n[j]])) / 2
+                   for i in range(4) for j in range(4) if i != j and w[i] > 0 and w[j] > 0)
+        assert contrast[u].item() == pytest.approx(want, abs=1e-12)
+        shares = {}
+        for j in range(4):
+            if w[j] > 0:
+                shares[n[j]] = shares.get(n[j], 0) + w[j]
+        assert eff[u].item() == pytest.approx(1 / sum(v * v for v in shares.values()))
+
+
+def test_concept_contrast_is_zero_for_one_name_and_weighs_balance():
+    from polypsi.stats.metrics import concept_contrast
+
+    two = torch.tensor([[[0.9, 0.1], [0.1, 0.9]]], dtype=torch.float64)  # two clusters, two names
+    same = torch.tensor([[[0.9, 0.1], [0.7, 0.3]]], dtype=torch.float64)  # two clusters, one name
+    c_two, e_two = concept_contrast(two, torch.tensor([[25, 25]]))
+    c_skew, e_skew = concept_contrast(two, torch.tensor([[47, 3]]))
+    c_same, e_same = concept_contrast(same, torch.tensor([[25, 25]]))
+    assert c_two.item() == pytest.approx(2 * 0.25 * 0.8) and e_two.item() == pytest.approx(2.0)
+    assert c_skew.item() == pytest.approx(2 * 0.94 * 0.06 * 0.8) and round(e_skew.item()) == 1
+    assert c_same.item() == 0.0 and e_same.item() == 1.0

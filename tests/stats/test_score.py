@@ -112,6 +112,9 @@ def test_torch_scorer_agrees_with_sklearn_reference(world, kmeans):
     np.testing.assert_allclose(fast.S[real], ref.S[real], atol=1e-4)
     np.testing.assert_allclose(fast.Q, ref.Q, atol=1e-9)  # same permutations of the same clusters
     np.testing.assert_allclose(fast.D, ref.D, atol=1e-5)  # same unrelated-prompt subsets
+    np.testing.assert_allclose(fast.contrast[real], ref.contrast[real], atol=1e-5)
+    np.testing.assert_allclose(fast.index_k[real], ref.index_k[real], atol=1e-9)
+    assert (fast.contrast[real] > 0.05).all()  # three planted concepts: a clear contrast
     # Null draws: the same structure-free samples; k-means restarts may settle differently on them.
     assert abs(fast.S[~real].mean() - ref.S[~real].mean()) < 0.01
     r0, f0 = ref[ref.draw == 0], fast[fast.draw == 0]
@@ -137,6 +140,11 @@ def test_other_nulls_agree_with_reference(world, d_null, s_null):
         assert abs(fast.D.mean() - ref.D.mean()) < 0.01
         if s_null == "gaussian":
             np.testing.assert_allclose(fast.D[same], ref.D[same], atol=2e-3)
+    # The index's null is the same structure-free sample, clustered alike when K-hat agrees.
+    same = (fast.k_hat == ref.k_hat).to_numpy() if s_null == "gaussian" else slice(None)
+    assert abs(fast.contrast.mean() - ref.contrast.mean()) < 0.02
+    if s_null == "gaussian":
+        np.testing.assert_allclose(fast.contrast[same], ref.contrast[same], atol=2e-3)
 
 
 def test_planted_clusters_recover_k_hat(world):

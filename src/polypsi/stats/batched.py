@@ -11,7 +11,7 @@ import torch
 
 from ..config import NullConfig, StatsConfig
 from .kmeans import cluster_search
-from .metrics import canonical_labels, dense_labels, nmi, top2_gaps
+from .metrics import canonical_labels, concept_contrast, dense_labels, nmi, top2_gaps
 from .nulls import TANGENT_MIN_COS, NullDraw, kmeans_uniforms, mixing_matrices, null_draw, unit_rng
 from .table import rows_to_frame
 from .text import TextBank
@@ -30,6 +30,7 @@ class _Real:
     samples: torch.Tensor  # [n, K] per-point silhouettes at K-hat
     proto: torch.Tensor  # [n, k_max, d] unit cluster prototypes (zeros beyond K-hat)
     valid: torch.Tensor  # [n, k_max] cluster slot exists
+    sizes: torch.Tensor  # [n, k_max] cluster sizes
 
 
 def _best_k(res, ks: list[int]):
@@ -55,8 +56,16 @@ def _real(Zc, G, unif, stats: StatsConfig, ks) -> _Real:
     samples = res.samples.gather(1, idx).squeeze(1)
     A = torch.nn.functional.one_hot(labels, stats.k_max).to(Zc.dtype)  # [n, K, k_max]
     proto = _normalise(torch.bmm(A.transpose(1, 2), Zc))
-    valid = A.sum(1) > 0
-    return _Real(S.cpu().numpy().astype(float), k_hat.cpu().numpy(), labels, samples, proto, valid)
+    sizes = A.sum(1)
+    return _Real(S.cpu().numpy().astype(float), k_hat.cpu().numpy(), labels, samples, proto, sizes > 0, sizes)
+
+
+def _contrast(proto: torch.Tensor, sizes: torch.Tensor, text: TextBank) -> tuple[np.ndarray, np.ndarray]:
+    """(concept contrast, effective concepts) of clusterings, against the main concepts (templates averaged)."""
+    E, _ = text.candidates("main", "concept")
+    sims = torch.einsum("nkd,cd->nkc", proto, torch.from_numpy(E).to(proto.device))
+    contrast, eff = concept_contrast(sims.double(), sizes)
+    return contrast.cpu().numpy(), eff.cpu().numpy()
 
 
 def _shuffled_sims(proto: torch.Tensor, text: TextBank, level: str, perms: np.ndarray) -> torch.Tensor:
@@ -88,7 +97,9 @@ def _score_chunk(Z, y, chans, text, draws, stats: StatsConfig, nulls: NullConfig
     lab_np = real.labels.cpu().numpy()
     out: dict[int, dict] = {}
     if 0 in draws:
-        out[0] = dict(S=real.S, Q=nmi(y_dense, lab_np), D=D_real.cpu().numpy().astype(float), k_hat=real.k_hat)
+        contrast, eff = _contrast(real.proto, real.sizes, text)
+        out[0] = dict(S=real.S, Q=nmi(y_dense, lab_np), D=D_real.cpu().numpy().astype(float), k_hat=real.k_hat,
+                      contrast=contrast, index_k=eff)
         out[0]["details"] = _details(real, gap, top_idx, top_sim, E_ids, text.concepts)
     nd = [m for m in draws if m > 0]
     if not nd:
@@ -122,12 +133,16 @@ def _score_chunk(Z, y, chans, text, draws, stats: StatsConfig, nulls: NullConfig
         uniforms=lambda: np.stack(
             [kmeans_uniforms(rngs[c, m], len(ks), stats.n_init, stats.k_max) for m in nd for c in chans]
         ),
+        normals=lambda: np.stack([rngs[c, m].standard_normal((K - 1, K - 1)) for m in nd for c in chans]),
     )
     D_null = D_NULLS[nulls.d_null](batch)
+    # Drawn after the D-null, so that adding the index left S, Q and D of every draw unchanged.
+    C_null, eff_null = _contrast_null(batch)
     S_null, k_null, D_null = (t.cpu().numpy() for t in (S_null, k_null, D_null))
     for i, m in enumerate(nd):
         sl = slice(i * n, (i + 1) * n)
-        out[m] = dict(S=S_null[sl], Q=Q_null[sl], D=D_null[sl], k_hat=k_null[sl])
+        out[m] = dict(S=S_null[sl], Q=Q_null[sl], D=D_null[sl], k_hat=k_null[sl], contrast=C_null[sl],
+                      index_k=eff_null[sl])
     return out
 
 
@@ -167,23 +182,44 @@ class _NullBatch:
     nulls: NullConfig
     ks: list[int]
     uniforms: Callable[[], np.ndarray]  # next k-means uniforms of every unit from its generator
+    normals: Callable[[], np.ndarray]  # next [K-1, K-1] standard normals of every unit from its generator
+    _free: tuple | None = None
+
+    def structure_free(self, gauss: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unit prototypes [U, k_max, d], cluster sizes [U, k_max]) of a clustered structure-free sample.
+
+        The gaussian S-null's sample when there is one; otherwise one drawn from `gauss` (or from
+        each unit's generator) and clustered like a real channel. Computed once per batch.
+        """
+        if self._free is None:
+            res, a, M = self.res, self.best, self.scale
+            if self.nulls.s_null != "gaussian":
+                Gn, M = _null_gram(self.G, gauss if gauss is not None else self.normals())
+                res = _search(Gn, torch.from_numpy(self.uniforms()).float().to(Gn.device), self.stats, self.ks)
+                a, _, _ = _best_k(res, self.ks)
+            Z = self.Z.repeat(self.reps, 1, 1)
+            K = Z.shape[1]
+            labels = res.labels.gather(1, a.view(-1, 1, 1).expand(-1, 1, K)).squeeze(1)
+            A = torch.nn.functional.one_hot(labels, self.stats.k_max).to(Z.dtype)  # [U, K, k_max]
+            proto = _normalise(torch.bmm(torch.bmm(A.transpose(1, 2), M), Z))  # cluster sums of the null patches
+            self._free = (proto, A.sum(1))
+        return self._free
 
 
 def _d_random_directions(b: _NullBatch) -> torch.Tensor:
     """D of structure-free patches unit(W Z) = M Z, clustered like a real channel, against the main prompts."""
-    res, a, M = b.res, b.best, b.scale
-    if b.nulls.s_null != "gaussian":  # draw and cluster a structure-free sample of its own
-        Gn, M = _null_gram(b.G, np.stack([o.d_gauss for o in b.flat]))
-        res = _search(Gn, torch.from_numpy(b.uniforms()).float().to(Gn.device), b.stats, b.ks)
-        a, _, _ = _best_k(res, b.ks)
-    Z = b.Z.repeat(b.reps, 1, 1)
-    K = Z.shape[1]
-    labels = res.labels.gather(1, a.view(-1, 1, 1).expand(-1, 1, K)).squeeze(1)
-    A = torch.nn.functional.one_hot(labels, b.stats.k_max).to(Z.dtype)  # [U, K, k_max]
-    proto = _normalise(torch.bmm(torch.bmm(A.transpose(1, 2), M), Z))  # cluster sums of the null patches
+    proto, sizes = b.structure_free(
+        np.stack([o.d_gauss for o in b.flat]) if b.nulls.s_null != "gaussian" else None
+    )
     E, _ = b.text.candidates("main", b.stats.gap_level)
-    sims = torch.einsum("nkd,pd->nkp", proto, torch.from_numpy(E).to(Z.device))
-    return top2_gaps(sims, A.sum(1) > 0)[0]
+    sims = torch.einsum("nkd,pd->nkp", proto, torch.from_numpy(E).to(proto.device))
+    return top2_gaps(sims, sizes > 0)[0]
+
+
+def _contrast_null(b: _NullBatch) -> tuple[np.ndarray, np.ndarray]:
+    """Concept contrast of a structure-free sample (shared with the S-null or random-directions D-null)."""
+    proto, sizes = b.structure_free()
+    return _contrast(proto, sizes, b.text)
 
 
 def _d_unrelated_prompts(b: _NullBatch) -> torch.Tensor:
@@ -269,7 +305,7 @@ def score_channels_batched(
                 parts[m].append(res[m])
     per_draw = {}
     for m in draws:
-        merged = {key: np.concatenate([p[key] for p in parts[m]]) for key in ("S", "Q", "D", "k_hat")}
+        merged = {key: np.concatenate([p[key] for p in parts[m]]) for key in ("S", "Q", "D", "k_hat", "contrast", "index_k")}
         if m == 0:
             merged["details"] = [row for p in parts[m] for row in p["details"]]
         per_draw[m] = merged

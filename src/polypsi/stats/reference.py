@@ -103,6 +103,25 @@ def candidates(text: TextBank, which: str, level: str, ids_override=None):
     return emb, ids
 
 
+def contrast_reference(protos, sizes, text: TextBank) -> tuple[float, float]:
+    """(concept contrast, effective concepts) by the definition in metrics.concept_contrast, pair by pair."""
+    E, _ = candidates(text, "main", "concept")
+    sims = [_unit(E) @ (p / np.linalg.norm(p)) for p in protos]
+    names = [int(np.argmax(s)) for s in sims]
+    w = np.asarray(sizes, dtype=float) / np.sum(sizes)
+    total = 0.0
+    for i in range(len(protos)):
+        for j in range(len(protos)):
+            if i != j:
+                m_ij = sims[j][names[j]] - sims[j][names[i]]
+                m_ji = sims[i][names[i]] - sims[i][names[j]]
+                total += w[i] * w[j] * (m_ij + m_ji) / 2
+    shares = {}
+    for n, wi in zip(names, w):
+        shares[n] = shares.get(n, 0.0) + wi
+    return total, 1.0 / sum(v * v for v in shares.values())
+
+
 def _d_score(protos, cand) -> float:
     return float(np.mean([purity_gap(p, cand)[0] for p in protos]))
 
@@ -120,6 +139,19 @@ class _NullDraw:
     labels: np.ndarray  # and clusters
     text: TextBank
     stats: StatsConfig
+    free: tuple | None = None  # (patches, k, labels) of the structure-free sample the D-null clustered
+
+
+def structure_free_clusters(u: _NullDraw) -> tuple[np.ndarray, int, np.ndarray]:
+    """The clustered structure-free sample of a null draw: the gaussian S-null's, else one drawn and clustered."""
+    if u.o.s_gauss is not None:
+        return u.Xn, u.k, u.labels
+    if u.free is None:
+        gauss = u.o.d_gauss if u.o.d_gauss is not None else u.rng.standard_normal((len(u.X) - 1, len(u.X) - 1))
+        Xn = structure_free_sample(u.X, gauss)
+        _, k, lab, _ = cluster_reference(Xn, u.stats, u.rng)
+        u.free = (Xn, k, lab)
+    return u.free
 
 
 def _d_unrelated_prompts(u: _NullDraw) -> float:
@@ -129,10 +161,7 @@ def _d_unrelated_prompts(u: _NullDraw) -> float:
 
 def _d_random_directions(u: _NullDraw) -> float:
     """D of structure-free patches clustered like real ones."""
-    Xn, k, lab = u.Xn, u.k, u.labels
-    if u.o.s_gauss is None:
-        Xn = structure_free_sample(u.X, u.o.d_gauss)
-        _, k, lab, _ = cluster_reference(Xn, u.stats, u.rng)
+    Xn, k, lab = structure_free_clusters(u)
     E, _ = candidates(u.text, "main", u.stats.gap_level)
     return _d_score([Xn[lab == j].mean(0) for j in range(k)], E)
 
@@ -153,7 +182,7 @@ D_NULLS = {
 def score_channels_reference(Z, labels, channels, text: TextBank, draws, stats: StatsConfig, nulls: NullConfig, layer: str):
     level = stats.gap_level
     E, E_ids = candidates(text, "main", level)
-    per_draw = {m: dict(S=[], Q=[], D=[], k_hat=[], details=[]) for m in draws}
+    per_draw = {m: dict(S=[], Q=[], D=[], k_hat=[], contrast=[], index_k=[], details=[]) for m in draws}
     for X, y, c in zip(Z.astype(np.float64), labels, channels):
         K = len(X)
         S, k_hat, lab, samples = cluster_reference(X, stats, unit_rng(nulls.seed, layer, c, 0))
@@ -167,6 +196,9 @@ def score_channels_reference(Z, labels, channels, text: TextBank, draws, stats: 
                 r["Q"].append(normalized_mutual_info_score(y, lab))
                 r["D"].append(float(np.mean([g[0] for g in gaps])))
                 r["k_hat"].append(k_hat)
+                c_, e_ = contrast_reference(protos, [np.sum(lab == j) for j in range(k_hat)], text)
+                r["contrast"].append(c_)
+                r["index_k"].append(e_)
                 r["details"].append(dict(
                     assignments=lab.tolist(),
                     cluster_size=[int(np.sum(lab == j)) for j in range(k_hat)],
@@ -188,5 +220,11 @@ def score_channels_reference(Z, labels, channels, text: TextBank, draws, stats: 
             r["S"].append(S_m)
             r["k_hat"].append(k_m)
             r["Q"].append(normalized_mutual_info_score(y, lab[o.permutation]))
-            r["D"].append(D_NULLS[nulls.d_null](_NullDraw(X, o, rng, protos, Xn, k_m, lab_m, text, stats)))
+            u = _NullDraw(X, o, rng, protos, Xn, k_m, lab_m, text, stats)
+            r["D"].append(D_NULLS[nulls.d_null](u))
+            Xf, k_f, lab_f = structure_free_clusters(u)  # after the D-null: its draws come first
+            c_, e_ = contrast_reference([Xf[lab_f == j].mean(0) for j in range(k_f)],
+                                        [np.sum(lab_f == j) for j in range(k_f)], text)
+            r["contrast"].append(c_)
+            r["index_k"].append(e_)
     return rows_to_frame(np.asarray(channels), list(draws), per_draw)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-SCORE_COLUMNS = ["channel", "draw", "S", "Q", "D", "k_hat"]
+SCORE_COLUMNS = ["channel", "draw", "S", "Q", "D", "k_hat", "contrast", "index_k"]
 CLUSTER_COLUMNS = [
     "assignments",
     "cluster_size",
@@ -29,6 +29,8 @@ def rows_to_frame(channels: np.ndarray, draws: list[int], per_draw: dict[int, di
             "Q": np.asarray(r["Q"], dtype=float),
             "D": np.asarray(r["D"], dtype=float),
             "k_hat": np.asarray(r["k_hat"], dtype=np.int64),
+            "contrast": np.asarray(r["contrast"], dtype=float),
+            "index_k": np.asarray(r["index_k"], dtype=float),
         })
         if 0 in draws:
             det = r.get("details") or None  # null draws carry no cluster details
