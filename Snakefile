@@ -12,13 +12,14 @@ configfile: str(Path(workflow.basedir) / "config" / "config.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/world.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/mining.smk"
 include: "workflow/rules/embedding.smk"
 include: "workflow/rules/scoring.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/interventions.smk"
-include: "workflow/rules/world.smk"
+include: "workflow/rules/validation.smk"
 
 
 rule all:

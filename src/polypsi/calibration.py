@@ -22,12 +22,12 @@ from .config import CalibrationConfig
 COMPONENTS = ("S", "Q", "D")
 PSI_COLUMNS = [
     "channel", "S", "Q", "D", "S_mu", "S_sd", "Q_mu", "Q_sd", "D_mu", "D_sd",
-    "S_hat", "Q_hat", "D_hat", "psi", "log_psi", "k_hat", "status",
+    "S_hat", "Q_hat", "D_hat", "psi", "log_psi", "k_hat", "status", "contrast", "index_k",
 ]
 
 
 def _check_draws(scores: pd.DataFrame, m: int) -> None:
-    missing_cols = [c for c in ("channel", "draw", *COMPONENTS, "k_hat") if c not in scores.columns]
+    missing_cols = [c for c in ("channel", "draw", *COMPONENTS, "k_hat", "contrast", "index_k") if c not in scores.columns]
     if missing_cols:
         raise ValueError(f"score table lacks column(s) {missing_cols}; it must come from polypsi.stats.score_channels")
     dup = scores.duplicated(["channel", "draw"])
@@ -69,6 +69,8 @@ def _calibrate_rows(x: pd.DataFrame, ref: pd.DataFrame, cal: CalibrationConfig) 
     out["psi"] = np.exp(log_psi)
     out["log_psi"] = log_psi
     out["k_hat"] = x["k_hat"].astype(np.int64)
+    out["contrast"] = x["contrast"].astype(float)
+    out["index_k"] = x["index_k"].astype(float)
     out["status"] = ["ok" if not f else "low_null_sd:" + ",".join(f) for f in flags]
     return out.reset_index()[PSI_COLUMNS]
 

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 
 from .calibration import calibrate
+from .index import add_index, contrast_chance
 from .crops import crop_boxes
 from .errors import StageError
 from .io import read_json, read_table, write_table
 from .shards import draws_of
-from .stats import TextBank, score_channels
+from .stats import SCORE_COLUMNS, TextBank, score_channels
 
 
 def load_patch_arrays(topk: pd.DataFrame, emb_tables: list[tuple[pd.DataFrame, np.ndarray]],
@@ -40,17 +41,85 @@ def load_patch_arrays(topk: pd.DataFrame, emb_tables: list[tuple[pd.DataFrame, n
 def score_stage(job) -> None:
     """Rule score: raw S, Q, D of one layer's channel shard for one shard of the draws (0 = real, 1..M = nulls)."""
     cfg, log = job.cfg, job.logger("polypsi.score")
-    layer, cshard, dshard = job.wildcard("layer"), int(job.wildcard("cshard")), int(job.wildcard("dshard"))
+    # OR-units (rule score_or_units) are one table per layer: no channel-shard wildcard.
+    layer, cshard, dshard = job.wildcard("layer"), job.wildcards.get("cshard", "OR-units"), int(job.wildcard("dshard"))
     topk, dataset = read_table(job.input.topk), read_table(job.input.dataset)
+    if topk.empty:  # a layer without eligible OR-unit pairs
+        log.info("layer %s: no units to score", layer)
+        write_table(pd.DataFrame({c: pd.Series(dtype="float64") for c in SCORE_COLUMNS}), job.output.scores)
+        return
     channels, z, labels = load_patch_arrays(topk, [read_table(job.input.embeddings, embedding="embedding")], dataset)
     text = TextBank.from_table(*read_table(job.input.prompts, embedding="embedding"))
     draws = draws_of(dshard, cfg.shards.draws, cfg.nulls.m)
-    log.info("layer %s, channel shard %d: %d channels x %d patches x %d dims; draws %s; S-null %s, D-null %s",
+    log.info("layer %s, channel shard %s: %d channels x %d patches x %d dims; draws %s; S-null %s, D-null %s",
              layer, cshard, z.shape[0], z.shape[1], z.shape[2], draws, cfg.nulls.s_null, cfg.nulls.d_null)
     # One call for all draws: the real clustering is computed once and shared by the null draws.
     scores = score_channels(z, labels, channels, text, draws, cfg.stats, cfg.nulls, layer, job.device, progress=True)
     write_table(scores, job.output.scores)
     log.info("done")
+
+
+def _with_peers(psi: pd.DataFrame, channels: np.ndarray, z: np.ndarray, topk: pd.DataFrame) -> pd.DataFrame:
+    """psi with the peers' scores of each unit (NaN for dead channels), from its top patches and activations."""
+    from .stats.peers import pach_polysemanticity, semanticlens_polysemanticity
+
+    act = topk[topk["channel"].isin(channels)].sort_values(["channel", "rank"])["activation"].to_numpy(np.float64)
+    act = act.reshape(len(channels), -1)
+    peers = pd.DataFrame({
+        "channel": channels,
+        "semanticlens": semanticlens_polysemanticity(z, act),
+        "monosemanticity": pach_polysemanticity(z, act),
+    })
+    out = psi.merge(peers, on="channel", how="left", validate="one_to_one")
+    dead = out["status"].astype(str).str.startswith("dead")
+    out.loc[dead, ["semanticlens", "monosemanticity"]] = np.nan
+    return out
+
+
+def _or_unit_rows(job, chance: float, dataset: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """psi and null_psi rows of the layer's OR-units, calibrated like channels against their own draws."""
+    cfg = job.cfg
+    scores = pd.concat([read_table(p) for p in job.input.or_scores], ignore_index=True)
+    units = read_table(job.input.or_units)
+    if scores.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    psi, null_psi = calibrate(scores, cfg.nulls.m, cfg.calibration)
+    topk = read_table(job.input.or_topk)
+    top1 = topk[topk["rank"] == 0].set_index("channel")["activation"]
+    psi["top_activation"] = psi["channel"].map(top1).astype(np.float32)
+    channels, z, _ = load_patch_arrays(topk, [read_table(job.input.or_embeddings, embedding="embedding")], dataset)
+    psi = _with_peers(add_index(psi, chance, cfg.index), channels, z, topk)
+    null_psi = add_index(null_psi, chance, cfg.index)
+    parts = units.set_index("channel")[["part_a", "part_b"]]
+    for t in (psi, null_psi):
+        t["unit_kind"] = "or_unit"
+        t[["part_a", "part_b"]] = parts.loc[t["channel"]].to_numpy()
+    return psi, null_psi
+
+
+def or_units_stage(job) -> None:
+    """Rule or_units: the layer's synthetic OR-units, their top-K table and their (reused) patch embeddings."""
+    from .validation.or_units import build_or_units
+
+    cfg, log, layer = job.cfg, job.logger("polypsi.or_units"), job.wildcard("layer")
+    topk = read_table(job.input.topk)
+    parts = [read_table(p, embedding="embedding") for p in job.input.embeddings]
+    emb = pd.concat([t for t, _ in parts], ignore_index=True)
+    Z = np.concatenate([e for _, e in parts])
+    top1 = topk[topk["rank"] == 0].set_index("channel")["activation"]
+    live = top1.index[top1 > 0].to_numpy()
+    truth = None
+    if "truth" in job.input and job.input.truth:
+        t = pd.read_csv(job.input.truth[0] if isinstance(job.input.truth, list) else job.input.truth)
+        truth = t[t["layer"] == layer]
+    units, table, z = build_or_units(layer, topk, emb, Z, live, truth, cfg.validation, cfg.mining.one_site_per_image)
+    if units.empty:
+        log.warning("layer %s: no eligible pair of channels for OR-units; the recovery report has no OR-unit rows", layer)
+    else:
+        log.info("layer %s: %d OR-units (%s)", layer, len(units), units["rule"].iloc[0])
+    write_table(units, job.output.units)
+    write_table(table, job.output.topk)
+    write_table(table[["channel", "rank"]], job.output.embeddings, embeddings={"embedding": z})
 
 
 def calibrate_stage(job) -> None:
@@ -67,15 +136,26 @@ def calibrate_stage(job) -> None:
     for col in ["S_hat", "Q_hat", "D_hat", "psi", "log_psi"]:
         psi.loc[dead, col] = np.nan
     psi.loc[dead, "status"] = "dead: top activation <= 0"
-    log.info("layer %s: %d channels, %d ok, %d dead, %d other flags; %d null neurons",
-             layer, len(psi), (psi["status"] == "ok").sum(), dead.sum(),
-             ((psi["status"] != "ok") & ~dead).sum(), len(null_psi))
+    live = psi.loc[~dead, "channel"].to_numpy()
+    # The chance level comes from the real channels' null draws only (OR-units never enter them).
+    chance = contrast_chance(scores, cfg.nulls.m, cfg.calibration.holdout_null_neurons, live)
+    channels, z, labels = load_patch_arrays(topk, [read_table(p, embedding="embedding") for p in job.input.embeddings],
+                                            dataset)
+    psi = _with_peers(add_index(psi, chance, cfg.index), channels, z, topk)
+    null_psi = add_index(null_psi[null_psi["channel"].isin(live)], chance, cfg.index)
+    psi["unit_kind"], null_psi["unit_kind"] = "channel", "channel"
+    if "or_scores" in job.input:
+        or_psi, or_null = _or_unit_rows(job, chance, dataset)
+        psi = pd.concat([psi, or_psi], ignore_index=True)
+        null_psi = pd.concat([null_psi, or_null], ignore_index=True)
+    log.info("layer %s: %d channels, %d ok, %d dead, %d other flags; %d null neurons; %d OR-units; "
+             "index chance level (median null contrast) %.4f",
+             layer, (psi["unit_kind"] == "channel").sum(), (psi["status"] == "ok").sum(), dead.sum(),
+             ((psi["status"] != "ok") & ~dead).sum(), len(null_psi), (psi["unit_kind"] == "or_unit").sum(), chance)
     write_table(psi, job.output.psi)
     write_table(null_psi, job.output.null_psi)
 
     real = scores[scores["draw"] == 0].set_index("channel")
-    channels, z, labels = load_patch_arrays(topk, [read_table(p, embedding="embedding") for p in job.input.embeddings],
-                                            dataset)
     k = z.shape[1]
     patches = topk[topk["channel"].isin(channels)].sort_values(["channel", "rank"]).reset_index(drop=True)
     patches["cluster"] = np.concatenate([np.asarray(real.loc[c, "assignments"], dtype=np.int64) for c in channels])

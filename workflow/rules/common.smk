@@ -118,3 +118,7 @@ def all_outputs():
 
 # Other rule files append the final outputs they add to the `all` target here.
 extra_outputs = []
+# A plug-in that knows what its units are (the planted world) writes a truth table here
+# (columns layer, channel, kind: mono | poly | dead, concepts ';'-joined) and sets this list.
+UNIT_TRUTH = []
+OR_UNITS = cfg.validation.or_units

@@ -32,6 +32,17 @@ rule calibrate:
         topk=f"{R}/topk/{{layer}}.parquet",
         dataset=f"{R}/dataset.parquet",
         geometry=f"{R}/geometry.json",
+        # Synthetic OR-units are calibrated here too, in their own rows (validation.smk).
+        **(
+            dict(
+                or_scores=expand(f"{R}/or_units/{{{{layer}}}}/scores/draws{{dshard}}.parquet", dshard=DRAW_SHARDS),
+                or_units=f"{R}/or_units/{{layer}}/units.parquet",
+                or_topk=f"{R}/or_units/{{layer}}/topk.parquet",
+                or_embeddings=f"{R}/or_units/{{layer}}/embeddings.parquet",
+            )
+            if OR_UNITS
+            else {}
+        ),
     output:
         psi=f"{R}/psi/{{layer}}.parquet",
         null_psi=f"{R}/null_psi/{{layer}}.parquet",
@@ -39,7 +50,7 @@ rule calibrate:
         clusters=f"{R}/clusters/{{layer}}.parquet",
     params:
         # Reads the draws' scores, not how they were drawn: only M and the calibration settings.
-        config=settings("nulls.m", "calibration"),
+        config=settings("nulls.m", "calibration", "index"),
         code=code("calibrate"),
     log:
         f"{R}/logs/calibrate/{{layer}}.log",

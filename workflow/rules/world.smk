@@ -2,6 +2,18 @@
 # it runs only when both the data and the model come from the world).
 
 if cfg.data.source == "world" and cfg.model.source == "world":
+    UNIT_TRUTH = [f"{R}/truth/units.csv"]
+
+    rule planted_units:
+        output:
+            truth=f"{R}/truth/units.csv",
+        params:
+            config=settings("world", "model"),
+            code=code("planted_units"),
+        log:
+            f"{R}/logs/planted_units.log",
+        script:
+            script_path("planted_units")
 
     rule ground_truth:
         input:

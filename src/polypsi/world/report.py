@@ -238,6 +238,11 @@ def ground_truth_stage(job) -> None:
     report_run(job.cfg, Path(job.output.csv).parents[1])
 
 
+def planted_units_stage(job) -> None:
+    """Rule planted_units: truth/units.csv, the planted kind and concepts of every channel (the core's truth table)."""
+    write_csv(ground_truth(job.cfg.world)[["layer", "channel", "kind", "concepts"]], job.output.truth)
+
+
 if __name__ == "__main__":  # python -m polypsi.world.report config/demo.yaml [results/demo]
     import sys
 
