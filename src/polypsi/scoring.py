@@ -16,6 +16,8 @@ from .errors import StageError
 from .io import read_json, read_table, write_table
 from .shards import draws_of
 from .stats import SCORE_COLUMNS, TextBank, score_channels
+from .stats.peers import pach_polysemanticity, semanticlens_polysemanticity
+from .validation.or_units import build_or_units
 
 
 def load_patch_arrays(topk: pd.DataFrame, emb_tables: list[tuple[pd.DataFrame, np.ndarray]],
@@ -61,8 +63,6 @@ def score_stage(job) -> None:
 
 def _with_peers(psi: pd.DataFrame, channels: np.ndarray, z: np.ndarray, topk: pd.DataFrame) -> pd.DataFrame:
     """psi with the peers' scores of each unit (NaN for dead channels), from its top patches and activations."""
-    from .stats.peers import pach_polysemanticity, semanticlens_polysemanticity
-
     act = topk[topk["channel"].isin(channels)].sort_values(["channel", "rank"])["activation"].to_numpy(np.float64)
     act = act.reshape(len(channels), -1)
     peers = pd.DataFrame({
@@ -99,8 +99,6 @@ def _or_unit_rows(job, chance: float, dataset: pd.DataFrame) -> tuple[pd.DataFra
 
 def or_units_stage(job) -> None:
     """Rule or_units: the layer's synthetic OR-units, their top-K table and their (reused) patch embeddings."""
-    from .validation.or_units import build_or_units
-
     cfg, log, layer = job.cfg, job.logger("polypsi.or_units"), job.wildcard("layer")
     topk = read_table(job.input.topk)
     parts = [read_table(p, embedding="embedding") for p in job.input.embeddings]
