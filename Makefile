@@ -9,9 +9,10 @@ DEMO    ?= config/demo.yaml
 
 .PHONY: demo smoke test test-fast benchmark schema lint clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-test.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
