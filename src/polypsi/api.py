@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .calibration import calibrate
+from .calibration import calibrate, channels_only
 from .config import CalibrationConfig, NullConfig, StatsConfig
 from .stats import TextBank, score_channels
 
@@ -92,6 +92,7 @@ def psi_for_channel(
     y = np.asarray(labels, dtype=np.int64)[None]
     scores = score_channels(Z, y, np.array([0]), text, list(range(m + 1)), stats, nulls, layer="api")
     psi, null_psi = calibrate(scores, m, CalibrationConfig())
+    psi, null_psi = channels_only(psi), channels_only(null_psi)  # the channel's own rows, never an OR-unit's
     row = psi.iloc[0]
     real = scores[scores.draw == 0].iloc[0]
     clusters = pd.DataFrame({

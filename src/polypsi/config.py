@@ -309,7 +309,7 @@ class ShardConfig(_Section):
 class InterventionConfig(_Section):
     enabled: bool = Field(True, description="Run the patch-swap interventions.")
     layer: Optional[str] = Field(None, description="Layer to intervene on; null = the deepest analysed layer.")
-    n_channels: int = Field(10, ge=1, description="Highest-PSI channels tested (status ok, k_hat >= 2).")
+    n_channels: int = Field(10, ge=1, description="Highest-index channels tested (status ok, k_hat >= 2).")
     sites_per_channel: int = Field(5, ge=1, description="Top sites (by rank) intervened on per channel.")
     fill: Literal["mean", "zero", "noise"] = Field(
         "mean", description="Ablate-elsewhere fill: mean = the model's normalisation mean colour, noise = uniform."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from polypsi.config import InterventionConfig
 from polypsi.interventions.plan import donor_box, free_position, plan_trials, select_channels
@@ -15,7 +16,32 @@ def test_select_channels_skips_and_counts(tmp_path):
     _, patches, psi = colour_world(tmp_path)
     chosen, skipped = select_channels(psi, patches, 10)
     assert chosen["channel"].tolist() == [0]
+    # the OR-unit (channel 3, no patches) is not even counted as skipped: it is not a channel
     assert skipped == {"status 'dead: top activation <= 0'": 1, "k_hat < 2 (no second cluster for Non-aligned)": 1}
+
+
+def test_select_channels_ranks_by_index_not_psi():
+    """Highest index first (ties by channel), PSI kept beside it; an OR-unit never, even with patches."""
+    psi = pd.DataFrame(dict(channel=[0, 1, 2, 3, 4, 5, 6], index=[0.1, 0.9, -0.2, 0.9, np.nan, 0.5, 8.0],
+                            psi=[0.99, 0.1, 0.5, 0.2, 0.7, 0.98, 1.0], k_hat=2,
+                            status=["ok", "ok", "ok", "ok", "ok", "low_null_sd:Q", "ok"],
+                            unit_kind=["channel"] * 6 + ["or_unit"]))
+    patches = pd.DataFrame(dict(channel=np.repeat(np.arange(7), 2), cluster=np.tile([0, 1], 7)))
+    chosen, skipped = select_channels(psi, patches, 3)
+    assert chosen["channel"].tolist() == [1, 3, 0]
+    assert chosen["psi"].tolist() == [0.1, 0.2, 0.99]
+    assert skipped == {"status 'low_null_sd:Q'": 1, "no finite index": 1}
+    with pytest.raises(ValueError, match=r"lacks columns \['index'\]"):
+        select_channels(psi.drop(columns="index"), patches, 3)
+
+
+def test_plan_carries_index_and_psi(tmp_path):
+    _, patches, psi = colour_world(tmp_path)
+    chosen, _ = select_channels(psi, patches, 10)
+    trials = plan_trials(chosen.assign(top1_activation=1.0), patches, GEOMETRY["layers"]["act"], S,
+                         InterventionConfig(sites_per_channel=2, region_scale=1.0))
+    assert list(trials.columns[:3]) == ["channel", "index", "psi"]
+    assert (trials["index"] == 0.4).all() and (trials["psi"] == 0.9).all()
 
 
 def test_donor_box_keeps_offset_to_site():

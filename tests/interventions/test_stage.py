@@ -1,7 +1,9 @@
 """The workflow stages on the colour-detector model, from a Job built by hand.
 
 tests/interventions/data/ holds the trial tables and summaries the stages wrote before the
-interventions module became a package, for the same inputs and settings: the tables must not change.
+interventions module became a package, for the same inputs and settings: the tables must not change,
+except for the `index` column added beside `psi` when the channels came to be chosen by the index
+(its values are checked against the psi table here; every other column is compared exactly).
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ def _logger_restored():
     lg.handlers[:], lg.propagate, lg.level = state
 
 
+def _with_index(columns: list[str]) -> list[str]:
+    """The stored tables' columns with `index` where the stage now writes it: after channel, before psi."""
+    i = columns.index("psi")
+    return columns[:i] + ["index"] + columns[i:]
+
+
 def _job_inputs(folder: Path, case: dict) -> tuple[Config, dict]:
     folder.mkdir()
     dataset, patches, psi = colour_world(folder)
@@ -70,10 +78,17 @@ def test_stages_write_the_tables_of_before(tmp_path, monkeypatch, name):
                                   wildcards={"layer": "act"}))
 
     new, old = pq.read_table(trials), pq.read_table(DATA / f"trials_{name}.parquet")
+    assert new.column_names == _with_index(old.column_names)
+    index = dict(zip(read_table(files["psi"]).channel, read_table(files["psi"])["index"]))
+    assert new.column("index").to_pylist() == [index[c] for c in new.column("channel").to_pylist()]
+    assert new.schema.field("index").type == "double"
+    meta = [c for c in new.schema.pandas_metadata["columns"] if c["name"] != "index"]
+    new = new.drop_columns(["index"])
     assert new.schema.remove_metadata().equals(old.schema.remove_metadata())
-    assert new.schema.pandas_metadata["columns"] == old.schema.pandas_metadata["columns"]
+    assert meta == old.schema.pandas_metadata["columns"]
     assert new.equals(old)
-    pd.testing.assert_frame_equal(read_table(trials), read_table(DATA / f"trials_{name}.parquet"), check_exact=True)
+    pd.testing.assert_frame_equal(read_table(trials).drop(columns="index"),
+                                  read_table(DATA / f"trials_{name}.parquet"), check_exact=True)
 
     out = dict(csv=tmp_path / "summary.csv", png=tmp_path / "summary.png")
     stage.interventions_summary_stage(Job(cfg=cfg, input=Files(trials=trials), output=Files(**out)))
@@ -91,8 +106,9 @@ def test_no_eligible_channel_gives_an_empty_table_and_says_why(tmp_path, monkeyp
     stage.interventions_stage(Job(cfg=cfg, input=Files(**files), output=Files(trials=trials),
                                   wildcards={"layer": "act"}))
     empty, full = read_table(trials), read_table(DATA / "trials_colour_world.parquet")
-    assert empty.empty and list(empty.columns) == list(full.columns)
-    assert (empty.dtypes.astype(str) == full.dtypes.astype(str)).all()
+    assert empty.empty and list(empty.columns) == _with_index(list(full.columns))
+    assert (empty.drop(columns="index").dtypes.astype(str) == full.dtypes.astype(str)).all()
+    assert empty["index"].dtype == float
     out = dict(csv=tmp_path / "summary.csv", png=tmp_path / "summary.png")
     stage.interventions_summary_stage(Job(cfg=cfg, input=Files(trials=trials), output=Files(**out)))
     summary = pd.read_csv(out["csv"])

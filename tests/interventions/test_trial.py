@@ -10,14 +10,14 @@ from polypsi.interventions.trial import Donor, Site, Trial, trials_table
 
 # The trial table's columns before the activations (docs/interventions.md, "Trial table").
 PLAN_COLUMNS = [
-    "channel", "psi", "k_hat", "site_rank", "image_id", "u", "v", "cluster", "site_y0", "site_x0", "site_y1",
+    "channel", "index", "psi", "k_hat", "site_rank", "image_id", "u", "v", "cluster", "site_y0", "site_x0", "site_y1",
     "site_x1", "top1_activation", "activation_mined", "region_scale", "condition", "status", "donor_channel",
     "donor_rank", "donor_image_id", "donor_cluster", "donor_u", "donor_v", "donor_activation", "donor_y0",
     "donor_x0", "donor_y1", "donor_x1", "donor_misalign_px", "fill", "noise_seed", "region_y0", "region_x0",
     "region_y1", "region_x1",
 ]
 
-SITE = Site(channel=3, psi=0.7, k_hat=2, rank=1, image_id=9, u=1, v=2, cluster=0, box=(8, 16, 16, 24),
+SITE = Site(channel=3, index=0.25, psi=0.7, k_hat=2, rank=1, image_id=9, u=1, v=2, cluster=0, box=(8, 16, 16, 24),
             top1_activation=2.0, activation_mined=1.5)
 DONOR = Donor(channel=3, rank=4, image_id=5, cluster=0, u=2, v=2, activation=1.2, box=(16, 16, 24, 24), misalign_px=0)
 

@@ -68,8 +68,11 @@ def colour_world(folder):
                                      x1=(v + 1) * K))
     patches = pd.DataFrame(patches).sort_values(["channel", "activation", "image_id"], ascending=[True, False, True])
     patches["rank"] = patches.groupby("channel").cumcount()
-    psi = pd.DataFrame(dict(channel=[0, 1, 2], psi=[0.9, 0.5, 0.0], k_hat=[2, 1, 2],
-                            status=["ok", "ok", "dead: top activation <= 0"], top_activation=[1.0, 1.0, 1.0]))
+    # Channel 3 is an OR-unit (a synthetic validation row): highest index, eligible by every other test,
+    # but never chosen nor a Random donor.
+    psi = pd.DataFrame(dict(channel=[0, 1, 2, 3], index=[0.4, 0.7, np.nan, 5.0], psi=[0.9, 0.5, 0.0, 1.0],
+                            k_hat=[2, 1, 2, 2], status=["ok", "ok", "dead: top activation <= 0", "ok"],
+                            top_activation=[1.0, 1.0, 1.0, 1.0], unit_kind=["channel"] * 3 + ["or_unit"]))
     return pd.DataFrame(rows), patches.reset_index(drop=True), psi
 
 

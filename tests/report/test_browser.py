@@ -1,6 +1,7 @@
-"""The neuron browser in a real headless Chromium: the table loads, sorts by PSI, filters, and a channel
-page shows its patches. Needs Debian's chromium + chromium-driver and selenium (see docs/report.md);
-skipped with the install lines when they are missing."""
+"""The neuron browser in a real headless Chromium: the table loads ranked by the index, sorts by PSI,
+filters; a channel page shows its patches; a channel whose clusters share a name is marked, a dead
+channel shows no clusters or names; OR-units never appear. Needs Debian's chromium + chromium-driver
+and selenium (see docs/report.md); skipped with the install lines when they are missing."""
 
 import os
 import shutil
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from .fixtures import K, LAYERS, load_run, make_run
+from .fixtures import K, LAYERS, SAME_NAME_CHANNEL, load_run, make_run
 
-from polypsi.report.browser import build_browser
+from polypsi.report.browser import INDEX_COLUMNS, build_browser, index_rows
 
 pytestmark = pytest.mark.browser
 
@@ -41,10 +42,31 @@ def driver(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
+    """The browser of a generated run, built from the raw psi tables (OR-unit rows included);
+    returns the folder and the real channels' tables the pages must show."""
     root = make_run(tmp_path_factory.mktemp("run"))
-    psi, _, clusters, patches, ds, geom = load_run(root)
-    build_browser(root / "browser", psi, clusters, patches, ds, geom["input_size"], title="synthetic run")
+    raw, _, clusters, patches, ds, geom = load_run(root, raw=True)
+    build_browser(root / "browser", raw, clusters, patches, ds, geom["input_size"], title="synthetic run")
+    psi = load_run(root)[0]
     return root / "browser", psi, clusters
+
+
+def _open_index(drv, out):
+    from selenium.webdriver.common.by import By
+
+    drv.get((out / "index.html").as_uri())
+    _wait(drv, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+
+
+def _row(drv, layer, channel):
+    """The table row of (layer, channel), or None."""
+    from selenium.webdriver.common.by import By
+
+    for tr in drv.find_elements(By.CSS_SELECTOR, "#channels tbody tr"):
+        tds = {td.get_attribute("data-key"): td for td in tr.find_elements(By.TAG_NAME, "td")}
+        if tds["layer"].text == layer and int(tds["channel"].text) == channel:
+            return tr
+    return None
 
 
 def _wait(drv, cond, timeout=20):
@@ -63,11 +85,21 @@ def test_table_loads_sorts_and_filters(driver, site):
     from selenium.webdriver.common.by import By
 
     out, psi, _ = site
-    n = sum(len(df) for df in psi.values())
-    driver.get((out / "index.html").as_uri())
-    _wait(driver, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    n = sum(len(df) for df in psi.values())  # real channels only: no OR-unit row
+    _open_index(driver, out)
     assert len(driver.find_elements(By.CSS_SELECTOR, "#channels tbody tr")) == n
     assert f"{n} of {n}" in driver.find_element(By.ID, "count").text
+    shown = {(l, int(c)) for l, c in zip(_column(driver, "layer"), _column(driver, "channel"))}
+    assert shown == {(l, int(c)) for l, df in psi.items() for c in df.channel}
+
+    # Opens ranked by the index, highest first, PSI in the next column.
+    heads = [th.get_attribute("data-key") for th in driver.find_elements(By.CSS_SELECTOR, "#channels th")]
+    assert heads[2:4] == ["index", "psi"]
+    assert "desc" in driver.find_element(By.CSS_SELECTOR, "#channels th[data-key=index]").get_attribute("class")
+    vals = _column(driver, "index")
+    by_index = np.sort(np.concatenate([df["index"].dropna().to_numpy() for df in psi.values()]))[::-1]
+    np.testing.assert_allclose([float(v) for v in vals if v != ""], by_index, rtol=1e-6)
+    assert vals[len(by_index):] == [""] * (n - len(by_index))  # dead channels (no index) last
 
     driver.find_element(By.CSS_SELECTOR, "#channels th[data-key=psi]").click()
     vals = _column(driver, "psi")
@@ -95,14 +127,14 @@ def test_channel_page_shows_its_patches(driver, site):
     from selenium.webdriver.common.by import By
 
     out, psi, clusters = site
-    driver.get((out / "index.html").as_uri())
-    _wait(driver, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
-    driver.find_element(By.CSS_SELECTOR, "#channels th[data-key=psi]").click()
-    first = driver.find_element(By.CSS_SELECTOR, "#channels tbody tr")
+    _open_index(driver, out)
+    first = driver.find_element(By.CSS_SELECTOR, "#channels tbody tr")  # the highest index: no click needed
     layer = first.find_element(By.CSS_SELECTOR, "td[data-key=layer]").text
     channel = int(first.find_element(By.CSS_SELECTOR, "td[data-key=channel]").text)
-    best = max(((l, df.loc[df.psi.idxmax()]) for l, df in psi.items()), key=lambda t: t[1].psi)
+    best = max(((l, df.loc[df["index"].idxmax()]) for l, df in psi.items()), key=lambda t: t[1]["index"])
     assert (layer, channel) == (best[0], int(best[1].channel))
+    assert float(first.find_element(By.CSS_SELECTOR, "td[data-key=psi]").get_attribute("data-value")) == \
+        pytest.approx(best[1].psi)
 
     first.find_element(By.CSS_SELECTOR, "td[data-key=channel] a").click()
     _wait(driver, lambda d: "channel-page" in d.find_element(By.TAG_NAME, "body").get_attribute("class"))
@@ -128,15 +160,102 @@ def test_channel_page_shows_its_patches(driver, site):
         assert img.value_of_css_property("object-position") == want
 
 
-def test_dead_channel_page_says_why(driver, site):
+def test_dead_channel_shows_no_clusters_or_names(driver, site):
+    """A dead channel's mined patches are arbitrary images: the list and its page show "dead: never fires",
+    never its clusters' names (which the clusters table does hold)."""
     from selenium.webdriver.common.by import By
 
-    out, psi, _ = site
-    layer = next(iter(psi))
-    dead = int(psi[layer][psi[layer].status != "ok"].channel.iloc[0])
-    driver.get((out / "channels" / layer / f"{dead}.html").as_uri())
-    assert "dead" in driver.find_element(By.CSS_SELECTOR, "table.summary").text
-    assert "No mined patches" in driver.page_source
+    out, psi, clusters = site
+    _open_index(driver, out)
+    for layer, df in psi.items():
+        dead = int(df[df.status.str.startswith("dead")].channel.iloc[0])
+        names = set(clusters[layer][clusters[layer].channel == dead].concept_1)
+        assert names  # the calibrate stage names a dead channel's clusters too
+        tr = _row(driver, layer, dead)
+        cell = tr.find_element(By.CSS_SELECTOR, "td[data-key=clusters]")
+        assert cell.text == "dead: never fires" and cell.get_attribute("data-value") == ""
+        assert cell.find_element(By.CSS_SELECTOR, ".badge.dead").is_displayed()
+        assert not tr.find_elements(By.CSS_SELECTOR, ".badge.same-name")
+        assert "dead" in tr.get_attribute("class")
+
+        driver.get((out / "channels" / layer / f"{dead}.html").as_uri())
+        assert "dead" in driver.find_element(By.CSS_SELECTOR, "table.summary").text
+        assert driver.find_element(By.CSS_SELECTOR, ".badges .badge.dead").text == "dead: never fires"
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert not driver.find_elements(By.CSS_SELECTOR, "section.cluster, img.thumb, svg.acts")
+        assert "Clusters" not in body and not any(n in body for n in names)
+        assert not (out / "sprites" / layer / f"{dead}.jpg").exists()
+        _open_index(driver, out)
+    box = driver.find_element(By.ID, "filter")
+    box.send_keys("never fires")
+    _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#channels tbody tr")) == len(LAYERS))
+
+
+def test_channel_with_repeated_cluster_names_is_marked(driver, site):
+    """Several clusters under one concept name: the list and the page mark the channel and those clusters."""
+    from selenium.webdriver.common.by import By
+
+    out, psi, clusters = site
+    marked = {}
+    for layer, c in clusters.items():
+        live = set(psi[layer].channel[~psi[layer].status.str.startswith("dead")])
+        for ch, g in c[c.channel.isin(live)].groupby("channel"):
+            dup = sorted(set(g.concept_1[g.concept_1.duplicated()]))
+            if dup:
+                marked[(layer, int(ch))] = dup
+    assert set(marked) == {(l, SAME_NAME_CHANNEL) for l in LAYERS}
+    _open_index(driver, out)
+    for tr in driver.find_elements(By.CSS_SELECTOR, "#channels tbody tr"):
+        layer = tr.find_element(By.CSS_SELECTOR, "td[data-key=layer]").text
+        ch = int(tr.find_element(By.CSS_SELECTOR, "td[data-key=channel]").text)
+        badges = tr.find_elements(By.CSS_SELECTOR, "td[data-key=clusters] .badge.same-name")
+        if (layer, ch) in marked:
+            assert [b.text for b in badges] == ["same name: " + ", ".join(marked[(layer, ch)])]
+            assert badges[0].is_displayed() and tr.get_attribute("data-same-name") == ", ".join(marked[(layer, ch)])
+        else:
+            assert not badges and tr.get_attribute("data-same-name") is None
+    driver.find_element(By.ID, "sameonly").click()
+    _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#channels tbody tr")) == len(marked))
+
+    for (layer, ch), dup in marked.items():
+        driver.get((out / "channels" / layer / f"{ch}.html").as_uri())
+        badge = driver.find_element(By.CSS_SELECTOR, ".badges .badge.same-name")
+        assert badge.is_displayed() and badge.text == "same name: " + ", ".join(dup)
+        c = clusters[layer][clusters[layer].channel == ch].sort_values("cluster")
+        sections = driver.find_elements(By.CSS_SELECTOR, "section.cluster")
+        assert len(sections) == len(c)
+        for sec, name in zip(sections, c.concept_1):
+            flagged = sec.find_elements(By.CSS_SELECTOR, "h3 .badge.same-name")
+            assert bool(flagged) == (name in dup), (name, dup)
+    # An unmarked live channel's page has no badge.
+    layer, df = next(iter(psi.items()))
+    other = int(df[(df.status == "ok") & (df.channel != SAME_NAME_CHANNEL)].channel.iloc[0])
+    driver.get((out / "channels" / layer / f"{other}.html").as_uri())
+    assert not driver.find_elements(By.CSS_SELECTOR, ".badge")
+
+
+def test_browser_data_flags_and_real_channels_only(tmp_path):
+    """The rows of data.js: index beside PSI, the same-name flag, no names for dead channels, no OR-units."""
+    root = make_run(tmp_path)
+    raw, _, clusters, *_ = load_run(root, raw=True)
+    rows = index_rows(raw, clusters)
+    keys = [k for k, _, _ in INDEX_COLUMNS]
+    assert keys[2:4] == ["index", "psi"]
+    real = load_run(root)[0]
+    assert [(r[0], r[1]) for r in rows] == [(l, int(c)) for l, df in real.items() for c in sorted(df.channel)]
+    for r in rows:
+        rec = dict(zip(keys + ["href", "same_name"], r))
+        p = real[rec["layer"]].set_index("channel").loc[rec["channel"]]
+        assert rec["psi"] == (None if np.isnan(p.psi) else pytest.approx(p.psi))
+        assert rec["index"] == (None if np.isnan(p["index"]) else pytest.approx(p["index"]))
+        if p.status.startswith("dead"):
+            assert rec["clusters"] == "" and rec["same_name"] is None
+        elif rec["channel"] == SAME_NAME_CHANNEL:
+            assert rec["same_name"] == ["car wheel"] if rec["layer"] == "layer3" else rec["same_name"]
+        else:
+            assert rec["same_name"] is None and rec["clusters"]
+    with pytest.raises(ValueError, match="lacks column 'index'"):
+        index_rows({"layer3": raw["layer3"].drop(columns="index")}, clusters)
 
 
 def test_sprite_tiles_and_thumbnails_match_the_crops(tmp_path):

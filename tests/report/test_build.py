@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
-from .fixtures import DIM, INPUT, K, LAYERS, load_run, make_run
+from .fixtures import DIM, INPUT, K, LAYERS, N_OR_UNITS, SAME_NAME_CHANNEL, load_run, make_run
 
 from polypsi.config import Config
 from polypsi.io import read_table, write_table
@@ -118,17 +118,27 @@ def test_robustness_csv(report):
 
 
 def test_gallery_and_k_hat_tables(report):
-    _, out, psi, null, clusters, *_ = report
+    """The galleries rank real channels by the index (not PSI) and show PSI beside it; OR-units never enter."""
+    root, out, psi, null, clusters, *_ = report
     g = pd.read_csv(out["gallery"])
+    assert list(g.columns[:5]) == ["layer", "gallery", "channel", "index", "psi"]
+    # the fixture's index and PSI disagree on the top channel, so a PSI ranking would fail below
+    assert any(df["index"].idxmax() != df["psi"].idxmax() for df in psi.values())
     for layer in LAYERS:
-        ok = psi[layer][psi[layer].status == "ok"].sort_values("psi")
+        ok = psi[layer][psi[layer].status == "ok"].sort_values("index")
         high = g[(g.layer == layer) & (g.gallery == "high")]
         low = g[(g.layer == layer) & (g.gallery == "low")]
         assert list(dict.fromkeys(high.channel)) == ok.channel.iloc[::-1][:2].tolist()
         assert list(dict.fromkeys(low.channel)) == ok.channel[:2].tolist()
+        shown = g[g.layer == layer].drop_duplicates("channel").set_index("channel")
+        np.testing.assert_allclose(shown["index"], ok.set_index("channel").loc[shown.index, "index"])
+        np.testing.assert_allclose(shown["psi"], ok.set_index("channel").loc[shown.index, "psi"])
         n_cl = clusters[layer].groupby("channel").size()
         assert len(high) == n_cl.loc[high.channel.unique()].sum()
         assert high.concept_1.notna().all() and high.gap.notna().all()
+        raw = read_table(root / "psi" / f"{layer}.parquet")
+        ors = set(raw.loc[raw.unit_kind == "or_unit", "channel"])
+        assert ors and not ors & set(g.channel[g.layer == layer])  # the OR-units top the raw table
     kh = pd.read_csv(out["k_hat"])
     for layer in LAYERS:
         ok = psi[layer][psi[layer].status == "ok"]
@@ -147,7 +157,7 @@ def test_gallery_figure_has_one_strip_per_cluster(tmp_path):
         t["channel"] = t["channel"] * 2 + 1  # ids 1, 3, 5, ...
     heights = []
     for n in (1, 2):
-        chosen = p[p.status == "ok"].sort_values("psi", ascending=False).head(n)
+        chosen = p[p.status == "ok"].sort_values("index", ascending=False).head(n)
         t = gallery_table(layer, chosen, c, "high")
         plot_gallery(layer, "high", t, pt, ds, geom["input_size"], tmp_path / f"g{n}.png", per_cluster=3, thumb=32)
         with Image.open(tmp_path / f"g{n}.png") as im:
@@ -160,10 +170,12 @@ def test_layer_without_valid_channels_still_reports(tmp_path):
     """A layer whose channels are all dead gets NaN statistics with n = 0 and figures that say so."""
     root = make_run(tmp_path)
     psi, *_ = load_run(root)
-    dead = psi["layer4"].assign(psi=np.nan, log_psi=np.nan, S_hat=np.nan, Q_hat=np.nan, D_hat=np.nan,
-                                status="dead: top activation <= 0")
-    write_table(dead, root / "psi" / "layer4.parquet")
-    psi["layer4"] = dead
+    raw = read_table(root / "psi" / "layer4.parquet")
+    real = raw.unit_kind == "channel"  # the OR-units stay valid: they must not count as the layer's channels
+    raw.loc[real, ["psi", "log_psi", "S_hat", "Q_hat", "D_hat", "index"]] = np.nan
+    raw.loc[real, "status"] = "dead: top activation <= 0"
+    write_table(raw, root / "psi" / "layer4.parquet")
+    psi["layer4"] = raw[real]
     cfg = Config.model_validate({"mining": {"topk": 12}, "nulls": {"m": 6},
                                  "report": {"k_values": [6, 9], "gallery_channels": 1}})
     ks, seeds = _fake_robustness(root, psi, [6, 9], np.random.default_rng(3))
@@ -221,10 +233,18 @@ def test_null_diagnostics_on_flagged_channels():
 def test_generated_run_follows_the_contract(tmp_path):
     make_run(tmp_path)
     psi, null, clusters, patches, ds, geom = load_run(tmp_path)
-    need = {"channel", "S", "Q", "D", "S_hat", "Q_hat", "D_hat", "psi", "log_psi", "k_hat", "status", "top_activation"}
+    raw = load_run(tmp_path, raw=True)[0]
+    need = {"channel", "S", "Q", "D", "S_hat", "Q_hat", "D_hat", "psi", "log_psi", "k_hat", "status", "top_activation",
+            "index", "unit_kind"}
     for layer in LAYERS:
         assert need <= set(psi[layer].columns) and need <= set(null[layer].columns)
         assert (psi[layer].status != "ok").sum() == 1
+        assert psi[layer]["index"].isna().sum() == 1 and (psi[layer]["index"] < 0).any()
+        ors = raw[layer][raw[layer].unit_kind == "or_unit"]
+        assert len(ors) == N_OR_UNITS and ors.channel.min() > psi[layer].channel.max()
+        assert not set(ors.channel) & (set(clusters[layer].channel) | set(patches[layer].channel))
+        names = clusters[layer][clusters[layer].channel == SAME_NAME_CHANNEL].concept_1
+        assert names.duplicated().any()
         p = patches[layer]
         assert {"channel", "rank", "image_id", "activation", "cluster", "label", "y0", "x0", "y1", "x1"} <= set(p.columns)
         assert ((p.y1 - p.y0) == geom["layers"][layer]["crop"]).all() and (p.y1 <= INPUT).all()
@@ -232,3 +252,30 @@ def test_generated_run_follows_the_contract(tmp_path):
         assert (sizes == K).all()
     _, emb = read_table(tmp_path / "patches" / "layer3.parquet", embedding="embedding")
     assert emb.shape == (len(patches["layer3"]), DIM)
+
+
+def test_pick_channels_ranks_real_channels_by_index():
+    """Highest / lowest index among real ok channels, PSI ignored; OR-units and dead channels never picked."""
+    from polypsi.report.gallery import gallery_table, pick_channels
+
+    psi = pd.DataFrame({"channel": [0, 1, 2, 3, 4, 5], "index": [0.2, -0.4, 1.1, np.nan, 0.5, 7.0],
+                        "psi": [0.9, 0.8, 0.1, np.nan, 0.3, 0.99], "S_hat": 0.5, "Q_hat": 0.5, "D_hat": 0.5,
+                        "k_hat": 2, "status": ["ok", "ok", "ok", "dead: top activation <= 0", "low_null_sd:S", "ok"],
+                        "unit_kind": ["channel"] * 5 + ["or_unit"]})
+    assert pick_channels(psi, 2, "high").channel.tolist() == [2, 0]
+    assert pick_channels(psi, 5, "low").channel.tolist() == [1, 0, 2]
+    clusters = pd.DataFrame({"channel": [2, 2], "cluster": [0, 1], "size": [6, 6], "concept_1": ["a", "b"]})
+    t = gallery_table("l", pick_channels(psi, 1, "high"), clusters, "high")
+    assert list(t.columns[:5]) == ["layer", "gallery", "channel", "index", "psi"] and t["index"].tolist() == [1.1, 1.1]
+    with pytest.raises(ValueError, match="lacks column 'index'"):
+        pick_channels(psi.drop(columns="index"), 2, "high")
+
+
+def test_report_without_index_column_says_rerun_calibrate(tmp_path):
+    root = make_run(tmp_path)
+    raw = read_table(root / "psi" / "layer3.parquet")
+    write_table(raw.drop(columns="index"), root / "psi" / "layer3.parquet")
+    cfg = Config.model_validate({"mining": {"topk": 12}, "nulls": {"m": 6}, "report": {"k_values": [6, 9]}})
+    inp, out = _report_io(root, tmp_path / "out", list(LAYERS), [], [])
+    with pytest.raises(ValueError, match=r"layer 'layer3' lacks column\(s\) \['index'\].*calibrate"):
+        run_report(cfg, list(LAYERS), inp, out)

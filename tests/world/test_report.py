@@ -99,6 +99,44 @@ def test_missing_channels_are_named():
         ground_truth_tables({"layer9": psi["layer4"]}, clusters, truth)
 
 
+def _with_or_units(psi: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The psi tables with `index`, `unit_kind` and two OR-unit rows per layer (channels after the real ones),
+    whose scores would change every AUROC if they were counted."""
+    out = {}
+    for layer, df in psi.items():
+        df = df.assign(index=np.log(df["psi"]) + 2.0, unit_kind="channel")
+        ors = df.iloc[:2].assign(channel=[df.channel.max() + 1, df.channel.max() + 2], psi=1.0, log_psi=0.0,
+                                 S_hat=1.0, Q_hat=1.0, D_hat=1.0, S=1.0, Q=1.0, D=1.0, index=9.0, k_hat=2,
+                                 status="ok", unit_kind="or_unit")
+        out[layer] = pd.concat([df, ors], ignore_index=True)
+    return out
+
+
+def test_or_unit_rows_are_ignored():
+    psi, clusters, truth = _tables(6)
+    summary, per_channel, _ = ground_truth_tables(psi, clusters, truth)
+    with_or = _with_or_units(psi)
+    summary2, per_channel2, _ = ground_truth_tables(with_or, clusters, truth)
+    pd.testing.assert_frame_equal(summary, summary2)
+    assert len(per_channel2) == len(per_channel) == len(truth)
+    assert (per_channel2["unit_kind"] == "channel").all()
+    pd.testing.assert_frame_equal(per_channel, per_channel2.drop(columns=["index", "unit_kind"]))
+
+
+def test_channel_table_shows_the_index_beside_psi():
+    from polypsi.world.report import channel_table
+
+    psi, clusters, truth = _tables(7)
+    _, per_channel, _ = ground_truth_tables(_with_or_units(psi), clusters, truth)
+    comp = {l: pd.DataFrame({"channel": per_channel.channel[per_channel.layer == l], "concept": "none", "share": 1.0})
+            for l in psi}
+    t = channel_table(per_channel, comp)
+    assert list(t.columns[5:7]) == ["index", "psi"] and len(t) == len(truth)
+    np.testing.assert_allclose(t["index"], per_channel["index"])
+    _, old, _ = ground_truth_tables(psi, clusters, truth)  # psi tables from before the index: no column
+    assert "index" not in channel_table(old, comp).columns
+
+
 def test_topk_composition_finds_the_object_at_each_crop():
     from polypsi.world.report import channel_table, topk_composition
 

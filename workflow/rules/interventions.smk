@@ -1,4 +1,4 @@
-# Causal patch-swap interventions (paper section 5.3): trials on the highest-PSI channels of one layer,
+# Causal patch-swap interventions (paper section 5.3): trials on the highest-index channels of one layer,
 # then the per-condition statistics (paired t-tests of Aligned against each control) and a bar chart.
 # docs/interventions.md describes the conditions, the normalisation and every column.
 

@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from ..calibration import channels_only
 from ..config import InterventionConfig
 from ..crops import crop_box
 from .trial import OK, Box, Donor, Site, Trial, trials_table
@@ -19,19 +20,25 @@ from .trial import OK, Box, Donor, Site, Trial, trials_table
 
 
 def select_channels(psi: pd.DataFrame, patches: pd.DataFrame, n: int) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The `n` highest-PSI channels with status "ok", k_hat >= 2 and >= 2 clusters among their patches.
+    """The `n` highest-index real channels with status "ok", k_hat >= 2 and >= 2 clusters among their patches.
 
-    Returns the chosen rows of `psi` (highest PSI first) and {reason: number of channels skipped}.
+    Returns the chosen rows of `psi` (highest index first, ties by channel) and {reason: number of
+    channels skipped}. OR-units (synthetic validation rows of the psi table) are never candidates.
     """
-    need = {"channel", "psi", "status", "k_hat"}
+    need = {"channel", "index", "psi", "status", "k_hat"}
     missing = need - set(psi.columns)
     if missing:
         raise ValueError(f"psi table lacks columns {sorted(missing)}; it must come from the calibrate stage")
+    psi = channels_only(psi)
     skipped: dict[str, int] = {}
     bad_status = psi["status"] != OK
     for status, count in psi.loc[bad_status, "status"].value_counts().items():
         skipped[f"status '{status}'"] = int(count)
     ok = psi[~bad_status]
+    no_index = ~np.isfinite(ok["index"].to_numpy(float))
+    if no_index.any():
+        skipped["no finite index"] = int(no_index.sum())
+    ok = ok[~no_index]
     low_k = ok["k_hat"] < 2
     if low_k.any():
         skipped["k_hat < 2 (no second cluster for Non-aligned)"] = int(low_k.sum())
@@ -41,7 +48,7 @@ def select_channels(psi: pd.DataFrame, patches: pd.DataFrame, n: int) -> tuple[p
     if few.any():
         skipped["fewer than 2 clusters among its patches"] = int(few.sum())
     ok = ok[~few]
-    chosen = ok.sort_values(["psi", "channel"], ascending=[False, True], kind="stable").head(n)
+    chosen = ok.sort_values(["index", "channel"], ascending=[False, True], kind="stable").head(n)
     return chosen.reset_index(drop=True), skipped
 
 
@@ -166,14 +173,17 @@ def plan(chosen: pd.DataFrame, patches: pd.DataFrame, layer_geom: dict, input_si
          cfg: InterventionConfig, live: set[int] | None = None) -> list[Trial]:
     """The trials of every chosen channel: per top site, one per condition (in CONDITIONS order).
 
-    `chosen`: rows of the psi table with `top1_activation`. `live`: channels whose top patches may
-    serve as Random donors (default: all); a dead channel's "top patches" are arbitrary images, not features.
+    `chosen`: rows of the psi table with `top1_activation` (and `index`: NaN in the trials without it).
+    `live`: channels whose top patches may serve as Random donors (default: all); a dead channel's
+    "top patches" are arbitrary images, not features.
     """
     pool = _donor_pool(patches)
     live = set(pool) if live is None else set(live)
     scale = resolve_region_scale(cfg, layer_geom, input_size)
     trials: list[Trial] = []
-    for ch in chosen.itertuples(index=False):
+    # The index by position: a namedtuple's `index` would shadow tuple.index, so it is not read from `ch`.
+    index = chosen["index"].astype(float).to_numpy() if "index" in chosen else np.full(len(chosen), np.nan)
+    for ch, ch_index in zip(chosen.itertuples(index=False), index):
         c = int(ch.channel)
         mine = pool[c]
         unrelated = _unrelated_channels(c, pool, live)
@@ -196,8 +206,9 @@ def plan(chosen: pd.DataFrame, patches: pd.DataFrame, layer_geom: dict, input_si
                 random_donor = _pick(rng, pool[rc][pool[rc]["image_id"] != img], rel, cfg.donor)
             elsewhere = free_position(rng, input_size, h, w, box)
             noise_seed = int(rng.integers(2**31))
-            site = Site(channel=c, psi=float(ch.psi), k_hat=int(ch.k_hat), rank=int(s.rank), image_id=img,
-                        u=int(s.u), v=int(s.v), cluster=clu, box=box, top1_activation=float(ch.top1_activation),
+            site = Site(channel=c, index=float(ch_index), psi=float(ch.psi), k_hat=int(ch.k_hat), rank=int(s.rank),
+                        image_id=img, u=int(s.u), v=int(s.v), cluster=clu, box=box,
+                        top1_activation=float(ch.top1_activation),
                         activation_mined=float(mine.loc[mine["rank"] == s.rank, "activation"].iloc[0])
                         if "activation" in mine else None)
             plans = [  # condition, donor row (None: none found), changed square, why there is no donor

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..calibration import channels_only
 from ..config import InterventionConfig
 from ..crops import load_image
 from ..models import FeatureExtractor
@@ -117,8 +118,9 @@ def run_interventions(model_or_extractor, layer: str, psi: pd.DataFrame, patches
         raise ValueError(f"layer '{layer}' is not in geometry.json (layers: {sorted(geometry.get('layers', {}))})")
     layer_geom = geometry["layers"][layer]
 
+    psi = channels_only(psi)  # OR-units are validation rows: never chosen, never Random donors
     chosen, skipped = select_channels(psi, patches, cfg.n_channels)
-    lg.info("layer %s: %d channels in the PSI table; %d eligible channels chosen (highest PSI first: %s)",
+    lg.info("layer %s: %d channels in the PSI table; %d eligible channels chosen (highest index first: %s)",
             layer, len(psi), len(chosen), chosen["channel"].tolist())
     for reason, count in skipped.items():
         lg.info("  skipped %d channel(s): %s", count, reason)

@@ -26,6 +26,7 @@ class Site:
     """A top site (image, u, v) of a chosen channel, shared by its five trials."""
 
     channel: int
+    index: float  # the channel's polysemanticity index (the channels are chosen by it)
     psi: float
     k_hat: int
     rank: int
@@ -73,7 +74,8 @@ class Trial:
         donor_box = NO_BOX if d is None else d.box
         region = NO_BOX if self.region is None else self.region
         return dict(
-            channel=s.channel, psi=s.psi, k_hat=s.k_hat, site_rank=s.rank, image_id=s.image_id, u=s.u, v=s.v,
+            channel=s.channel, index=s.index, psi=s.psi, k_hat=s.k_hat, site_rank=s.rank, image_id=s.image_id,
+            u=s.u, v=s.v,
             cluster=s.cluster, site_y0=s.box[0], site_x0=s.box[1], site_y1=s.box[2], site_x1=s.box[3],
             top1_activation=s.top1_activation, activation_mined=_float(s.activation_mined),
             region_scale=self.region_scale, condition=self.condition, status=self.status,
@@ -93,6 +95,6 @@ def _float(x: Optional[float]) -> float:
 def trials_table(trials: list[Trial]) -> pd.DataFrame:
     """One row per trial, in the order given (no trials: the same columns and types, no rows)."""
     if not trials:
-        site = Site(0, 0.0, 0, 0, 0, 0, 0, 0, NO_BOX, 1.0, 0.0)
+        site = Site(0, 0.0, 0.0, 0, 0, 0, 0, 0, 0, NO_BOX, 1.0, 0.0)
         return pd.DataFrame([Trial(site, CONDITIONS[0], 1.0, 0).row()]).iloc[0:0].reset_index(drop=True)
     return pd.DataFrame([t.row() for t in trials])

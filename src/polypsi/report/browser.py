@@ -7,6 +7,12 @@ Layout of the output folder:
   sprites/<layer>/<channel>.jpg         the channel's patch thumbnails tiled into one JPEG
 Each thumbnail is an <img> of the sprite shifted with object-position, so a page loads one small file.
 The page shells, style sheet and script are files in assets/; the per-channel fragments are built here.
+
+Only real channels are shown (OR-units are validation devices: `channels_only`), ranked by the
+polysemanticity index with PSI beside it. Two marks show what the index sees: a channel whose
+clusters carry the same concept name (concept_1) gets a "same name" badge, and a dead channel
+(status "dead...") shows no clusters and no names, only "dead: never fires" (its "top" patches are
+arbitrary images, so their clusters and names would describe noise).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from string import Template
 import numpy as np
 import pandas as pd
 
+from ..calibration import channels_only
 from ..io import atomic_path
 from ..runtime import Progress, get_logger
 from .thumbs import sprite_layout, thumbnails, write_sprite
@@ -31,6 +38,7 @@ from .thumbs import sprite_layout, thumbnails, write_sprite
 INDEX_COLUMNS = [
     ("layer", "layer", "text"),
     ("channel", "channel", "int"),
+    ("index", "index", "num"),
     ("psi", "PSI", "num"),
     ("log_psi", "log PSI", "num"),
     ("S_hat", "Ŝ", "num"),
@@ -41,6 +49,11 @@ INDEX_COLUMNS = [
     ("status", "status", "text"),
     ("top_activation", "top act.", "num"),
 ]
+# Per-row fields after the columns (not shown as columns): the channel page's link, and the concept
+# names that two or more of the channel's clusters carry (null when every name is distinct).
+ROW_FIELDS = ["href", "same_name"]
+SORT_KEY = "index"  # the list opens ranked by the index, highest first
+DEAD_TEXT = "dead: never fires"
 
 
 @lru_cache(maxsize=None)
@@ -85,25 +98,66 @@ def _cluster_label(row) -> str:
     return f"{name} ({int(row['size'])})"
 
 
-def index_rows(psi: dict[str, pd.DataFrame], clusters: dict[str, pd.DataFrame]) -> list[list]:
-    """One row per channel of every layer, in INDEX_COLUMNS order plus the page link."""
-    rows = []
+def is_dead(row) -> bool:
+    """A channel that never fires (status "dead..."): its top patches are arbitrary images."""
+    return str(row.get("status", "ok")).startswith("dead")
+
+
+def same_names(cluster_rows) -> list[str]:
+    """Concept names (concept_1) that two or more of a channel's clusters carry, sorted.
+
+    Several clusters under one name (say two "blue disc" clusters) are not several concepts, however
+    well they separate: the browser marks such a channel so that its index can be read accordingly.
+    """
+    seen: dict[str, int] = {}
+    for r in cluster_rows:
+        name = r.get("concept_1")
+        if isinstance(name, str) and name.strip():
+            seen[name.strip()] = seen.get(name.strip(), 0) + 1
+    return sorted(n for n, c in seen.items() if c > 1)
+
+
+def same_name_text(names: list[str]) -> str:
+    return "same name: " + ", ".join(names)
+
+
+def _real_channels(psi: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The real channels of every layer's psi table, checked for the index column."""
+    out = {}
     for layer, df in psi.items():
-        names = {}
+        if "index" not in df.columns:
+            raise ValueError(f"psi table of layer {layer!r} lacks column 'index' (the polysemanticity index); "
+                             "it must come from the calibrate stage: rerun it")
+        out[layer] = channels_only(df)
+    return out
+
+
+def index_rows(psi: dict[str, pd.DataFrame], clusters: dict[str, pd.DataFrame]) -> list[list]:
+    """One row per real channel of every layer: INDEX_COLUMNS, then ROW_FIELDS (page link, repeated names).
+
+    Dead channels get no cluster names and no same-name flag.
+    """
+    rows = []
+    for layer, df in _real_channels(psi).items():
+        names, records = {}, {}
         cl = clusters.get(layer)
         if cl is not None and len(cl):
             # Biggest cluster first in the name list.
             for r in cl.sort_values(["channel", "size", "cluster"], ascending=[True, False, True]).to_dict("records"):
                 names.setdefault(int(r["channel"]), []).append(_cluster_label(r))
+                records.setdefault(int(r["channel"]), []).append(r)
         for r in df.sort_values("channel").to_dict("records"):
             ch = int(r["channel"])
             k = _num(r.get("k_hat"))
+            dead = is_dead(r)
+            repeated = [] if dead else same_names(records.get(ch, []))
             rows.append(
                 [
-                    str(layer), ch, _num(r.get("psi")), _num(r.get("log_psi")), _num(r.get("S_hat")),
-                    _num(r.get("Q_hat")), _num(r.get("D_hat")), None if k is None else int(k),
-                    " · ".join(names.get(ch, [])), str(r.get("status", "ok")), _num(r.get("top_activation")),
-                    channel_href(layer, ch),
+                    str(layer), ch, _num(r.get("index")), _num(r.get("psi")), _num(r.get("log_psi")),
+                    _num(r.get("S_hat")), _num(r.get("Q_hat")), _num(r.get("D_hat")), None if k is None else int(k),
+                    "" if dead else " · ".join(names.get(ch, [])), str(r.get("status", "ok")),
+                    _num(r.get("top_activation")),
+                    channel_href(layer, ch), repeated or None,
                 ]
             )
     return rows
@@ -146,7 +200,11 @@ def activation_svg(ranks, acts, clusters, width: int = 420, height: int = 130) -
 def channel_page(layer: str, row: dict, patches: list[dict], clusters: dict[int, dict], sprite_cols: int,
                  thumb: int, prev_href: str | None, next_href: str | None, class_names: dict) -> str:
     """The HTML of one channel page. `patches` are records in sprite order (thumbnail i = patches[i]);
-    `clusters` maps cluster id to its clusters/<layer>.parquet record."""
+    `clusters` maps cluster id to its clusters/<layer>.parquet record.
+
+    A dead channel's page has the summary and "dead: never fires" only: no clusters, names or patches.
+    A channel whose clusters share a concept name gets a "same name" badge, and so do those clusters.
+    """
     e = html.escape
     ch = int(row["channel"])
     up = "../../"
@@ -157,7 +215,7 @@ def channel_page(layer: str, row: dict, patches: list[dict], clusters: dict[int,
     if next_href:
         nav.append(f'<a rel="next" href="{up}{next_href}">next →</a>')
     summary = [
-        ("PSI", _fmt(row.get("psi"), 4)), ("log PSI", _fmt(row.get("log_psi"))),
+        ("index", _fmt(row.get("index"), 4)), ("PSI", _fmt(row.get("psi"), 4)), ("log PSI", _fmt(row.get("log_psi"))),
         ("S (raw) / Ŝ", f'{_fmt(row.get("S"))} / {_fmt(row.get("S_hat"))}'),
         ("Q (raw) / Q̂", f'{_fmt(row.get("Q"))} / {_fmt(row.get("Q_hat"))}'),
         ("D (raw) / D̂", f'{_fmt(row.get("D"), 4)} / {_fmt(row.get("D_hat"))}'),
@@ -165,16 +223,30 @@ def channel_page(layer: str, row: dict, patches: list[dict], clusters: dict[int,
         ("top activation", _fmt(row.get("top_activation"), 4)), ("status", e(str(row.get("status", "ok")))),
     ]
     summary_html = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in summary)
+    page = dict(layer=e(layer), channel=ch, up=up, nav=" · ".join(nav), summary=summary_html)
+    if is_dead(row):
+        dead = f'<p class="badges"><span class="badge dead">{DEAD_TEXT}</span></p>'
+        return _page("channel.html", **page, badges=dead, chart="", sections="")
 
+    repeated = same_names(clusters[c] for c in sorted(clusters))
+    badges = ""
+    if repeated:
+        badges = (f'<p class="badges"><span class="badge same-name">{e(same_name_text(repeated))}</span> '
+                  '<span class="detail">two or more clusters carry the same concept name: several clusters, '
+                  'one name</span></p>')
     groups: dict[int, list[tuple[int, dict]]] = {}
     for pos, p in enumerate(patches):
         groups.setdefault(int(p["cluster"]), []).append((pos, p))
-    sections = []
+    sections = ["<h2>Clusters</h2>"]
     for cl in sorted(groups):
         members = groups[cl]
         ci = clusters.get(cl)
+        mark = ""
         if ci is not None:
-            title = e(str(ci.get("concept_1") or "")) or f"cluster {cl}"
+            name = str(ci.get("concept_1") or "").strip()
+            title = e(name) or f"cluster {cl}"
+            if name in repeated:
+                mark = ' <span class="badge same-name">same name</span>'
             detail = (f'size {int(ci["size"])} · silhouette {_fmt(ci.get("silhouette"))} · '
                       f'gap {_fmt(ci.get("gap"), 4)} · best match {_fmt(ci.get("similarity_1"))} · '
                       f'runner-up “{e(str(ci.get("concept_2") or ""))}”')
@@ -191,17 +263,18 @@ def channel_page(layer: str, row: dict, patches: list[dict], clusters: dict[int,
                 f'<figcaption>#{int(p["rank"])} · {float(p["activation"]):.3g}<br>{cname}</figcaption></figure>'
             )
         sections.append(
-            f'<section class="cluster" data-cluster="{cl}"><h3><span class="swatch c{cl % 8}"></span>'
-            f'Cluster {cl}: {title}</h3><p class="detail">{detail}</p><div class="patches">{"".join(figs)}</div></section>'
+            f'<section class="cluster{" same-name" if mark else ""}" data-cluster="{cl}"><h3>'
+            f'<span class="swatch c{cl % 8}"></span>Cluster {cl}: {title}{mark}</h3><p class="detail">{detail}</p>'
+            f'<div class="patches">{"".join(figs)}</div></section>'
         )
     if not patches:
         sections.append("<p>No mined patches for this channel.</p>")
-    chart = activation_svg([p["rank"] for p in patches], [p["activation"] for p in patches],
-                           [p["cluster"] for p in patches]) if patches else ""
-    return _page(
-        "channel.html", layer=e(layer), channel=ch, up=up, nav=" · ".join(nav), summary=summary_html, chart=chart,
-        sections="".join(sections),
-    )
+    chart = ""
+    if patches:
+        chart = ("<div><h2>Activations of the mined patches</h2>"
+                 + activation_svg([p["rank"] for p in patches], [p["activation"] for p in patches],
+                                  [p["cluster"] for p in patches]) + "</div>")
+    return _page("channel.html", **page, badges=badges, chart=chart, sections="".join(sections))
 
 
 def _records_by_channel(df: pd.DataFrame | None, sort: list[str]) -> dict[int, list[dict]]:
@@ -222,15 +295,17 @@ def build_browser(out_dir: str | Path, psi: dict[str, pd.DataFrame], clusters: d
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     class_names = dict(zip(dataset["label"].astype(int), dataset["class_name"].astype(str)))
+    psi = _real_channels(psi)
     rows = index_rows(psi, clusters)
     cols = [{"key": k, "label": lab, "kind": kind} for k, lab, kind in INDEX_COLUMNS]
-    data = {"title": title, "columns": cols, "rows": rows}
+    data = {"title": title, "columns": cols, "fields": ROW_FIELDS, "sort": SORT_KEY, "dead_text": DEAD_TEXT,
+            "rows": rows}
     _write_text(out / "data.js", "window.POLYPSI_DATA = " + json.dumps(data, separators=(",", ":"), allow_nan=False) + ";\n")
     _write_text(out / "style.css", _asset("style.css"))
     _write_text(out / "browser.js", _asset("browser.js"))
     _write_text(out / "index.html", _page("index.html", title=html.escape(title)))
 
-    hrefs = [r[-1] for r in rows]
+    hrefs = [r[len(INDEX_COLUMNS)] for r in rows]
     n_pages = n_sprites = 0
     prog = Progress(len(rows), "browser pages", log)
     i_global = 0
@@ -242,13 +317,15 @@ def build_browser(out_dir: str | Path, psi: dict[str, pd.DataFrame], clusters: d
                  for c, recs in _records_by_channel(clusters.get(layer), ["channel", "cluster"]).items()}
         for start in range(0, len(channel_rows), chunk):
             block = channel_rows[start : start + chunk]
-            # Thumbnails of the whole block at once: each image is read once per block.
-            recs = [p for r in block for p in pt_by.get(int(r["channel"]), [])]
+            # Thumbnails of the whole block at once: each image is read once per block. A dead channel's
+            # page shows no patches, so it gets no sprite.
+            shown = {int(r["channel"]): [] if is_dead(r) else pt_by.get(int(r["channel"]), []) for r in block}
+            recs = [p for r in block for p in shown[int(r["channel"])]]
             thumbs = thumbnails(pd.DataFrame.from_records(recs), dataset, input_size, thumb) if recs else None
             offset = 0
             for r in block:
                 ch = int(r["channel"])
-                g = pt_by.get(ch, [])
+                g = shown[ch]
                 if g:
                     write_sprite(thumbs[offset : offset + len(g)], out / "sprites" / slug(layer) / f"{ch}.jpg", sprite_cols)
                     offset += len(g)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..calibration import channels_only
 from ..io import read_json, read_table, write_csv, write_table
 from ..stats import TextBank
 from . import figures, robustness, stats
@@ -23,6 +24,19 @@ def _by_layer(layers: list[str], paths) -> dict[str, pd.DataFrame]:
     if len(paths) != len(layers):
         raise ValueError(f"expected one file per layer {layers}, got {len(paths)}: {paths}")
     return {layer: read_table(p) for layer, p in zip(layers, paths)}
+
+
+def _channels_by_layer(layers: list[str], paths, need: tuple[str, ...] = ()) -> dict[str, pd.DataFrame]:
+    """psi/ or null_psi/ tables by layer, real channels only: OR-units (validation units with their own
+    rows) enter no statistic, figure, gallery or browser page. `need`: columns every table must have."""
+    out = {}
+    for layer, df in _by_layer(layers, paths).items():
+        missing = [c for c in need if c not in df.columns]
+        if missing:
+            raise ValueError(f"psi table of layer {layer!r} lacks column(s) {missing}; it must come from the "
+                             "calibrate stage: rerun it")
+        out[layer] = channels_only(df)
+    return out
 
 
 def _text_bank(path):
@@ -63,7 +77,8 @@ def browser_stage(job) -> None:
     cfg, layers = job.cfg, list(job.cfg.model.layers)
     patches = {l: pd.read_parquet(p, columns=["channel", "rank", "image_id", "activation", "cluster", "label",
                                               "y0", "x0", "y1", "x1"]) for l, p in zip(layers, job.input.patches)}
-    build_browser(job.output.browser, _by_layer(layers, job.input.psi), _by_layer(layers, job.input.clusters), patches,
+    build_browser(job.output.browser, _channels_by_layer(layers, job.input.psi, ("index",)),
+                  _by_layer(layers, job.input.clusters), patches,
                   read_table(job.input.dataset), int(read_json(job.input.geometry)["input_size"]),
                   title=f"polypsi · {cfg.run_name}", thumb=cfg.report.thumb_size, log_file=job.log)
 
@@ -77,7 +92,8 @@ def report_stage(job) -> None:
     cfg, inp, out, log = job.cfg, job.input, job.output, job.logger("polypsi.report")
     layers = list(cfg.model.layers)
     rep = cfg.report
-    real, null = _by_layer(layers, inp["psi"]), _by_layer(layers, inp["null_psi"])
+    # The galleries rank by the index: a psi table without it fails here, before any figure is drawn.
+    real, null = _channels_by_layer(layers, inp["psi"], ("index",)), _channels_by_layer(layers, inp["null_psi"])
 
     auroc = stats.auroc_table(real, null)
     write_csv(auroc, out["auroc"])

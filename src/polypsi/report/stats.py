@@ -2,6 +2,8 @@
 
 Channels whose `status` is not "ok" (dead channels, degenerate nulls) carry no valid PSI; they
 are left out of every statistic and counted in the tables, so nothing is dropped silently.
+Only real channels count: OR-units (synthetic validation units with their own rows in psi/ and
+null_psi/) are dropped before any statistic (`calibration.channels_only`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from ..calibration import COMPONENTS, low_sd_counts
+from ..calibration import COMPONENTS, channels_only, low_sd_counts
 
 # Score columns compared against the null neurons (paper Table 1).
 METRICS = ["psi", "S_hat", "Q_hat", "D_hat"]
@@ -82,7 +84,8 @@ def ks_2samp(a, b) -> tuple[float, float]:
 
 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows with status "ok" (a missing status column means every row is valid)."""
+    """Real channels' rows with status "ok" (a missing status column means every row is valid)."""
+    df = channels_only(df)
     if "status" not in df.columns:
         return df
     return df[df["status"].astype(str) == "ok"]
@@ -94,9 +97,10 @@ def auroc_table(real: dict[str, pd.DataFrame], null: dict[str, pd.DataFrame], me
     for layer, real_df in real.items():
         if layer not in null:
             raise KeyError(f"no null-neuron table for layer {layer!r}; the calibrate stage writes null_psi/{layer}")
-        r, n = ok_rows(real_df), ok_rows(null[layer])
+        real_df, null_df = channels_only(real_df), channels_only(null[layer])
+        r, n = ok_rows(real_df), ok_rows(null_df)
         for m in metrics:
-            for name, df in (("psi", real_df), ("null_psi", null[layer])):
+            for name, df in (("psi", real_df), ("null_psi", null_df)):
                 if m not in df.columns:
                     raise KeyError(f"column {m!r} missing from {name} table of layer {layer!r}")
             rows.append(
@@ -107,7 +111,7 @@ def auroc_table(real: dict[str, pd.DataFrame], null: dict[str, pd.DataFrame], me
                     "n_real": int(np.isfinite(r[m].to_numpy(float)).sum()),
                     "n_null": int(np.isfinite(n[m].to_numpy(float)).sum()),
                     "n_real_excluded": len(real_df) - int(np.isfinite(r[m].to_numpy(float)).sum()),
-                    "n_null_excluded": len(null[layer]) - int(np.isfinite(n[m].to_numpy(float)).sum()),
+                    "n_null_excluded": len(null_df) - int(np.isfinite(n[m].to_numpy(float)).sum()),
                 }
             )
     return pd.DataFrame(rows)
@@ -176,6 +180,7 @@ def null_diagnostics(real: dict[str, pd.DataFrame], nulls, sd_tol: float) -> pd.
     choice = {"S": nulls.s_null, "Q": nulls.q_null, "D": nulls.d_null}
     rows = []
     for layer, df in real.items():
+        df = channels_only(df)
         live = df[~df["status"].astype(str).str.startswith("dead")]
         counts = low_sd_counts(live)
         for c in COMPONENTS:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from polypsi.calibration import channels_only
 from polypsi.config import load_config_file
 from polypsi.io import read_json, read_table, write_csv
 from polypsi.report.stats import auroc
@@ -37,7 +38,8 @@ def _planted(concepts: str) -> set[str]:
 
 
 def merge_truth(psi: pd.DataFrame, truth: pd.DataFrame, layer: str) -> pd.DataFrame:
-    """Truth rows of `layer` joined with their PSI rows (one per channel)."""
+    """Truth rows of `layer` joined with their PSI rows (one per channel; OR-unit rows are ignored)."""
+    psi = channels_only(psi)
     t = truth[truth["layer"] == layer]
     if t.empty:
         raise ValueError(f"the ground truth has no channels of layer {layer!r}; is the run's model the planted world's?")
@@ -198,8 +200,9 @@ def topk_composition(patches: pd.DataFrame, dataset: pd.DataFrame, world_desc: d
 
 
 def channel_table(per_channel: pd.DataFrame, composition: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Truth and scores per channel, plus the measured share of planted concepts in its top-K
-    (`planted_share`) and of its least frequent planted concept (`minority_share`)."""
+    """Truth and scores per channel (the index, when the psi tables have it, beside PSI), plus the measured
+    share of planted concepts in its top-K (`planted_share`) and of its least frequent planted concept
+    (`minority_share`)."""
     rows = []
     for r in per_channel.itertuples(index=False):
         comp = composition[r.layer]
@@ -209,8 +212,9 @@ def channel_table(per_channel: pd.DataFrame, composition: dict[str, pd.DataFrame
         rows.append({"planted_share": sum(shares) if planted else np.nan,
                      "minority_share": min(shares) if planted else np.nan,
                      "top_concepts": ";".join(f"{c}:{v:.2f}" for c, v in comp.sort_values(ascending=False).head(3).items())})
-    cols = ["layer", "channel", "kind", "n_concepts", "concepts", "psi", "S_hat", "Q_hat", "D_hat", "S", "Q", "D",
-            "k_hat", "status"]
+    cols = ["layer", "channel", "kind", "n_concepts", "concepts", "index", "psi", "S_hat", "Q_hat", "D_hat", "S",
+            "Q", "D", "k_hat", "status"]
+    cols = [c for c in cols if c != "index" or c in per_channel.columns]  # psi tables from before the index
     return pd.concat([per_channel[cols].reset_index(drop=True), pd.DataFrame(rows)], axis=1)
 
 

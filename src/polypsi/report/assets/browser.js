@@ -1,14 +1,19 @@
 // Sortable, filterable channel table; data comes from data.js (window.POLYPSI_DATA).
+// A row holds the columns' values, then D.fields (the page link, the concept names two or more of the
+// channel's clusters share). The table opens sorted by D.sort (the index), highest first.
 (function () {
   "use strict";
   var D = window.POLYPSI_DATA;
-  var cols = D.columns, rows = D.rows, HREF = cols.length;
+  var cols = D.columns, rows = D.rows;
   var key = {}; cols.forEach(function (c, i) { key[c.key] = i; });
-  var state = { sort: null, dir: -1 };
+  var field = {}; D.fields.forEach(function (f, i) { field[f] = cols.length + i; });
+  var HREF = field.href, SAME = field.same_name;
+  var state = { sort: D.sort in key ? key[D.sort] : null, dir: -1 };
   var tbody = document.querySelector("#channels tbody");
   var headRow = document.querySelector("#channels thead tr");
   var filter = document.getElementById("filter"), layerSel = document.getElementById("layer");
-  var okOnly = document.getElementById("okonly"), count = document.getElementById("count");
+  var okOnly = document.getElementById("okonly"), sameOnly = document.getElementById("sameonly");
+  var count = document.getElementById("count");
 
   function esc(s) {
     return String(s).replace(/[&<>"]/g, function (c) { return {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]; });
@@ -17,6 +22,15 @@
     if (v === null || v === undefined) return "—";
     if (kind === "num") return Math.abs(v) >= 100 ? v.toFixed(1) : v.toFixed(4);
     return esc(v);
+  }
+  function isDead(r) { return String(r[key.status]).indexOf("dead") === 0; }
+  function sameText(r) { return r[SAME] ? "same name: " + r[SAME].join(", ") : ""; }
+  // What the clusters cell shows: nothing but the dead mark for a dead channel; else a same-name badge
+  // (when two or more clusters carry one name) before the names.
+  function clustersCell(r) {
+    if (isDead(r)) return '<span class="badge dead">' + esc(D.dead_text) + "</span>";
+    var badge = r[SAME] ? '<span class="badge same-name">' + esc(sameText(r)) + "</span> " : "";
+    return badge + esc(r[key.clusters]);
   }
   cols.forEach(function (c, i) {
     var th = document.createElement("th");
@@ -43,17 +57,22 @@
     return state.dir * (x - y);
   }
   function render() {
-    var q = filter.value.trim().toLowerCase(), l = layerSel.value, ok = okOnly.checked;
+    var q = filter.value.trim().toLowerCase(), l = layerSel.value, ok = okOnly.checked, same = sameOnly.checked;
     var shown = rows.filter(function (r) {
       if (l && r[0] !== l) return false;
       if (ok && r[key.status] !== "ok") return false;
+      if (same && !r[SAME]) return false;
       if (!q) return true;
-      return (r[0] + " " + r[1] + " " + r[key.clusters] + " " + r[key.status]).toLowerCase().indexOf(q) >= 0;
+      var text = [r[0], r[1], r[key.clusters], r[key.status], sameText(r), isDead(r) ? D.dead_text : ""].join(" ");
+      return text.toLowerCase().indexOf(q) >= 0;
     });
     if (state.sort !== null) shown.sort(compare);
     var html = shown.map(function (r) {
-      return "<tr>" + cols.map(function (c, i) {
-        var v = fmt(r[i], c.kind);
+      var cls = (isDead(r) ? " dead" : "") + (r[SAME] ? " same-name" : "");
+      var attrs = (cls ? ' class="' + cls.trim() + '"' : "") + (isDead(r) ? ' data-dead="1"' : "") +
+                  (r[SAME] ? ' data-same-name="' + esc(r[SAME].join(", ")) + '"' : "");
+      return "<tr" + attrs + ">" + cols.map(function (c, i) {
+        var v = c.key === "clusters" ? clustersCell(r) : fmt(r[i], c.kind);
         if (c.key === "channel") v = '<a href="' + r[HREF] + '">' + v + "</a>";
         return '<td data-key="' + c.key + '" data-value="' + (r[i] === null ? "" : esc(r[i])) + '">' + v + "</td>";
       }).join("") + "</tr>";
@@ -64,7 +83,9 @@
       th.className = state.sort === i ? (state.dir < 0 ? "desc" : "asc") : "";
     });
   }
-  [filter, layerSel, okOnly].forEach(function (el) { el.addEventListener("input", render); el.addEventListener("change", render); });
+  [filter, layerSel, okOnly, sameOnly].forEach(function (el) {
+    el.addEventListener("input", render); el.addEventListener("change", render);
+  });
   render();
   document.body.dataset.ready = "1";
 })();
