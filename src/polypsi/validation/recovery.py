@@ -115,7 +115,7 @@ def plot_recovery(table: pd.DataFrame, path) -> None:
     import matplotlib  # lazy: plotting only in the report job
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after choosing the Agg backend
 
     panels = list(table[["truth", "layer"]].drop_duplicates().itertuples(index=False))
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.2 * max(1, len(panels)), 3.6), squeeze=False,
