@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .calibration import calibrate
-from .index import add_index, contrast_chance
+from .index import add_index, index_chance
 from .crops import crop_boxes
 from .errors import StageError
 from .io import read_json, read_table, write_table
@@ -136,18 +136,19 @@ def calibrate_stage(job) -> None:
     psi.loc[dead, "status"] = "dead: top activation <= 0"
     live = psi.loc[~dead, "channel"].to_numpy()
     # The chance level comes from the real channels' null draws only (OR-units never enter them).
-    chance = contrast_chance(scores, cfg.nulls.m, cfg.calibration.holdout_null_neurons, live)
+    chance = index_chance(scores, cfg.nulls.m, cfg.calibration.holdout_null_neurons, live)
     channels, z, labels = load_patch_arrays(topk, [read_table(p, embedding="embedding") for p in job.input.embeddings],
                                             dataset)
     psi = _with_peers(add_index(psi, chance, cfg.index), channels, z, topk)
-    null_psi = add_index(null_psi[null_psi["channel"].isin(live)], chance, cfg.index)
+    null_psi = add_index(null_psi, chance, cfg.index)
+    null_psi.loc[~null_psi["channel"].isin(live), "index"] = np.nan  # the null neuron of a dead channel
     psi["unit_kind"], null_psi["unit_kind"] = "channel", "channel"
     if "or_scores" in job.input:
         or_psi, or_null = _or_unit_rows(job, chance, dataset)
         psi = pd.concat([psi, or_psi], ignore_index=True)
         null_psi = pd.concat([null_psi, or_null], ignore_index=True)
     log.info("layer %s: %d channels, %d ok, %d dead, %d other flags; %d null neurons; %d OR-units; "
-             "index chance level (median null contrast) %.4f",
+             "index chance level (median null S x contrast) %.4f",
              layer, (psi["unit_kind"] == "channel").sum(), (psi["status"] == "ok").sum(), dead.sum(),
              ((psi["status"] != "ok") & ~dead).sum(), len(null_psi), (psi["unit_kind"] == "or_unit").sum(), chance)
     write_table(psi, job.output.psi)
