@@ -16,10 +16,11 @@ def _psi_table(rng, n, shift=0.0, dead=0):
     df.insert(0, "channel", np.arange(n))
     df["psi"] = df.S_hat * df.Q_hat * df.D_hat
     df["log_psi"] = np.log(df.psi)
+    df["index"] = rng.normal(shift, 0.1, size=n)
     df["k_hat"] = rng.integers(2, 6, size=n)
     df["status"] = "ok"
     if dead:
-        df.loc[: dead - 1, ["S_hat", "Q_hat", "D_hat", "psi", "log_psi"]] = np.nan
+        df.loc[: dead - 1, ["S_hat", "Q_hat", "D_hat", "psi", "log_psi", "index"]] = np.nan
         df.loc[: dead - 1, "status"] = "dead: top activation <= 0"
     return df
 
@@ -97,7 +98,7 @@ def test_auroc_table_excludes_invalid_channels():
     real = {"layer3": _psi_table(rng, 60, 0.5, dead=5), "layer4": _psi_table(rng, 40, 1.0)}
     null = {"layer3": _psi_table(rng, 60, 0.0, dead=5), "layer4": _psi_table(rng, 40, 0.0)}
     t = stats.auroc_table(real, null)
-    assert len(t) == 8 and set(t.metric) == set(stats.METRICS)
+    assert len(t) == 2 * len(stats.METRICS) and set(t.metric) == set(stats.METRICS)
     row = t[(t.layer == "layer3") & (t.metric == "psi")].iloc[0]
     assert row.n_real == 55 and row.n_real_excluded == 5
     ok_r, ok_n = real["layer3"].iloc[5:], null["layer3"].iloc[5:]

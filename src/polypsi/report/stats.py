@@ -17,7 +17,7 @@ from scipy import stats as sps
 from ..calibration import COMPONENTS, channels_only, low_sd_counts
 
 # Score columns compared against the null neurons (paper Table 1).
-METRICS = ["psi", "S_hat", "Q_hat", "D_hat"]
+METRICS = ["index", "psi", "S_hat", "Q_hat", "D_hat"]
 
 
 def _finite(x) -> np.ndarray:
