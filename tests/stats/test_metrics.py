@@ -215,15 +215,17 @@ def test_concept_contrast_matches_pairwise_definition():
     from polypsi.stats.metrics import concept_contrast
 
     rng = np.random.default_rng(5)
+    proto = torch.from_numpy(rng.normal(size=(6, 4, 7)))
+    proto = proto / proto.norm(dim=-1, keepdim=True)
     sims = torch.from_numpy(rng.uniform(-1, 1, (6, 4, 9)))
     sizes = torch.from_numpy(rng.integers(0, 20, (6, 4)))
     sizes[0, 2:] = 0  # absent cluster slots
-    contrast, eff = concept_contrast(sims, sizes)
+    contrast, eff = concept_contrast(sims, proto, sizes)
     for u in range(6):
         w = sizes[u].numpy() / sizes[u].numpy().sum()
-        s = sims[u].numpy()
+        s, p = sims[u].numpy(), proto[u].numpy()
         n = s.argmax(1)
-        want = sum(w[i] * w[j] * ((s[j, n[j]] - s[j, n[i]]) + (s[i, n[i]] - s[i, n[j]])) / 2
+        want = sum(w[i] * w[j] * np.sqrt(((s[j, n[j]] - s[j, n[i]]) + (s[i, n[i]] - s[i, n[j]])) / 2 * (1 - p[i] @ p[j]))
                    for i in range(4) for j in range(4) if i != j and w[i] > 0 and w[j] > 0)
         assert contrast[u].item() == pytest.approx(want, abs=1e-12)
         shares = {}
@@ -233,14 +235,19 @@ def test_concept_contrast_matches_pairwise_definition():
         assert eff[u].item() == pytest.approx(1 / sum(v * v for v in shares.values()))
 
 
-def test_concept_contrast_is_zero_for_one_name_and_weighs_balance():
+def test_concept_contrast_needs_different_names_and_prototypes_and_weighs_balance():
     from polypsi.stats.metrics import concept_contrast
 
-    two = torch.tensor([[[0.9, 0.1], [0.1, 0.9]]], dtype=torch.float64)  # two clusters, two names
-    same = torch.tensor([[[0.9, 0.1], [0.7, 0.3]]], dtype=torch.float64)  # two clusters, one name
-    c_two, e_two = concept_contrast(two, torch.tensor([[25, 25]]))
-    c_skew, e_skew = concept_contrast(two, torch.tensor([[47, 3]]))
-    c_same, e_same = concept_contrast(same, torch.tensor([[25, 25]]))
-    assert c_two.item() == pytest.approx(2 * 0.25 * 0.8) and e_two.item() == pytest.approx(2.0)
-    assert c_skew.item() == pytest.approx(2 * 0.94 * 0.06 * 0.8) and round(e_skew.item()) == 1
-    assert c_same.item() == 0.0 and e_same.item() == 1.0
+    apart = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)  # orthogonal prototypes
+    close = torch.tensor([[[1.0, 0.0], [0.8, 0.6]]], dtype=torch.float64)  # cosine 0.8
+    two = torch.tensor([[[0.9, 0.1], [0.1, 0.9]]], dtype=torch.float64)  # two names, margin 0.8
+    same = torch.tensor([[[0.9, 0.1], [0.7, 0.3]]], dtype=torch.float64)  # one name
+    balanced, skewed = torch.tensor([[25, 25]]), torch.tensor([[47, 3]])
+    c, e = concept_contrast(two, apart, balanced)
+    assert c.item() == pytest.approx(2 * 0.25 * np.sqrt(0.8 * 1.0)) and e.item() == pytest.approx(2.0)
+    c, e = concept_contrast(two, apart, skewed)
+    assert c.item() == pytest.approx(2 * 0.94 * 0.06 * np.sqrt(0.8)) and round(e.item()) == 1
+    c, e = concept_contrast(same, apart, balanced)  # apart, but one name: one concept split by context
+    assert c.item() == 0.0 and e.item() == 1.0
+    c, _ = concept_contrast(two, close, balanced)  # two names, near prototypes: a weaker contrast
+    assert c.item() == pytest.approx(2 * 0.25 * np.sqrt(0.8 * 0.2))

@@ -64,7 +64,7 @@ def _contrast(proto: torch.Tensor, sizes: torch.Tensor, text: TextBank) -> tuple
     """(concept contrast, effective concepts) of clusterings, against the main concepts (templates averaged)."""
     E, _ = text.candidates("main", "concept")
     sims = torch.einsum("nkd,cd->nkc", proto, torch.from_numpy(E).to(proto.device))
-    contrast, eff = concept_contrast(sims.double(), sizes)
+    contrast, eff = concept_contrast(sims.double(), proto.double(), sizes)
     return contrast.cpu().numpy(), eff.cpu().numpy()
 
 

@@ -100,15 +100,18 @@ def canonical_labels(labels: torch.Tensor, k: int) -> torch.Tensor:
     return rank.gather(1, labels)
 
 
-def concept_contrast(sims: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def concept_contrast(sims: torch.Tensor, proto: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Balanced concept contrast [U] and effective number of named concepts [U] of clusterings.
 
     sims: [U, k, C] cosine of each cluster prototype to each concept (templates averaged);
-    sizes: [U, k] cluster sizes (0 for absent slots). Cluster j is named n_j = argmax_c sims[j, c].
-    The cross-naming margin m_ij = sims[j, n_j] - sims[j, n_i] says how much better cluster j
-    matches its own name than cluster i's: 0 when both carry one name, large when each cluster is
-    clearly a different concept. contrast = sum over ordered pairs i != j of w_i w_j (m_ij + m_ji) / 2
-    with w the cluster shares, so a 47/3 split weighs 2 x 0.94 x 0.06 = 0.11 of a 25/25 split.
+    proto: [U, k, d] unit cluster prototypes; sizes: [U, k] cluster sizes (0 for absent slots).
+    Cluster j is named n_j = argmax_c sims[j, c]. Two clusters are different concepts when both
+    their names and their prototypes differ:
+    - naming margin M_ij = ((sims[j, n_j] - sims[j, n_i]) + (sims[i, n_i] - sims[i, n_j])) / 2,
+      how much better each cluster matches its own name than the other's (0 for one name);
+    - prototype distance 1 - cos(p_i, p_j).
+    contrast = sum over ordered pairs i != j of w_i w_j sqrt(M_ij (1 - cos(p_i, p_j))), with w the
+    cluster shares, so a 47/3 split weighs 2 x 0.94 x 0.06 = 0.11 of a 25/25 split.
     Effective concepts: 1 / sum_g s_g^2 over the shares s_g of clusters merged by name (1 for one
     name or a negligible second one, 2 for two balanced names).
     """
@@ -116,9 +119,12 @@ def concept_contrast(sims: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Ten
     name = sims.argmax(-1)  # [U, k]
     own = sims.gather(-1, name.unsqueeze(-1)).squeeze(-1)  # [U, k] sims[j, n_j]
     cross = sims.gather(-1, name.unsqueeze(1).expand(-1, sims.shape[1], -1))  # [U, j, i] sims[j, n_i]
-    m = own.unsqueeze(-1) - cross  # [U, j, i] = m_ij
-    pair = w.unsqueeze(-1) * w.unsqueeze(1)  # diagonal terms are zero since m_jj = 0
-    contrast = (pair * (m + m.transpose(1, 2)) / 2).sum((1, 2))
+    m = own.unsqueeze(-1) - cross  # [U, j, i]
+    margin = (m + m.transpose(1, 2)) / 2
+    distance = (1.0 - torch.bmm(proto, proto.transpose(1, 2)).to(sims.dtype)).clamp_min(0.0)
+    pair = w.unsqueeze(-1) * w.unsqueeze(1)
+    pair = pair * (1.0 - torch.eye(sims.shape[1], dtype=sims.dtype, device=sims.device))
+    contrast = (pair * (margin.clamp_min(0.0) * distance).sqrt()).sum((1, 2))
     shares = torch.zeros_like(sims).scatter_add_(-1, name.unsqueeze(-1), w.unsqueeze(-1)).sum(1)  # [U, C]
     effective = 1.0 / (shares**2).sum(-1).clamp_min(1e-12)
     return contrast, effective

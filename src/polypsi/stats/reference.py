@@ -106,16 +106,16 @@ def candidates(text: TextBank, which: str, level: str, ids_override=None):
 def contrast_reference(protos, sizes, text: TextBank) -> tuple[float, float]:
     """(concept contrast, effective concepts) by the definition in metrics.concept_contrast, pair by pair."""
     E, _ = candidates(text, "main", "concept")
-    sims = [_unit(E) @ (p / np.linalg.norm(p)) for p in protos]
+    P = [p / np.linalg.norm(p) for p in protos]
+    sims = [_unit(E) @ p for p in P]
     names = [int(np.argmax(s)) for s in sims]
     w = np.asarray(sizes, dtype=float) / np.sum(sizes)
     total = 0.0
     for i in range(len(protos)):
         for j in range(len(protos)):
             if i != j:
-                m_ij = sims[j][names[j]] - sims[j][names[i]]
-                m_ji = sims[i][names[i]] - sims[i][names[j]]
-                total += w[i] * w[j] * (m_ij + m_ji) / 2
+                margin = ((sims[j][names[j]] - sims[j][names[i]]) + (sims[i][names[i]] - sims[i][names[j]])) / 2
+                total += w[i] * w[j] * np.sqrt(max(margin, 0.0) * max(1.0 - float(P[i] @ P[j]), 0.0))
     shares = {}
     for n, wi in zip(names, w):
         shares[n] = shares.get(n, 0.0) + wi
