@@ -44,9 +44,20 @@ def _smoke_cfg():
 def test_psi_tables(smoke):
     cfg = _smoke_cfg()
     for layer, channels in (("layer3", 256), ("layer4", 512)):
-        psi = pd.read_parquet(smoke / "psi" / f"{layer}.parquet")
-        assert list(psi.columns[: len(PSI_COLUMNS)]) == PSI_COLUMNS
+        table = pd.read_parquet(smoke / "psi" / f"{layer}.parquet")
+        assert list(table.columns[: len(PSI_COLUMNS)]) == PSI_COLUMNS
+        psi = table[table["unit_kind"] == "channel"]
         assert len(psi) == channels and psi["channel"].tolist() == list(range(channels))
+        # OR-units: their own rows after the channels, ids after the layer's, parts among the live channels
+        ors = table[table["unit_kind"] == "or_unit"]
+        n_or = _smoke_cfg().get("validation", {}).get("or_units_per_layer", 64)
+        assert len(ors) == n_or and (ors["channel"] >= channels).all() and ors["channel"].is_unique
+        assert set(ors["part_a"]) | set(ors["part_b"]) <= set(psi.loc[psi["top_activation"] > 0, "channel"])
+        assert np.isfinite(ors["index"]).all() and np.isfinite(ors["psi"]).all()
+        live = psi["status"] != "dead: top activation <= 0"
+        assert np.isfinite(psi.loc[live, ["index", "semanticlens", "monosemanticity"]]).all().all()
+        assert (psi["index_chance"] == psi["index_chance"].iloc[0]).all()
+        np.testing.assert_allclose(psi["index"], psi["S"] * psi["contrast"] - psi["index_chance"], atol=1e-12)
         assert psi["status"].notna().all() and (psi["status"] != "").all()
         ok = psi[psi["status"] == "ok"]
         assert len(ok) > 0
@@ -61,7 +72,9 @@ def test_psi_tables(smoke):
         assert np.isfinite(ok["log_psi"]).all()
         assert ok["k_hat"].between(2, 5).all()
         null = pd.read_parquet(smoke / "null_psi" / f"{layer}.parquet")
-        assert len(null) == channels and list(null.columns[: len(PSI_COLUMNS)]) == PSI_COLUMNS
+        assert (null["unit_kind"] == "channel").sum() == channels and list(null.columns[: len(PSI_COLUMNS)]) == PSI_COLUMNS
+        # the held-out null neurons sit at the index's chance level, 0
+        assert abs(null.loc[null["unit_kind"] == "channel", "index"].median()) < 0.03
     assert cfg["nulls"]["m"] >= 3
 
 
@@ -90,7 +103,7 @@ def test_every_rule_logged(smoke):
     logs = list((smoke / "logs").rglob("*.log"))
     names = {p.parent.name if p.parent.name != "logs" else p.stem for p in logs}
     for rule in ("render_images", "index_dataset", "geometry", "mine_topk", "merge_topk", "embed_patches",
-                 "embed_prompts", "score", "calibrate", "report"):
+                 "embed_prompts", "score", "calibrate", "report", "or_units", "score_or_units", "recovery"):
         assert rule in names, f"no log for {rule}"
 
 
@@ -186,6 +199,14 @@ def test_report_files_and_html_report(smoke, tmp_path):
     assert {"k_sensitivity", "null_seeds", "text_head"} <= set(rob["analysis"])
     iv = pd.read_csv(rep / "interventions.csv")
     assert iv["condition"].tolist() == ["Aligned", "Non-aligned", "Random", "Shuffled-position", "Ablate-elsewhere"]
+    rec = pd.read_csv(rep / "recovery.csv")  # no planted truth in the smoke run: OR-units only
+    assert set(rec["truth"]) == {"or_units"} and set(rec["layer"]) == {"layer3", "layer4", "all"}
+    assert {"index", "psi", "semanticlens", "monosemanticity"} <= set(rec["score"])
+    assert rec["auroc"].between(0, 1).all() and (rec["ci_low"] <= rec["auroc"]).all() and (rec["auroc"] <= rec["ci_high"]).all()
+    per_layer = rec[rec["layer"] != "all"]
+    assert per_layer["win_rate"].between(0, 1).all() and (per_layer["n_pos"] == 64).all()
+    assert (rec.loc[rec["layer"] == "all", "n_pos"] == 128).all()
+    assert (rep / "recovery.png").stat().st_size > 5_000
     html = tmp_path / "report.html"
     snakemake(smoke.parent.parent, "--configfile", str(ROOT / "config" / "smoke.yaml"), "--report", str(html))
     assert html.stat().st_size > 10_000
