@@ -50,7 +50,7 @@ def test_psi_tables(smoke):
         assert len(psi) == channels and psi["channel"].tolist() == list(range(channels))
         # OR-units: their own rows after the channels, ids after the layer's, parts among the live channels
         ors = table[table["unit_kind"] == "or_unit"]
-        n_or = _smoke_cfg().get("validation", {}).get("or_units_per_layer", 64)
+        n_or = _smoke_cfg()["validation"]["or_units_per_layer"]
         assert len(ors) == n_or and (ors["channel"] >= channels).all() and ors["channel"].is_unique
         assert set(ors["part_a"]) | set(ors["part_b"]) <= set(psi.loc[psi["top_activation"] > 0, "channel"])
         assert np.isfinite(ors["index"]).all() and np.isfinite(ors["psi"]).all()
@@ -204,8 +204,9 @@ def test_report_files_and_html_report(smoke, tmp_path):
     assert {"index", "psi", "semanticlens", "monosemanticity"} <= set(rec["score"])
     assert rec["auroc"].between(0, 1).all() and (rec["ci_low"] <= rec["auroc"]).all() and (rec["auroc"] <= rec["ci_high"]).all()
     per_layer = rec[rec["layer"] != "all"]
-    assert per_layer["win_rate"].between(0, 1).all() and (per_layer["n_pos"] == 64).all()
-    assert (rec.loc[rec["layer"] == "all", "n_pos"] == 128).all()
+    n_or = _smoke_cfg()["validation"]["or_units_per_layer"]
+    assert per_layer["win_rate"].between(0, 1).all() and (per_layer["n_pos"] == n_or).all()
+    assert (rec.loc[rec["layer"] == "all", "n_pos"] == 2 * n_or).all()
     assert (rep / "recovery.png").stat().st_size > 5_000
     html = tmp_path / "report.html"
     snakemake(smoke.parent.parent, "--configfile", str(ROOT / "config" / "smoke.yaml"), "--report", str(html))
