@@ -4,8 +4,8 @@ index.method "contrast" (default): index = S x contrast - chance, where
 - S is the channel's cosine silhouette at K-hat (its clusters are apart in the embedding space),
 - contrast is its balanced concept contrast (stats.metrics.concept_contrast): over pairs of
   clusters, weighted by how evenly the top patches split between them, how clearly both their
-  names (naming margin) and their prototypes (cosine distance) differ; 0 when every cluster
-  carries one name,
+  names (naming margin over their best concepts) and their prototypes (cosine distance) differ;
+  near 0 when the clusters carry the same names,
 - chance is the layer's chance level: the median of S x contrast over the reference null draws
   of its live channels. A null draw clusters a structure-free sample of the channel's own
   patches (same mean and spectrum, no clusters), so a held-out null neuron sits at 0.

@@ -225,7 +225,11 @@ def test_concept_contrast_matches_pairwise_definition():
         w = sizes[u].numpy() / sizes[u].numpy().sum()
         s, p = sims[u].numpy(), proto[u].numpy()
         n = s.argmax(1)
-        want = sum(w[i] * w[j] * np.sqrt(((s[j, n[j]] - s[j, n[i]]) + (s[i, n[i]] - s[i, n[j]])) / 2 * (1 - p[i] @ p[j]))
+        top = [set(np.argsort(-s[i])[:3]) for i in range(4)]  # each cluster's three best concepts
+        def margin(i, j):
+            c = sorted(top[i] | top[j])
+            return (max(s[i, c] - s[j, c]) + max(s[j, c] - s[i, c])) / 2
+        want = sum(w[i] * w[j] * np.sqrt(margin(i, j) * (1 - p[i] @ p[j]))
                    for i in range(4) for j in range(4) if i != j and w[i] > 0 and w[j] > 0)
         assert contrast[u].item() == pytest.approx(want, abs=1e-12)
         shares = {}
@@ -240,14 +244,17 @@ def test_concept_contrast_needs_different_names_and_prototypes_and_weighs_balanc
 
     apart = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)  # orthogonal prototypes
     close = torch.tensor([[[1.0, 0.0], [0.8, 0.6]]], dtype=torch.float64)  # cosine 0.8
-    two = torch.tensor([[[0.9, 0.1], [0.1, 0.9]]], dtype=torch.float64)  # two names, margin 0.8
-    same = torch.tensor([[[0.9, 0.1], [0.7, 0.3]]], dtype=torch.float64)  # one name
+    two = torch.tensor([[[0.9, 0.1], [0.1, 0.9]]], dtype=torch.float64)  # two names, margin (0.8 + 0.8) / 2
+    shifted = torch.tensor([[[0.9, 0.1], [0.7, -0.1]]], dtype=torch.float64)  # one profile, lowered by context
+    similar = torch.tensor([[[0.9, 0.1], [0.8, 0.3]]], dtype=torch.float64)  # one name, profiles a little apart
     balanced, skewed = torch.tensor([[25, 25]]), torch.tensor([[47, 3]])
     c, e = concept_contrast(two, apart, balanced)
     assert c.item() == pytest.approx(2 * 0.25 * np.sqrt(0.8 * 1.0)) and e.item() == pytest.approx(2.0)
     c, e = concept_contrast(two, apart, skewed)
     assert c.item() == pytest.approx(2 * 0.94 * 0.06 * np.sqrt(0.8)) and round(e.item()) == 1
-    c, e = concept_contrast(same, apart, balanced)  # apart, but one name: one concept split by context
-    assert c.item() == 0.0 and e.item() == 1.0
+    c, e = concept_contrast(shifted, apart, balanced)  # apart, but one concept: context shifts every name alike
+    assert c.item() == pytest.approx(0.0, abs=1e-6) and e.item() == 1.0  # sqrt of a rounding-level margin
+    c, e = concept_contrast(similar, apart, balanced)  # margin (0.1 + 0.2) / 2: small
+    assert c.item() == pytest.approx(2 * 0.25 * np.sqrt(0.15)) and e.item() == 1.0
     c, _ = concept_contrast(two, close, balanced)  # two names, near prototypes: a weaker contrast
     assert c.item() == pytest.approx(2 * 0.25 * np.sqrt(0.8 * 0.2))

@@ -16,6 +16,7 @@ from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.metrics import normalized_mutual_info_score, silhouette_samples
 
 from ..config import NullConfig, StatsConfig
+from .metrics import NAMES_COMPARED
 from .nulls import NullDraw, null_draw, structure_free_sample, unit_rng
 from .table import rows_to_frame
 from .text import TextBank
@@ -114,7 +115,10 @@ def contrast_reference(protos, sizes, text: TextBank) -> tuple[float, float]:
     for i in range(len(protos)):
         for j in range(len(protos)):
             if i != j:
-                margin = ((sims[j][names[j]] - sims[j][names[i]]) + (sims[i][names[i]] - sims[i][names[j]])) / 2
+                names_ = np.union1d(np.argsort(-sims[i], kind="stable")[:NAMES_COMPARED],
+                                    np.argsort(-sims[j], kind="stable")[:NAMES_COMPARED])
+                d = sims[i][names_] - sims[j][names_]
+                margin = (np.max(d) + np.max(-d)) / 2
                 total += w[i] * w[j] * np.sqrt(max(margin, 0.0) * max(1.0 - float(P[i] @ P[j]), 0.0))
     shares = {}
     for n, wi in zip(names, w):
