@@ -3,10 +3,10 @@
 
 rule embed_patches:
     input:
+        **asset_inputs("embedder"),
         topk=f"{R}/topk/{{layer}}.parquet",
         dataset=f"{R}/dataset.parquet",
         geometry=f"{R}/geometry.json",
-        **asset_inputs("embedder"),
     output:
         embeddings=f"{R}/embeddings/{{layer}}/shard{{cshard}}.parquet",
     params:
@@ -25,8 +25,8 @@ rule embed_patches:
 
 rule embed_prompts:
     input:
-        dataset=f"{R}/dataset.parquet",
         **asset_inputs("embedder", "prompts"),
+        dataset=f"{R}/dataset.parquet",
     output:
         prompts=f"{R}/prompts/text.parquet",
     params:

@@ -5,11 +5,11 @@
 
 rule interventions:
     input:
+        **asset_inputs("model"),
         psi=f"{R}/psi/{{layer}}.parquet",
         patches=f"{R}/patches/{{layer}}.parquet",
         dataset=f"{R}/dataset.parquet",
         geometry=f"{R}/geometry.json",
-        **asset_inputs("model"),
     output:
         trials=f"{R}/interventions/{{layer}}.parquet",
     params:

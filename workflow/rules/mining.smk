@@ -17,8 +17,8 @@ rule geometry:
 
 rule mine_topk:
     input:
-        dataset=f"{R}/dataset.parquet",
         **asset_inputs("model"),
+        dataset=f"{R}/dataset.parquet",
     output:
         # one table per layer, in model.layers order
         tables=expand(f"{R}/mining/shard{{{{shard}}}}/{{layer}}.parquet", layer=LAYERS),

@@ -61,13 +61,12 @@ if cfg.secondary_embedder is not None:
         out["embedder"] = rule_config(cfg, "secondary_embedder")["secondary_embedder"]
         return out
 
-
     rule embed_patches_secondary:
         input:
+            **asset_inputs("embedder", embedder=cfg.secondary_embedder),
             topk=f"{R}/topk/{{layer}}.parquet",
             dataset=f"{R}/dataset.parquet",
             geometry=f"{R}/geometry.json",
-            **asset_inputs("embedder", embedder=cfg.secondary_embedder),
         output:
             embeddings=f"{R}/secondary/embeddings/{{layer}}/shard{{cshard}}.parquet",
         params:
@@ -83,8 +82,8 @@ if cfg.secondary_embedder is not None:
 
     rule embed_prompts_secondary:
         input:
-            dataset=f"{R}/dataset.parquet",
             **asset_inputs("embedder", "prompts", embedder=cfg.secondary_embedder),
+            dataset=f"{R}/dataset.parquet",
         output:
             prompts=f"{R}/secondary/prompts/text.parquet",
         params:
@@ -102,9 +101,7 @@ if cfg.secondary_embedder is not None:
         input:
             patches=f"{R}/patches/{{layer}}.parquet",
             prompts=f"{R}/prompts/text.parquet",
-            secondary=expand(
-                f"{R}/secondary/embeddings/{{{{layer}}}}/shard{{cshard}}.parquet", cshard=CHANNEL_SHARDS
-            ),
+            secondary=expand(f"{R}/secondary/embeddings/{{{{layer}}}}/shard{{cshard}}.parquet", cshard=CHANNEL_SHARDS),
             secondary_prompts=f"{R}/secondary/prompts/text.parquet",
         output:
             table=f"{REPORT}/robustness/text_head_{{layer}}.parquet",

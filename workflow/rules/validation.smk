@@ -14,7 +14,10 @@ if OR_UNITS:
             embeddings=f"{R}/or_units/{{layer}}/embeddings.parquet",
         params:
             config=settings(
-                "validation.or_units_per_layer", "validation.or_far_quantile", "validation.seed", "mining.one_site_per_image"
+                "validation.or_units_per_layer",
+                "validation.or_far_quantile",
+                "validation.seed",
+                "mining.one_site_per_image",
             ),
             code=code("or_units"),
         log:
