@@ -122,3 +122,19 @@ extra_outputs = []
 # (columns layer, channel, kind: mono | poly | dead, concepts ';'-joined) and sets this list.
 UNIT_TRUTH = []
 OR_UNITS = cfg.validation.or_units
+
+
+# Report helpers (functions live here: the catalog's linter wants rules and functions in separate files).
+CAPTIONS = str(Path(workflow.basedir) / "workflow" / "report")
+
+
+def caption(name):
+    """The report caption (workflow/report/<name>.rst) of a figure or table."""
+    return f"{CAPTIONS}/{name}.rst"
+
+
+def secondary_settings(*keys, kinds=()):
+    """settings() with the `embedder` section replaced by `secondary_embedder` (text-head sensitivity)."""
+    out = settings(*keys, kinds=kinds)
+    out["embedder"] = rule_config(cfg, "secondary_embedder")["secondary_embedder"]
+    return out

@@ -19,6 +19,8 @@ rule embed_patches:
         f"{R}/logs/embed_patches/{{layer}}_shard{{cshard}}.log",
     benchmark:
         f"{R}/benchmarks/embed_patches/{{layer}}_shard{{cshard}}.tsv"
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("embed_patches")
 
@@ -37,5 +39,7 @@ rule embed_prompts:
         gpu=1,
     log:
         f"{R}/logs/embed_prompts.log",
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("embed_prompts")

@@ -23,6 +23,8 @@ rule interventions:
         f"{R}/logs/interventions/{{layer}}.log",
     benchmark:
         f"{R}/benchmarks/interventions/{{layer}}.tsv"
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("interventions")
 
@@ -46,6 +48,8 @@ rule interventions_summary:
         code=code("interventions_summary"),
     log:
         f"{R}/logs/interventions_summary.log",
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("interventions_summary")
 

@@ -11,6 +11,8 @@ rule geometry:
         code=code("geometry"),
     log:
         f"{R}/logs/geometry.log",
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("geometry")
 
@@ -32,6 +34,8 @@ rule mine_topk:
         f"{R}/logs/mine_topk/shard{{shard}}.log",
     benchmark:
         f"{R}/benchmarks/mine_topk/shard{{shard}}.tsv"
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("mine_topk")
 
@@ -46,5 +50,7 @@ rule merge_topk:
         code=code("merge_topk"),
     log:
         f"{R}/logs/merge_topk/{{layer}}.log",
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("merge_topk")

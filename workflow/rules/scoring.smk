@@ -17,6 +17,8 @@ rule score:
         f"{R}/logs/score/{{layer}}_shard{{cshard}}_draws{{dshard}}.log",
     benchmark:
         f"{R}/benchmarks/score/{{layer}}_shard{{cshard}}_draws{{dshard}}.tsv"
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("score")
 
@@ -54,5 +56,7 @@ rule calibrate:
         code=code("calibrate"),
     log:
         f"{R}/logs/calibrate/{{layer}}.log",
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("calibrate")

@@ -22,6 +22,8 @@ if OR_UNITS:
             code=code("or_units"),
         log:
             f"{R}/logs/or_units/{{layer}}.log",
+        conda:
+            "../envs/polypsi.yaml"
         script:
             script_path("or_units")
 
@@ -39,6 +41,8 @@ if OR_UNITS:
         threads: 1
         log:
             f"{R}/logs/score_or_units/{{layer}}_draws{{dshard}}.log",
+        conda:
+            "../envs/polypsi.yaml"
         script:
             script_path("score")
 
@@ -55,6 +59,8 @@ rule recovery:
         code=code("recovery"),
     log:
         f"{R}/logs/recovery.log",
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("recovery")
 
