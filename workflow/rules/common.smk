@@ -3,7 +3,10 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # run from a checkout without installing
+# The checkout's root (this file is workflow/rules/common.smk). Not workflow.basedir: when polypsi is
+# another workflow's `module:`, that is the outer workflow's folder.
+POLYPSI_ROOT = Path(str(workflow.current_basedir)).parents[1]
+sys.path.insert(0, str(POLYPSI_ROOT / "src"))  # run from a checkout without installing
 
 from snakemake.utils import validate
 from polypsi import sources
@@ -31,7 +34,7 @@ except PolypsiError as err:
     sys.stderr.write(f"\n{err}\n\n")
     sys.exit(1)
 # The typed config coerces values (e.g. --config's strings); the schema checks what it produced.
-validate(cfg.model_dump(mode="json"), str(Path(workflow.basedir) / "config" / "schema.json"), set_default=False)
+validate(cfg.model_dump(mode="json"), str(POLYPSI_ROOT / "config" / "schema.json"), set_default=False)
 
 DATASET = SOURCES_USED["dataset"][0]
 R = f"results/{cfg.run_name}"
@@ -39,7 +42,7 @@ LAYERS = list(cfg.model.layers)
 IMAGE_SHARDS = list(range(cfg.shards.images))
 CHANNEL_SHARDS = list(range(cfg.shards.channels))
 DRAW_SHARDS = list(range(cfg.shards.draws))
-SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
+SCRIPTS = POLYPSI_ROOT / "workflow" / "scripts"
 
 
 wildcard_constraints:
@@ -92,7 +95,7 @@ def asset_inputs(*kinds, embedder=None):
             if spec in registered:
                 continue
             if spec.startswith("builtin:"):
-                spec = str(Path(workflow.basedir) / "src" / "polypsi" / "data" / spec.removeprefix("builtin:"))
+                spec = str(POLYPSI_ROOT / "src" / "polypsi" / "data" / spec.removeprefix("builtin:"))
             files[f"prompts_{key}"] = spec
     return files
 
@@ -125,7 +128,7 @@ OR_UNITS = cfg.validation.or_units
 
 
 # Report helpers (functions live here: the catalog's linter wants rules and functions in separate files).
-CAPTIONS = str(Path(workflow.basedir) / "workflow" / "report")
+CAPTIONS = str(POLYPSI_ROOT / "workflow" / "report")
 
 
 def caption(name):

@@ -35,12 +35,12 @@ rule interventions_summary:
     output:
         csv=report(
             f"{R}/report/interventions.csv",
-            caption=str(Path(workflow.basedir) / "workflow" / "report" / "interventions.rst"),
+            caption=caption("interventions"),
             category="5. Interventions",
         ),
         png=report(
             f"{R}/report/interventions.png",
-            caption=str(Path(workflow.basedir) / "workflow" / "report" / "interventions.rst"),
+            caption=caption("interventions"),
             category="5. Interventions",
         ),
     params:
