@@ -1,5 +1,6 @@
 # Shared helpers: the typed config, the sources the run uses, output paths, each rule's settings and code version.
 # Parsing stays cheap (no torch import): every cluster job re-parses the Snakefile.
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +8,10 @@ from pathlib import Path
 # another workflow's `module:`, that is the outer workflow's folder.
 POLYPSI_ROOT = Path(str(workflow.current_basedir)).parents[1]
 sys.path.insert(0, str(POLYPSI_ROOT / "src"))  # run from a checkout without installing
+# Jobs import it from there too (e.g. in the conda env of `--sdm conda`, which does not install polypsi).
+_paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+if str(POLYPSI_ROOT / "src") not in _paths:
+    os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(POLYPSI_ROOT / "src"), *_paths])))
 
 from snakemake.utils import validate
 from polypsi import sources
