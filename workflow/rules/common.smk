@@ -16,12 +16,16 @@ if str(POLYPSI_ROOT / "src") not in _paths:
 from snakemake.utils import validate
 from polypsi import sources
 from polypsi.codehash import code_version
-from polypsi.config import load_config, rule_config
+from polypsi.config import fit_image_shards, load_config, rule_config
 from polypsi.errors import PolypsiError
 from polypsi.layercheck import cache_dir, check_layers_and_crops
 
 try:
     cfg = load_config(config, "merged --configfile / config/config.yaml")
+    # No image shard of a handful of images (config.yaml's 8 shards suit the paper's 10,000 images).
+    cfg, shards_note = fit_image_shards(cfg)
+    if shards_note:
+        sys.stderr.write(f"polypsi: {shards_note}\n")
     # The registry names every source the run uses; a plug-in registers its own (and its config sections).
     SOURCES_USED = {
         "dataset": [sources.get("dataset", cfg.data.source)],
