@@ -36,8 +36,11 @@ benchmark: $(STAMP)
 schema: $(STAMP)
 	$(BIN)/python -m polypsi.config config/schema.json
 
+# The Snakemake workflow catalog's checks: the linter (the smoke and the paper config) and snakefmt.
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile config/smoke.yaml
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check .
 
 clean:
 	rm -rf results .snakemake report.html

@@ -122,3 +122,40 @@ def test_more_draw_shards_than_draws_is_refused_by_key():
     with pytest.raises(ConfigError, match=r"shards.draws \(8\) exceeds the 7 draws"):
         load_config({"nulls": {"m": 6}, "shards": {"draws": 8}})
     assert load_config({"nulls": {"m": 6}, "shards": {"draws": 7}}).shards.draws == 7
+
+
+def test_key_table_shows_the_values_a_run_gets():
+    from polypsi.config import keys_markdown
+
+    run = keys_markdown()  # config/config.yaml merged in: every run reads it
+    assert "| `shards.images` | `8` (config.yaml; typed default `1`) |" in run
+    assert "| `mining.topk` | `50` |" in run  # the same in both: one value
+    typed = keys_markdown(None)
+    assert "| `shards.images` | `1` |" in typed and "config.yaml;" not in typed
+    assert [r.split(" | ")[0] for r in run.splitlines()] == [r.split(" | ")[0] for r in typed.splitlines()]
+
+
+def test_image_shards_fit_the_number_of_images():
+    from polypsi.config import fit_image_shards, planned_images
+
+    small = load_config({"data": {"source": "synthetic", "synthetic": {"n_images": 48}}, "shards": {"images": 8}})
+    fitted, note = fit_image_shards(small)
+    assert fitted.shards.images == 3 and small.shards.images == 8  # 48 // 16; the input is left alone
+    assert "shards.images 8 -> 3" in note and "shards.min_images = 16" in note and "48 images" in note
+    assert fit_image_shards(load_config({"shards": {"images": 8}}))[1] is None  # Tiny-ImageNet val: 10,000
+    assert planned_images(load_config({"data": {"source": "imagefolder"}})) is None  # not counted when planning
+    folder, _ = fit_image_shards(
+        load_config({"data": {"source": "imagefolder", "max_images": 40}, "shards": {"images": 8, "min_images": 10}})
+    )
+    assert folder.shards.images == 4
+    tiny, _ = fit_image_shards(load_config({"data": {"source": "synthetic", "synthetic": {"n_images": 5}}}))
+    assert tiny.shards.images == 1
+
+
+def test_k_values_above_topk_are_rejected_naming_both_keys():
+    with pytest.raises(ConfigError) as e:
+        load_config({"mining": {"topk": 20}})  # the default report.k_values go up to 40
+    msg = str(e.value)
+    assert "report.k_values [10, 20, 30, 40]" in msg and "mining.topk (20)" in msg
+    assert "[30, 40] above" in msg and "e.g. [10, 20]" in msg and "raise mining.topk to 40" in msg
+    assert "<root>" not in msg

@@ -304,6 +304,11 @@ class ShardConfig(_Section):
     images: int = Field(1, ge=1, description="Image shards for mining (results do not depend on it).")
     channels: int = Field(1, ge=1, description="Channel shards per layer for embedding and scoring.")
     draws: int = Field(1, ge=1, description="Jobs the M+1 scoring draws (real + nulls) are split into.")
+    min_images: int = Field(
+        16, ge=1,
+        description="Image shards are capped so that each holds at least this many images, where the image count "
+        "is known when the run is planned (generated data, the planted world, Tiny-ImageNet, data.max_images).",
+    )
 
 
 class InterventionConfig(_Section):
@@ -385,8 +390,14 @@ class Config(_Section):
         il = self.interventions.layer
         if il is not None and il not in self.model.layers:
             raise ValueError(f"interventions.layer '{il}' is not one of model.layers {self.model.layers}")
-        if any(k > self.mining.topk for k in self.report.k_values):
-            raise ValueError(f"report.k_values {self.report.k_values} must not exceed mining.topk ({self.mining.topk})")
+        over = [k for k in self.report.k_values if k > self.mining.topk]
+        if over:
+            fits = [k for k in self.report.k_values if k <= self.mining.topk] or [self.mining.topk]
+            raise ValueError(
+                f"report.k_values {self.report.k_values} has {over} above mining.topk ({self.mining.topk}): the "
+                f"K-sensitivity analysis re-scores the top k of the mined sites, so each k must be at most "
+                f"mining.topk; set report.k_values to e.g. {fits} or raise mining.topk to {max(over)}"
+            )
         kd = self.report.k_sensitivity_draws
         if kd is not None and kd > self.nulls.m:
             raise ValueError(f"report.k_sensitivity_draws ({kd}) must not exceed nulls.m ({self.nulls.m})")
@@ -538,6 +549,9 @@ def _format_error(err: ValidationError, source: str) -> str:
         else:
             got = e.get("input")
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            if not loc:  # a check across sections: its message names the keys
+                lines.append(f"  - {e['msg'].removeprefix('Value error, ')}")
+                continue
             lines.append(f"  - key '{key}': {e['msg']}{got_s}")
     return "\n".join(lines)
 
@@ -561,6 +575,48 @@ def load_config_file(path: str | Path) -> Config:
     return load_config(raw, str(path))
 
 
+# Images in Tiny-ImageNet's splits (the dataset is fixed).
+TINY_IMAGENET_IMAGES = {"train": 100_000, "val": 10_000}
+
+
+def planned_images(cfg: Config) -> Optional[int]:
+    """How many images the run indexes, when that is known before any job runs (else None).
+
+    Generated data and the planted world say so in their config, Tiny-ImageNet's splits have fixed
+    sizes, and `data.max_images` bounds any dataset. An image folder is not counted when planning
+    (every cluster job re-plans the run).
+    """
+    known = {
+        "synthetic": cfg.data.synthetic.n_images,
+        "world": cfg.world.n_images,
+        "tiny_imagenet": TINY_IMAGENET_IMAGES[cfg.data.split],
+    }.get(cfg.data.source)
+    cap = cfg.data.max_images
+    if known is None:
+        return cap
+    return known if cap is None else min(known, cap)
+
+
+def fit_image_shards(cfg: Config) -> tuple[Config, Optional[str]]:
+    """`cfg` with `shards.images` lowered so that each image shard holds at least `shards.min_images` images.
+
+    Returns the config and a line saying what changed (None when nothing did). Results never depend on
+    the sharding; a shard of a handful of images only costs a model load.
+    """
+    n = planned_images(cfg)
+    if n is None:
+        return cfg, None
+    most = max(1, n // cfg.shards.min_images)
+    if cfg.shards.images <= most:
+        return cfg, None
+    fitted = cfg.model_copy(update={"shards": cfg.shards.model_copy(update={"images": most})})
+    note = (
+        f"shards.images {cfg.shards.images} -> {most}: the run has {n} images and each image shard gets at "
+        f"least shards.min_images = {cfg.shards.min_images} (lower shards.min_images to keep more shards)"
+    )
+    return fitted, note
+
+
 RUNTIME_KEYS: dict[str, tuple[str, ...]] = _runtime_keys()
 
 
@@ -574,24 +630,41 @@ def schema_text() -> str:
     return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
 
 
-def keys_markdown() -> str:
-    """A table of every config key with its default and description (pasted into the README)."""
-    rows = ["| key | default | description |", "|---|---|---|"]
+# The base of every run: the Snakefile loads it before any --configfile overlay.
+BASE_CONFIG = Path(__file__).resolve().parents[2] / "config" / "config.yaml"
 
-    def walk(model: type[BaseModel], prefix: str):
+
+def _json(value: Any) -> str:
+    return json.dumps(value.model_dump(mode="json") if isinstance(value, BaseModel) else value)
+
+
+def keys_markdown(base: str | Path | None = BASE_CONFIG) -> str:
+    """A table of every config key with the value a run gets and its description (pasted into the README).
+
+    The value is the typed default with `base` merged in (config/config.yaml, which every run reads);
+    where the two differ the table gives both. `base=None` (or a missing file) shows the typed defaults.
+    """
+    run = load_config_file(base) if base is not None and Path(base).exists() else Config()
+    rows = ["| key | default (config/config.yaml merged in) | description |", "|---|---|---|"]
+
+    def walk(model: type[BaseModel], value: Any, prefix: str):
         for name, f in model.model_fields.items():
             sub = _model_class(f.annotation)
             key = f"{prefix}{name}"
+            got = getattr(value, name)
             if sub is not None and f.default is not None:
-                walk(sub, key + ".")
+                walk(sub, got, key + ".")
                 continue
-            default = f.default.model_dump(mode="json") if isinstance(f.default, BaseModel) else f.default
+            typed = _json(f.default)
+            cell = f"`{_json(got)}`"
+            if _json(got) != typed:
+                cell += f" (config.yaml; typed default `{typed}`)"
             desc = (f.description or "").replace("|", "\\|")
             if _is_runtime(f):
                 desc += " *Runtime: changes speed, not results; reruns nothing.*"
-            rows.append(f"| `{key}` | `{json.dumps(default)}` | {desc} |")
+            rows.append(f"| `{key}` | {cell} | {desc} |")
 
-    walk(Config, "")
+    walk(Config, run, "")
     return "\n".join(rows)
 
 

@@ -1,19 +1,31 @@
 # Shared helpers: the typed config, the sources the run uses, output paths, each rule's settings and code version.
 # Parsing stays cheap (no torch import): every cluster job re-parses the Snakefile.
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # run from a checkout without installing
+# The checkout's root (this file is workflow/rules/common.smk). Not workflow.basedir: when polypsi is
+# another workflow's `module:`, that is the outer workflow's folder.
+POLYPSI_ROOT = Path(str(workflow.current_basedir)).parents[1]
+sys.path.insert(0, str(POLYPSI_ROOT / "src"))  # run from a checkout without installing
+# Jobs import it from there too (e.g. in the conda env of `--sdm conda`, which does not install polypsi).
+_paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+if str(POLYPSI_ROOT / "src") not in _paths:
+    os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(POLYPSI_ROOT / "src"), *_paths])))
 
 from snakemake.utils import validate
 from polypsi import sources
 from polypsi.codehash import code_version
-from polypsi.config import load_config, rule_config
+from polypsi.config import fit_image_shards, load_config, rule_config
 from polypsi.errors import PolypsiError
 from polypsi.layercheck import cache_dir, check_layers_and_crops
 
 try:
     cfg = load_config(config, "merged --configfile / config/config.yaml")
+    # No image shard of a handful of images (config.yaml's 8 shards suit the paper's 10,000 images).
+    cfg, shards_note = fit_image_shards(cfg)
+    if shards_note:
+        sys.stderr.write(f"polypsi: {shards_note}\n")
     # The registry names every source the run uses; a plug-in registers its own (and its config sections).
     SOURCES_USED = {
         "dataset": [sources.get("dataset", cfg.data.source)],
@@ -31,7 +43,7 @@ except PolypsiError as err:
     sys.stderr.write(f"\n{err}\n\n")
     sys.exit(1)
 # The typed config coerces values (e.g. --config's strings); the schema checks what it produced.
-validate(cfg.model_dump(mode="json"), str(Path(workflow.basedir) / "config" / "schema.json"), set_default=False)
+validate(cfg.model_dump(mode="json"), str(POLYPSI_ROOT / "config" / "schema.json"), set_default=False)
 
 DATASET = SOURCES_USED["dataset"][0]
 R = f"results/{cfg.run_name}"
@@ -39,7 +51,7 @@ LAYERS = list(cfg.model.layers)
 IMAGE_SHARDS = list(range(cfg.shards.images))
 CHANNEL_SHARDS = list(range(cfg.shards.channels))
 DRAW_SHARDS = list(range(cfg.shards.draws))
-SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
+SCRIPTS = POLYPSI_ROOT / "workflow" / "scripts"
 
 
 wildcard_constraints:
@@ -92,7 +104,7 @@ def asset_inputs(*kinds, embedder=None):
             if spec in registered:
                 continue
             if spec.startswith("builtin:"):
-                spec = str(Path(workflow.basedir) / "src" / "polypsi" / "data" / spec.removeprefix("builtin:"))
+                spec = str(POLYPSI_ROOT / "src" / "polypsi" / "data" / spec.removeprefix("builtin:"))
             files[f"prompts_{key}"] = spec
     return files
 
@@ -122,3 +134,19 @@ extra_outputs = []
 # (columns layer, channel, kind: mono | poly | dead, concepts ';'-joined) and sets this list.
 UNIT_TRUTH = []
 OR_UNITS = cfg.validation.or_units
+
+
+# Report helpers (functions live here: the catalog's linter wants rules and functions in separate files).
+CAPTIONS = str(POLYPSI_ROOT / "workflow" / "report")
+
+
+def caption(name):
+    """The report caption (workflow/report/<name>.rst) of a figure or table."""
+    return f"{CAPTIONS}/{name}.rst"
+
+
+def secondary_settings(*keys, kinds=()):
+    """settings() with the `embedder` section replaced by `secondary_embedder` (text-head sensitivity)."""
+    out = settings(*keys, kinds=kinds)
+    out["embedder"] = rule_config(cfg, "secondary_embedder")["secondary_embedder"]
+    return out

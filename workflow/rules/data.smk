@@ -11,6 +11,8 @@ if DATASET.render:
             code=code("render_images"),
         log:
             f"{R}/logs/render_images.log",
+        conda:
+            "../envs/polypsi.yaml"
         script:
             script_path("render_images")
 
@@ -25,6 +27,8 @@ if cfg.data.source == "tiny_imagenet":
             code=code("download_tiny_imagenet"),
         log:
             f"{R}/logs/download_tiny_imagenet.log",
+        conda:
+            "../envs/polypsi.yaml"
         script:
             script_path("download_tiny_imagenet")
 
@@ -43,5 +47,7 @@ rule index_dataset:
     threads: 2
     log:
         f"{R}/logs/index_dataset.log",
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("index_dataset")

@@ -3,10 +3,10 @@
 
 rule embed_patches:
     input:
+        **asset_inputs("embedder"),
         topk=f"{R}/topk/{{layer}}.parquet",
         dataset=f"{R}/dataset.parquet",
         geometry=f"{R}/geometry.json",
-        **asset_inputs("embedder"),
     output:
         embeddings=f"{R}/embeddings/{{layer}}/shard{{cshard}}.parquet",
     params:
@@ -19,14 +19,16 @@ rule embed_patches:
         f"{R}/logs/embed_patches/{{layer}}_shard{{cshard}}.log",
     benchmark:
         f"{R}/benchmarks/embed_patches/{{layer}}_shard{{cshard}}.tsv"
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("embed_patches")
 
 
 rule embed_prompts:
     input:
-        dataset=f"{R}/dataset.parquet",
         **asset_inputs("embedder", "prompts"),
+        dataset=f"{R}/dataset.parquet",
     output:
         prompts=f"{R}/prompts/text.parquet",
     params:
@@ -37,5 +39,7 @@ rule embed_prompts:
         gpu=1,
     log:
         f"{R}/logs/embed_prompts.log",
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("embed_prompts")

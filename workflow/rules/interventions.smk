@@ -5,11 +5,11 @@
 
 rule interventions:
     input:
+        **asset_inputs("model"),
         psi=f"{R}/psi/{{layer}}.parquet",
         patches=f"{R}/patches/{{layer}}.parquet",
         dataset=f"{R}/dataset.parquet",
         geometry=f"{R}/geometry.json",
-        **asset_inputs("model"),
     output:
         trials=f"{R}/interventions/{{layer}}.parquet",
     params:
@@ -23,6 +23,8 @@ rule interventions:
         f"{R}/logs/interventions/{{layer}}.log",
     benchmark:
         f"{R}/benchmarks/interventions/{{layer}}.tsv"
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("interventions")
 
@@ -33,12 +35,12 @@ rule interventions_summary:
     output:
         csv=report(
             f"{R}/report/interventions.csv",
-            caption=str(Path(workflow.basedir) / "workflow" / "report" / "interventions.rst"),
+            caption=caption("interventions"),
             category="5. Interventions",
         ),
         png=report(
             f"{R}/report/interventions.png",
-            caption=str(Path(workflow.basedir) / "workflow" / "report" / "interventions.rst"),
+            caption=caption("interventions"),
             category="5. Interventions",
         ),
     params:
@@ -46,6 +48,8 @@ rule interventions_summary:
         code=code("interventions_summary"),
     log:
         f"{R}/logs/interventions_summary.log",
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("interventions_summary")
 

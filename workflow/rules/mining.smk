@@ -11,14 +11,16 @@ rule geometry:
         code=code("geometry"),
     log:
         f"{R}/logs/geometry.log",
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("geometry")
 
 
 rule mine_topk:
     input:
-        dataset=f"{R}/dataset.parquet",
         **asset_inputs("model"),
+        dataset=f"{R}/dataset.parquet",
     output:
         # one table per layer, in model.layers order
         tables=expand(f"{R}/mining/shard{{{{shard}}}}/{{layer}}.parquet", layer=LAYERS),
@@ -32,6 +34,8 @@ rule mine_topk:
         f"{R}/logs/mine_topk/shard{{shard}}.log",
     benchmark:
         f"{R}/benchmarks/mine_topk/shard{{shard}}.tsv"
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("mine_topk")
 
@@ -46,5 +50,7 @@ rule merge_topk:
         code=code("merge_topk"),
     log:
         f"{R}/logs/merge_topk/{{layer}}.log",
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("merge_topk")

@@ -3,14 +3,9 @@
 # The costly re-scoring (K sensitivity) and the null-seed split run per layer in their own jobs.
 
 REPORT = f"{R}/report"
-CAPTIONS = str(Path(workflow.basedir) / "workflow" / "report")
 
 
 report: f"{CAPTIONS}/workflow.rst"
-
-
-def caption(name):
-    return f"{CAPTIONS}/{name}.rst"
 
 
 rule k_sensitivity:
@@ -28,6 +23,8 @@ rule k_sensitivity:
         f"{R}/logs/report/k_sensitivity_{{layer}}.log",
     benchmark:
         f"{R}/benchmarks/report/k_sensitivity_{{layer}}.tsv"
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("k_sensitivity")
 
@@ -46,6 +43,8 @@ rule seed_split:
         code=code("seed_split"),
     log:
         f"{R}/logs/report/null_seeds_{{layer}}.log",
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("seed_split")
 
@@ -55,19 +54,12 @@ rule seed_split:
 # written under R/secondary/ with the same layout as R/embeddings/ and R/prompts/.
 if cfg.secondary_embedder is not None:
 
-    def secondary_settings(*keys, kinds=()):
-        """settings() with the `embedder` section replaced by `secondary_embedder`."""
-        out = settings(*keys, kinds=kinds)
-        out["embedder"] = rule_config(cfg, "secondary_embedder")["secondary_embedder"]
-        return out
-
-
     rule embed_patches_secondary:
         input:
+            **asset_inputs("embedder", embedder=cfg.secondary_embedder),
             topk=f"{R}/topk/{{layer}}.parquet",
             dataset=f"{R}/dataset.parquet",
             geometry=f"{R}/geometry.json",
-            **asset_inputs("embedder", embedder=cfg.secondary_embedder),
         output:
             embeddings=f"{R}/secondary/embeddings/{{layer}}/shard{{cshard}}.parquet",
         params:
@@ -78,13 +70,15 @@ if cfg.secondary_embedder is not None:
             gpu=1,
         log:
             f"{R}/logs/embed_patches_secondary/{{layer}}_shard{{cshard}}.log",
+        conda:
+            "../envs/polypsi.yaml"
         script:
             script_path("embed_patches")
 
     rule embed_prompts_secondary:
         input:
-            dataset=f"{R}/dataset.parquet",
             **asset_inputs("embedder", "prompts", embedder=cfg.secondary_embedder),
+            dataset=f"{R}/dataset.parquet",
         output:
             prompts=f"{R}/secondary/prompts/text.parquet",
         params:
@@ -95,6 +89,8 @@ if cfg.secondary_embedder is not None:
             gpu=1,
         log:
             f"{R}/logs/embed_prompts_secondary.log",
+        conda:
+            "../envs/polypsi.yaml"
         script:
             script_path("embed_prompts")
 
@@ -102,9 +98,7 @@ if cfg.secondary_embedder is not None:
         input:
             patches=f"{R}/patches/{{layer}}.parquet",
             prompts=f"{R}/prompts/text.parquet",
-            secondary=expand(
-                f"{R}/secondary/embeddings/{{{{layer}}}}/shard{{cshard}}.parquet", cshard=CHANNEL_SHARDS
-            ),
+            secondary=expand(f"{R}/secondary/embeddings/{{{{layer}}}}/shard{{cshard}}.parquet", cshard=CHANNEL_SHARDS),
             secondary_prompts=f"{R}/secondary/prompts/text.parquet",
         output:
             table=f"{REPORT}/robustness/text_head_{{layer}}.parquet",
@@ -113,6 +107,8 @@ if cfg.secondary_embedder is not None:
             code=code("text_head"),
         log:
             f"{R}/logs/report/text_head_{{layer}}.log",
+        conda:
+            "../envs/polypsi.yaml"
         script:
             script_path("text_head")
 
@@ -135,6 +131,8 @@ if cfg.report.browser:
             f"{R}/logs/report/browser.log",
         benchmark:
             f"{R}/benchmarks/report/browser.tsv"
+        conda:
+            "../envs/polypsi.yaml"
         script:
             script_path("browser")
 
@@ -189,5 +187,7 @@ rule report:
         code=code("report"),
     log:
         f"{R}/logs/report.log",
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("report")

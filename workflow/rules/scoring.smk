@@ -17,22 +17,15 @@ rule score:
         f"{R}/logs/score/{{layer}}_shard{{cshard}}_draws{{dshard}}.log",
     benchmark:
         f"{R}/benchmarks/score/{{layer}}_shard{{cshard}}_draws{{dshard}}.tsv"
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("score")
 
 
 rule calibrate:
+    # Synthetic OR-units (or_* inputs) are calibrated here too, in their own rows (validation.smk).
     input:
-        scores=expand(
-            f"{R}/scores/{{{{layer}}}}/shard{{cshard}}/draws{{dshard}}.parquet",
-            cshard=CHANNEL_SHARDS,
-            dshard=DRAW_SHARDS,
-        ),
-        embeddings=expand(f"{R}/embeddings/{{{{layer}}}}/shard{{cshard}}.parquet", cshard=CHANNEL_SHARDS),
-        topk=f"{R}/topk/{{layer}}.parquet",
-        dataset=f"{R}/dataset.parquet",
-        geometry=f"{R}/geometry.json",
-        # Synthetic OR-units are calibrated here too, in their own rows (validation.smk).
         **(
             dict(
                 or_scores=expand(f"{R}/or_units/{{{{layer}}}}/scores/draws{{dshard}}.parquet", dshard=DRAW_SHARDS),
@@ -43,6 +36,15 @@ rule calibrate:
             if OR_UNITS
             else {}
         ),
+        scores=expand(
+            f"{R}/scores/{{{{layer}}}}/shard{{cshard}}/draws{{dshard}}.parquet",
+            cshard=CHANNEL_SHARDS,
+            dshard=DRAW_SHARDS,
+        ),
+        embeddings=expand(f"{R}/embeddings/{{{{layer}}}}/shard{{cshard}}.parquet", cshard=CHANNEL_SHARDS),
+        topk=f"{R}/topk/{{layer}}.parquet",
+        dataset=f"{R}/dataset.parquet",
+        geometry=f"{R}/geometry.json",
     output:
         psi=f"{R}/psi/{{layer}}.parquet",
         null_psi=f"{R}/null_psi/{{layer}}.parquet",
@@ -54,5 +56,7 @@ rule calibrate:
         code=code("calibrate"),
     log:
         f"{R}/logs/calibrate/{{layer}}.log",
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("calibrate")

@@ -14,11 +14,16 @@ if OR_UNITS:
             embeddings=f"{R}/or_units/{{layer}}/embeddings.parquet",
         params:
             config=settings(
-                "validation.or_units_per_layer", "validation.or_far_quantile", "validation.seed", "mining.one_site_per_image"
+                "validation.or_units_per_layer",
+                "validation.or_far_quantile",
+                "validation.seed",
+                "mining.one_site_per_image",
             ),
             code=code("or_units"),
         log:
             f"{R}/logs/or_units/{{layer}}.log",
+        conda:
+            "../envs/polypsi.yaml"
         script:
             script_path("or_units")
 
@@ -36,6 +41,8 @@ if OR_UNITS:
         threads: 1
         log:
             f"{R}/logs/score_or_units/{{layer}}_draws{{dshard}}.log",
+        conda:
+            "../envs/polypsi.yaml"
         script:
             script_path("score")
 
@@ -52,6 +59,8 @@ rule recovery:
         code=code("recovery"),
     log:
         f"{R}/logs/recovery.log",
+    conda:
+        "../envs/polypsi.yaml"
     script:
         script_path("recovery")
 

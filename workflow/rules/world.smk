@@ -12,6 +12,8 @@ if cfg.data.source == "world" and cfg.model.source == "world":
             code=code("planted_units"),
         log:
             f"{R}/logs/planted_units.log",
+        conda:
+            "../envs/polypsi.yaml"
         script:
             script_path("planted_units")
 
@@ -32,6 +34,8 @@ if cfg.data.source == "world" and cfg.model.source == "world":
             code=code("ground_truth"),
         log:
             f"{R}/logs/ground_truth.log",
+        conda:
+            "../envs/polypsi.yaml"
         script:
             script_path("ground_truth")
 

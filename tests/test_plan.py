@@ -1,0 +1,47 @@
+"""Plans (`snakemake -n`) of the overlays a user starts from: their shards fit their data."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _plan(workdir, *configfiles):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    args = ["--configfile", *map(str, configfiles)]  # one flag: a second --configfile replaces the first
+    p = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-n", "--cores", "2",
+                        "--resources", "gpu=1", "--directory", str(workdir), *args],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    counts = {}
+    for line in p.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts, p.stderr
+
+
+def test_my_data_overlay_plans_one_shard_of_each_kind(tmp_path):
+    for cls in ("cats", "dogs"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (32, 32), (40 * i, 80, 120)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    overlay = yaml.safe_load((ROOT / "config" / "examples" / "my_data.yaml").read_text())
+    overlay["data"]["root"] = str(tmp_path / "imgs")
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(overlay))
+    counts, _ = _plan(tmp_path, tmp_path / "mine.yaml")
+    assert "download_tiny_imagenet" not in counts
+    layers = len(yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["model"]["layers"])
+    assert counts["mine_topk"] == 1 and counts["embed_patches"] == layers  # not config.yaml's 8 and 4 x layers
+
+
+def test_image_shards_are_capped_to_the_data_with_a_log_line(tmp_path):
+    (tmp_path / "many.yaml").write_text(yaml.safe_dump({"shards": {"images": 10}}))
+    counts, err = _plan(tmp_path, ROOT / "config" / "smoke.yaml", tmp_path / "many.yaml")
+    assert counts["mine_topk"] == 3  # 48 generated images, at least 16 per shard
+    assert "shards.images 10 -> 3" in err
