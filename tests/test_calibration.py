@@ -6,7 +6,8 @@ import pytest
 from scipy.special import log_expit
 
 from polypsi.calibration import PSI_COLUMNS, calibrate, low_sd_counts
-from polypsi.config import CalibrationConfig
+from polypsi.config import CalibrationConfig, IndexConfig
+from polypsi.index import add_index, index_chance
 
 M = 5
 
@@ -18,7 +19,8 @@ def scores_table(seed=0, channels=(3, 7, 11), m=M):
         for d in range(m + 1):
             shift = 0.3 if d == 0 else 0.0
             rows.append(dict(channel=c, draw=d, S=shift + rng.normal(0.1, 0.02), Q=shift + rng.normal(0.2, 0.05),
-                             D=rng.normal(0.05, 0.01), k_hat=int(rng.integers(2, 6))))
+                             D=rng.normal(0.05, 0.01), k_hat=int(rng.integers(2, 6)),
+                             contrast=rng.uniform(0, 0.3), index_k=rng.uniform(1, 3)))
     return pd.DataFrame(rows).sample(frac=1.0, random_state=seed)  # order must not matter
 
 
@@ -97,9 +99,14 @@ def test_incomplete_or_inconsistent_scores_are_refused():
 
 def test_null_neurons_are_centred_when_draws_are_exchangeable():
     rng = np.random.default_rng(1)
-    rows = [dict(channel=c, draw=d, S=rng.normal(), Q=rng.gamma(2.0), D=rng.uniform(), k_hat=2)
+    rng_c = np.random.default_rng(2)  # its own stream: the hats' draws stay those of the original test
+    rows = [dict(channel=c, draw=d, S=rng.normal(), Q=rng.gamma(2.0), D=rng.uniform(), k_hat=2,
+                 contrast=rng_c.gamma(1.0) * 0.1, index_k=1.0)
             for c in range(400) for d in range(21)]
-    psi, null_psi = calibrate(pd.DataFrame(rows), 20, CalibrationConfig())
+    scores = pd.DataFrame(rows)
+    psi, null_psi = calibrate(scores, 20, CalibrationConfig())
+    chance = index_chance(scores, 20, True, np.arange(400))
     for table in (psi, null_psi):  # draw 0 is just another null draw here
         for comp in ("S_hat", "Q_hat", "D_hat"):
             assert abs(table[comp].median() - 0.5) < 0.07
+        assert abs(add_index(table, chance, IndexConfig())["index"].median()) < 0.01
