@@ -39,7 +39,7 @@ def test_resnet_centres_are_index_times_stride():
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()
-    cfg = load_config({"model": {"weights": None, "input_size": 64}})
+    cfg = load_config({"model": {"weights": None, "input_size": 64}, "crops": {"size": {"layer3": 32, "layer4": 48}}})
     g = measure_geometry(model, cfg, probe_size=256)["layers"]
     assert g["layer3"]["stride"] == 16 and g["layer4"]["stride"] == 32
     # torchvision ResNets put the stride on the 3x3 conv with padding 1: centre = i * stride, not (i + .5) * stride

@@ -184,7 +184,8 @@ class CropConfig(_Section):
         "fixed", description="fixed: `size` per layer; erf: square holding `erf_mass` of the measured gradient mass."
     )
     size: dict[str, int] = Field(
-        {"layer3": 96, "layer4": 160}, description="Crop side in input pixels per layer (size_rule=fixed)."
+        {"layer3": 96, "layer4": 160},
+        description="Crop side in input pixels per layer (size_rule=fixed); at most the model's input size.",
     )
     erf_mass: float = Field(0.9, gt=0.0, lt=1.0, description="Gradient mass the crop holds (size_rule=erf).")
     center: Literal["derived", "half_stride"] = Field(
@@ -302,7 +303,9 @@ class ValidationConfig(_Section):
 
 class ShardConfig(_Section):
     images: int = Field(1, ge=1, description="Image shards for mining (results do not depend on it).")
-    channels: int = Field(1, ge=1, description="Channel shards per layer for embedding and scoring.")
+    channels: int = Field(
+        1, ge=1, description="Channel shards per layer for embedding and scoring (at most a layer's channel count)."
+    )
     draws: int = Field(1, ge=1, description="Jobs the M+1 scoring draws (real + nulls) are split into.")
     min_images: int = Field(
         16, ge=1,

@@ -20,7 +20,7 @@ import torch
 from . import sources
 from .config import Config, EmbedderConfig
 from .crops import crop_boxes, extract_crops
-from .errors import EmbedderLoadError
+from .errors import EmbedderLoadError, StageError
 from .io import read_json, read_table, write_table
 from .models import host_resolves
 from .runtime import Progress, get_logger
@@ -192,7 +192,12 @@ def embed_patches_stage(job) -> None:
     """Rule embed_patches (and embed_patches_secondary): one layer's channel shard."""
     cfg, log = job.cfg, job.logger("polypsi.embed")
     topk = read_table(job.input.topk)
-    channels = channel_shard(np.unique(topk["channel"].to_numpy()), int(job.wildcard("cshard")), cfg.shards.channels)
+    layer_channels = np.unique(topk["channel"].to_numpy())
+    channels = channel_shard(layer_channels, int(job.wildcard("cshard")), cfg.shards.channels)
+    if len(channels) == 0:  # the plan refuses this when it can probe the model
+        raise StageError(f"layer {job.wildcard('layer')} has {len(layer_channels)} channels, fewer than shards.channels "
+                         f"({cfg.shards.channels}): channel shard {job.wildcard('cshard')} is empty; set shards.channels "
+                         f"to at most {len(layer_channels)}")
     rows, z = embed_patches(cfg.embedder, cfg, topk, read_table(job.input.dataset), read_json(job.input.geometry),
                         job.wildcard("layer"), channels, job.device, log)
     write_table(rows, job.output.embeddings, embeddings={"embedding": z})

@@ -18,6 +18,7 @@ from torch import nn
 
 from .config import Config
 from .io import write_json
+from .modelfit import check_geometry
 from .models import as_grid, build_model, preprocessing, prefix_tokens_of
 
 
@@ -102,6 +103,8 @@ def measure_geometry(model: nn.Module, cfg: Config, probe_size: int = 384) -> di
     out = {"input_size": size, "layers": {}}
     layers = cfg.model.layers
     shapes = _feature_shapes(model, layers, size, prefix)
+    # the plan checked this already unless weights bring their own input size
+    check_geometry(cfg, size, {l: [c, h, w, "tokens" if tok else "feature_map"] for l, (c, h, w, tok) in shapes.items()})
     fixed_size = any(tok for *_, tok in shapes.values())
     probes = None if fixed_size else _probe_shapes(model, layers, (max(size, probe_size), 2 * max(size, probe_size)), prefix)
     for layer in layers:

@@ -20,7 +20,7 @@ from torch import nn
 from . import sources
 from .config import IMAGENET_MEAN, IMAGENET_STD, Config
 from .errors import ModelLoadError, StageError
-from .layercheck import check_names
+from .modelfit import check_names
 
 DEFAULT_INPUT_SIZE = 224
 
