@@ -78,6 +78,21 @@ def test_rule_config_holds_declared_keys_without_runtime_ones():
     assert got["nulls"] == {"m": cfg.nulls.m} and "device" not in got and got["run_name"] == cfg.run_name
 
 
+def test_embedder_precision_reaches_its_rules_resolved_from_the_device_setting():
+    """auto follows `device` (a runtime key), never the hardware found: the rules rerun when it changes."""
+    emb = {"source": "open_clip", "precision": "auto"}
+
+    def precision(device, **over):
+        cfg = load_config({"device": device, "embedder": {**emb, **over}, "secondary_embedder": {**emb, **over}})
+        got = rule_config(cfg, "embedder", "secondary_embedder")
+        assert got["embedder"]["precision"] == got["secondary_embedder"]["precision"]
+        assert config_for_rule(got, {"device": device}).embedder.precision == got["embedder"]["precision"]
+        return got["embedder"]["precision"]
+
+    assert [precision(d) for d in ("cpu", "auto", "cuda")] == ["fp32", "fp32", "bf16"]
+    assert precision("cuda", precision="fp32") == "fp32" and precision("cpu", precision="bf16") == "bf16"
+
+
 def test_runtime_keys_are_the_fields_marked_runtime():
     assert RUNTIME_KEYS == {"device": (), "mining": ("batch_size", "channels_last"), "embedder": ("batch_size",),
                             "secondary_embedder": ("batch_size",), "interventions": ("batch_size",)}

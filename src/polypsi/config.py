@@ -205,8 +205,18 @@ class EmbedderConfig(_Section):
     pretrained: Optional[str] = Field("openai", description="open_clip pretrained tag; null = random init.")
     checkpoint: Optional[str] = Field(None, description="Local open_clip checkpoint file; overrides `pretrained`.")
     init_seed: int = Field(0, description="Seed for random initialisation when nothing is pretrained.")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="auto: bf16 when `device: cuda`, else fp32 (`device: auto` too: the config decides, not the "
+        "hardware found, so a run resumed elsewhere keeps one precision). The resolved value reruns the embeddings.",
+    )
     batch_size: int = Field(64, ge=1, description="Crops per embedding batch.", json_schema_extra=RUNTIME)
+
+    def resolved_precision(self, device: str) -> Literal["fp32", "bf16"]:
+        """The precision this embedder runs at on the run's `device` setting (not on the hardware found)."""
+        if self.precision != "auto":
+            return self.precision
+        return "bf16" if device == "cuda" else "fp32"
 
 
 class PromptConfig(_Section):
@@ -503,6 +513,8 @@ def rule_config(cfg: Config, *keys: str) -> dict[str, Any]:
         d = value.model_dump(mode="json")
         for k in RUNTIME_KEYS.get(section, ()):
             d.pop(k, None)
+        if isinstance(value, EmbedderConfig):  # `auto` follows `device` (runtime): the rule sees what it means
+            d["precision"] = value.resolved_precision(cfg.device)
         if sub:
             out.setdefault(section, {})[sub] = d[sub]
         else:

@@ -154,7 +154,8 @@ def build_open_clip(emb: EmbedderConfig, cfg: Config) -> EmbedderParts:
 def load_embedder(emb: EmbedderConfig, cfg: Config, device: torch.device | str = "cpu") -> Embedder:
     """The embedder of `emb.source` (from the source registry) on `device`."""
     parts = sources.get("embedder", emb.source).load()(emb, cfg)
-    return Embedder(parts.model, parts.tokenizer, parts.image_size, parts.mean, parts.std, device, emb.precision)
+    precision = emb.resolved_precision(cfg.device)  # a workflow rule's is resolved already (params.config)
+    return Embedder(parts.model, parts.tokenizer, parts.image_size, parts.mean, parts.std, device, precision)
 
 
 # ---------------------------------------------------------------- stages
