@@ -110,3 +110,18 @@ def test_null_neurons_are_centred_when_draws_are_exchangeable():
         for comp in ("S_hat", "Q_hat", "D_hat"):
             assert abs(table[comp].median() - 0.5) < 0.07
         assert abs(add_index(table, chance, IndexConfig())["index"].median()) < 0.01
+
+
+def test_row_order_of_the_score_files_does_not_change_a_bit():
+    """The shards' files are concatenated in any order: every table is identical to the bit."""
+    rng = np.random.default_rng(3)
+    rows = [dict(channel=c, draw=d, S=rng.random(), Q=rng.random(), D=rng.random() / 10, k_hat=2, contrast=rng.random(),
+                 index_k=1.0) for c in range(60) for d in range(M + 1)]
+    scores = pd.DataFrame(rows)
+    for holdout in (True, False):
+        cal = CalibrationConfig(holdout_null_neurons=holdout)
+        want = calibrate(scores, M, cal)
+        for seed in range(3):
+            got = calibrate(scores.sample(frac=1.0, random_state=seed), M, cal)
+            for a, b in zip(got, want):
+                pd.testing.assert_frame_equal(a, b, check_exact=True)

@@ -82,13 +82,16 @@ def calibrate(scores: pd.DataFrame, m: int, cal: CalibrationConfig) -> tuple[pd.
     for its held-out null neuron (draw M against draws 1..M-1); without, an empty table.
     """
     _check_draws(scores, m)
-    s = scores.sort_values(["channel", "draw"]).set_index("channel")
+    # One row order whatever the order of the shards' files: mean and sd sum in row order, so the
+    # hats are then the same to the bit for any channel or draw sharding.
+    ordered = scores.sort_values(["channel", "draw"], kind="stable").reset_index(drop=True)
+    s = ordered.set_index("channel")
     real = s[s.draw == 0]
     if cal.holdout_null_neurons:
-        ref = scores[(scores.draw >= 1) & (scores.draw < m)]
+        ref = ordered[(ordered.draw >= 1) & (ordered.draw < m)]
         held = s[s.draw == m]
         return _calibrate_rows(real, ref, cal), _calibrate_rows(held, ref, cal)
-    ref = scores[scores.draw >= 1]
+    ref = ordered[ordered.draw >= 1]
     return _calibrate_rows(real, ref, cal), pd.DataFrame(columns=PSI_COLUMNS)
 
 

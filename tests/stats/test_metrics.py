@@ -70,6 +70,20 @@ def test_nmi_matches_sklearn_including_edge_cases():
     assert got[2] == 1.0 and got[0] == 0.0 and got[4] == pytest.approx(1.0)
 
 
+def test_nmi_of_a_row_does_not_depend_on_its_batch():
+    """Bit for bit: a row scored alone, or among rows with more classes or clusters, or in another order."""
+    rng = np.random.default_rng(5)
+    y = dense_labels(rng.integers(0, 12, (60, 50)))
+    l = rng.integers(0, 5, (60, 50))
+    y[:10] = rng.integers(0, 2, (10, 50))  # rows whose largest label is small
+    l[:10] = rng.integers(0, 2, (10, 50))
+    whole = nmi(y, l)
+    alone = np.array([nmi(y[i : i + 1], l[i : i + 1])[0] for i in range(len(y))])
+    order = rng.permutation(len(y))
+    assert np.array_equal(alone, whole) and np.array_equal(nmi(y[order], l[order]), whole[order])
+    assert np.array_equal(nmi(y[:10], l[:10]), whole[:10])
+
+
 def test_purity_gaps_match_brute_force():
     rng = np.random.default_rng(3)
     proto = unit(rng.standard_normal((5, 4, 12))).astype(np.float32)

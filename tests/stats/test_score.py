@@ -8,6 +8,7 @@ import torch
 from polypsi.calibration import calibrate
 from polypsi.config import CalibrationConfig, NullConfig, StatsConfig
 from polypsi.stats import CLUSTER_COLUMNS, SCORE_COLUMNS, TextBank, score_channels
+from polypsi.shards import channel_shard, draws_of
 from polypsi.stats.synthetic import make_world, noise_channels, planted_channels
 
 torch.set_num_threads(1)
@@ -60,15 +61,24 @@ def test_columns_and_cluster_details(world, mixed):
 
 
 def test_results_do_not_depend_on_shards_or_chunks(world, mixed):
+    """Bit for bit: the workflow's channel shards x draw shards, and other chunk sizes, give one table."""
     Z, y, ch = mixed
-    for draw in (0, 3, [0, 1, 2]):
-        whole = run(world, Z, y, ch, draw)
-        split = pd.concat([run(world, Z[:5], y[:5], ch[:5], draw), run(world, Z[5:], y[5:], ch[5:], draw)])
-        split = split.sort_values(["draw", "channel"]).reset_index(drop=True)
-        pd.testing.assert_frame_equal(whole.sort_values(["draw", "channel"]).reset_index(drop=True), split)
     stats, nulls = StatsConfig(), NullConfig(m=M)
-    small = score_channels(Z, y, ch, world.text, [0, 5], stats, nulls, "layer4", chunk_units=3)
-    pd.testing.assert_frame_equal(small, run(world, Z, y, ch, [0, 5]))
+
+    def table(parts):
+        return pd.concat(parts).sort_values(["draw", "channel"]).reset_index(drop=True)[SCORE_COLUMNS]
+
+    whole = table([run(world, Z, y, ch, ALL)])
+    for n_ch, n_dr in ((3, 1), (1, 2), (2, 3)):
+        parts = []
+        for cs in range(n_ch):
+            idx = np.flatnonzero(np.isin(ch, channel_shard(ch, cs, n_ch)))
+            for ds in range(n_dr):
+                parts.append(run(world, Z[idx], y[idx], ch[idx], draws_of(ds, n_dr, M)))
+        pd.testing.assert_frame_equal(table(parts), whole, check_exact=True, obj=f"{n_ch} x {n_dr} shards")
+    for chunk in (3,):
+        small = score_channels(Z, y, ch, world.text, ALL, stats, nulls, "layer4", chunk_units=chunk)
+        pd.testing.assert_frame_equal(table([small]), whole, check_exact=True, obj=f"chunk_units {chunk}")
 
 
 def test_seeded_by_seed_layer_channel_and_draw(world, mixed):

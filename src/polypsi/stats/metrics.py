@@ -34,33 +34,44 @@ def silhouette_gram(G: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torc
     return s.mean(-1), s
 
 
-def _entropy(p: np.ndarray, axis) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return -np.where(p > 0, p * np.log(p), 0.0).sum(axis=axis)
-
-
 def nmi(y: np.ndarray, l: np.ndarray) -> np.ndarray:
     """Arithmetic NMI of label rows y [N, K] and cluster rows l [N, K] (natural log), as scikit-learn.
 
-    Both hold small non-negative integers (e.g. class index per row, cluster id).
+    Both hold small non-negative integers (e.g. class index per row, cluster id). Each row's value
+    depends on that row alone, bit for bit: its non-empty cells are summed in (label, cluster)
+    order, so splitting channels or draws into other batches cannot change a float sum.
     """
     y = np.asarray(y, dtype=np.int64)
     l = np.asarray(l, dtype=np.int64)
     N, K = y.shape
+    if N == 0:
+        return np.zeros(0)
     cy, cl = int(y.max()) + 1, int(l.max()) + 1
-    flat = (np.arange(N)[:, None] * cy + y) * cl + l
-    p = np.bincount(flat.ravel(), minlength=N * cy * cl).reshape(N, cy, cl) / K
-    py, pl = p.sum(2), p.sum(1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(p > 0, p / (py[:, :, None] * pl[:, None, :]), 1.0)
-        mi = np.clip((p * np.log(ratio)).sum((1, 2)), 0.0, None)
-    hy, hl = _entropy(py, 1), _entropy(pl, 1)
+    rows = np.repeat(np.arange(N), K)
+    # Integer counts are exact whatever the batch; only the non-empty cells enter the float sums.
+    ny = np.bincount(rows * cy + y.ravel(), minlength=N * cy)
+    nl = np.bincount(rows * cl + l.ravel(), minlength=N * cl)
+    cells, n = np.unique((rows * cy + y.ravel()) * cl + l.ravel(), return_counts=True)  # sorted: row, label, cluster
+    r, yy, ll = cells // (cy * cl), (cells // cl) % cy, cells % cl
+    p = n / K
+    ratio = p / ((ny[r * cy + yy] / K) * (nl[r * cl + ll] / K))
+    # bincount adds its weights one by one in input order: a row's sum sees only its own cells
+    mi = np.clip(np.bincount(r, weights=p * np.log(ratio), minlength=N), 0.0, None)
+    hy, n_y = _row_entropy(ny, N, cy, K)
+    hl, n_l = _row_entropy(nl, N, cl, K)
     # Rounding can put a perfect match a few ulp above 1; NMI is bounded by 1.
     out = np.minimum(mi / np.maximum((hy + hl) / 2.0, np.finfo(np.float64).eps), 1.0)
-    n_y, n_l = (py > 0).sum(1), (pl > 0).sum(1)
     out[mi == 0] = 0.0
     out[(n_y == 1) & (n_l == 1)] = 1.0  # two constant labelings agree perfectly
     return out
+
+
+def _row_entropy(counts: np.ndarray, N: int, c: int, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """Entropy [N] of each row's labels from flat counts [N * c], summed over its non-empty labels in order."""
+    idx = np.flatnonzero(counts)
+    p = counts[idx] / K
+    rows = idx // c
+    return np.bincount(rows, weights=-(p * np.log(p)), minlength=N), np.bincount(rows, minlength=N)
 
 
 def dense_labels(y: np.ndarray) -> np.ndarray:
