@@ -79,3 +79,35 @@ def test_nan_activation_never_wins():
     a[3, 1, 0, 0] = np.nan
     got = stream(a, 5, False, 8)
     assert np.isfinite(got["activation"]).all()
+
+
+def test_mined_top_k_is_the_same_to_the_bit_for_any_image_shards(tmp_path, monkeypatch):
+    """Each shard's last batch is padded to the batch size: a batch of one image would round differently."""
+    from PIL import Image
+
+    from polypsi import mining
+    from polypsi.config import load_config
+    from polypsi.mining import mine_shard
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(paths[-1])
+    dataset = pd.DataFrame({"image_id": range(4), "path": [str(p) for p in paths], "label": 0, "class_name": "x"})
+
+    def config(n_shards):
+        return load_config({"model": {"name": "resnet18", "weights": None, "layers": ["layer2"], "input_size": 32},
+                            "crops": {"size": {"layer2": 16}}, "mining": {"topk": 6, "batch_size": 4},
+                            "report": {"k_values": [6]}, "shards": {"images": n_shards}})
+
+    model = mining.load_model(config(1), "cpu")
+    monkeypatch.setattr(mining, "load_model", lambda cfg, device: model)  # built once
+
+    def mined(n_shards):
+        parts = [mine_shard(config(n_shards), dataset, s, "cpu")["layer2"] for s in range(n_shards)]
+        return merge_topk(parts, 6)
+
+    whole = mined(1)
+    for n in (4,):  # every batch holds one image
+        pd.testing.assert_frame_equal(mined(n), whole, check_exact=True)

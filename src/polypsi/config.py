@@ -38,7 +38,7 @@ def _check_source(kind: str, name: str) -> str:
     return name
 
 
-# Marks a field that changes speed, not results (batch sizes, memory layout, device): the workflow
+# Marks a field that changes speed, and results only by float rounding (batch sizes, memory layout, device): the workflow
 # keeps it out of the rules' params, so changing it reruns nothing.
 RUNTIME = {"runtime": True}
 
@@ -169,13 +169,16 @@ class MiningConfig(_Section):
     one_site_per_image: bool = Field(
         True, description="Keep at most one site per image (paper: false; neighbours make near-duplicate crops)."
     )
-    batch_size: int = Field(32, ge=1, description="Images per forward pass (does not change results).",
-                            json_schema_extra=RUNTIME)
+    batch_size: int = Field(
+        32, ge=1, description="Images per forward pass (activations change by float rounding only).",
+        json_schema_extra=RUNTIME,
+    )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16 changes top-K rankings; keep fp32 unless speed matters more than exactness."
     )
     channels_last: bool = Field(
-        True, description="channels_last memory format (faster convs, same results).", json_schema_extra=RUNTIME
+        True, description="channels_last memory format (faster convs; activations change by float rounding only).",
+        json_schema_extra=RUNTIME,
     )
 
 
@@ -312,7 +315,7 @@ class ValidationConfig(_Section):
 
 
 class ShardConfig(_Section):
-    images: int = Field(1, ge=1, description="Image shards for mining (results do not depend on it).")
+    images: int = Field(1, ge=1, description="Image shards for mining (tables identical to the bit for any count).")
     channels: int = Field(
         1, ge=1, description="Channel shards per layer for embedding and scoring (at most a layer's channel count)."
     )
@@ -676,7 +679,7 @@ def keys_markdown(base: str | Path | None = BASE_CONFIG) -> str:
                 cell += f" (config.yaml; typed default `{typed}`)"
             desc = (f.description or "").replace("|", "\\|")
             if _is_runtime(f):
-                desc += " *Runtime: changes speed, not results; reruns nothing.*"
+                desc += " *Runtime: reruns nothing; changes speed, and results by float rounding at most.*"
             rows.append(f"| `{key}` | {cell} | {desc} |")
 
     walk(Config, run, "")

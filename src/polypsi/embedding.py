@@ -24,7 +24,7 @@ from .errors import EmbedderLoadError, StageError
 from .io import read_json, read_table, write_table
 from .models import host_resolves
 from .runtime import Progress, get_logger
-from .shards import channel_shard
+from .shards import channel_shard, full_batch
 
 PACKAGE_DATA = Path(__file__).parent / "data"
 
@@ -181,7 +181,7 @@ def embed_patches(emb_cfg: EmbedderConfig, cfg: Config, topk: pd.DataFrame, data
     prog = Progress(len(sites), "crops", log)
     for i in range(0, len(sites), bs):
         crops = extract_crops(paths[i : i + bs], boxes[i : i + bs], size, embedder.image_size)
-        embs.append(embedder.encode_images(crops))
+        embs.append(embedder.encode_images(full_batch(crops, bs))[: len(crops)])
         prog.update(len(crops))
     z = np.concatenate(embs) if embs else np.zeros((0, 1), np.float32)
     site_pos = pd.Series(np.arange(len(sites)), index=pd.MultiIndex.from_frame(sites))

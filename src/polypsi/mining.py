@@ -18,7 +18,7 @@ from .crops import load_image
 from .io import read_table, write_table
 from .models import extractor, load_model
 from .runtime import Progress, get_logger
-from .shards import shard_rows
+from .shards import full_batch, shard_rows
 
 TOPK_COLUMNS = ["channel", "rank", "image_id", "u", "v", "activation"]
 
@@ -117,7 +117,7 @@ def mine_shard(cfg: Config, dataset: pd.DataFrame, shard: int, device, workers: 
     shapes: dict[str, tuple[int, int]] = {}
     prog = Progress(len(rows), "images", log)
     for images, ids in loader:
-        acts = fx(images)
+        acts = {layer: a[: len(ids)] for layer, a in fx(full_batch(images, cfg.mining.batch_size)).items()}
         for layer, a in acts.items():
             if layer not in topk:
                 topk[layer] = StreamingTopK(a.shape[1], cfg.mining.topk, a.device)

@@ -23,3 +23,15 @@ def channel_shard(channels: np.ndarray, shard: int, n_shards: int) -> np.ndarray
 def draws_of(shard: int, n_shards: int, m: int) -> list[int]:
     """Draws (0 = real data, 1..m = nulls) scored by draw shard `shard`."""
     return [d for d in range(m + 1) if d % n_shards == shard]
+
+
+def full_batch(x, size: int):
+    """Batch `x` (a tensor, first dimension the batch) padded to `size` rows by repeating its last row.
+
+    A shard's last batch is short, and kernels round differently for small batches (a batch of one
+    image through a convolution, of 1-3 crops through a ViT, on a CPU): computing every row in a
+    batch of the configured size keeps results the same to the bit whatever the sharding. Use the
+    first len(x) rows of the output.
+    """
+    n = len(x)
+    return x if n >= size or n == 0 else x[list(range(n)) + [n - 1] * (size - n)]

@@ -1,0 +1,22 @@
+"""How work is split: contiguous image shards, interleaved channel shards, draw shards, full batches."""
+
+import numpy as np
+import pandas as pd
+import torch
+
+from polypsi.shards import channel_shard, draws_of, full_batch, shard_rows
+
+
+def test_every_item_is_in_exactly_one_shard():
+    df = pd.DataFrame({"image_id": range(11)})
+    assert pd.concat([shard_rows(df, s, 3) for s in range(3)]).equals(df)
+    ch = np.arange(10)
+    assert sorted(np.concatenate([channel_shard(ch, s, 3) for s in range(3)])) == list(ch)
+    assert sorted(sum((draws_of(s, 4, 6) for s in range(4)), [])) == list(range(7))
+
+
+def test_a_short_batch_is_padded_with_its_last_row():
+    x = torch.arange(6.0).view(3, 2)
+    padded = full_batch(x, 5)
+    assert padded.shape == (5, 2) and torch.equal(padded[:3], x) and torch.equal(padded[3:], x[[2, 2]])
+    assert full_batch(x, 3) is x and full_batch(x, 2) is x and len(full_batch(x[:0], 4)) == 0
