@@ -43,3 +43,47 @@ def test_outputs_get_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "p.parquet").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_killed_writers_temporaries_go_with_the_next_write(tmp_path):
+    """Temporary names carry their writer: a dead one's are removed, a live or another host's are kept."""
+    import os
+
+    from polypsi.io import _HOST, atomic_dir, remove_stale_temps
+
+    dead, me = _dead_pid(), os.getpid()
+    (tmp_path / f".images.{dead}-{_HOST}.abcd1234.part").mkdir()  # a killed render's folder
+    (tmp_path / f".images.{dead}-{_HOST}.abcd1234.part" / "x.png").write_text("half")
+    (tmp_path / ".images.k2j4h5g6").mkdir()  # an older version's folder (no owner)
+    (tmp_path / f".images.{me}-{_HOST}.zzzz9999.part").mkdir()  # a live writer
+    (tmp_path / f".images.{dead}-00000000.abcd1234.part").mkdir()  # another machine's
+    (tmp_path / ".images.settings").write_text("not ours")  # not a temporary name
+    with atomic_dir(tmp_path / "images") as d:
+        (d / "a.png").write_text("png")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["images", f".images.{me}-{_HOST}.zzzz9999.part", f".images.{dead}-00000000.abcd1234.part",
+                           ".images.settings"])
+    assert (tmp_path / "images" / "a.png").read_text() == "png"
+    (tmp_path / f".t.parquet.{dead}-{_HOST}.qwer5678.part").write_text("half")
+    assert [p.name for p in remove_stale_temps(tmp_path / "t.parquet")] == [f".t.parquet.{dead}-{_HOST}.qwer5678.part"]
+
+
+def test_a_failed_folder_write_leaves_the_old_folder(tmp_path):
+    from polypsi.io import atomic_dir
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "old.png").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "images") as d:
+            (d / "new.png").write_text("new")
+            raise RuntimeError("killed")
+    assert [p.name for p in tmp_path.iterdir()] == ["images"] and (tmp_path / "images" / "old.png").exists()

@@ -2,9 +2,10 @@
 
 import json
 import os
-import time
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -174,17 +175,46 @@ def test_misspelt_key_is_rejected_by_name(tmp_path):
     assert "unknown key 'minning'" in p.stderr and "did you mean 'mining'" in p.stderr
 
 
-def test_interrupted_run_resumes_to_identical_results(smoke):
-    """Losing intermediate files (as a killed job would) and rerunning gives the same tables."""
+def _kill_tree(pid):
+    """SIGKILL to a process, its process group and every descendant (as `kill -9` of the whole tree)."""
+    import psutil
+
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    os.killpg(pid, signal.SIGKILL)
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def test_killed_run_resumes_with_the_same_command(smoke):
+    """SIGKILL to the whole Snakemake process tree while jobs run; the same command, run again, ends the run
+    (no --unlock, no --rerun-incomplete) with tables identical to the bit."""
     work = smoke.parent.parent
     before = {k: pd.read_parquet(smoke / k / "layer3.parquet") for k in ("psi", "null_psi", "patches")}
     (smoke / "scores" / "layer3" / "shard0" / "draws0.parquet").unlink()
     (smoke / "embeddings" / "layer3" / "shard1.parquet").unlink()
     (smoke / "psi" / "layer3.parquet").unlink()
-    snakemake(work, "--configfile", str(ROOT / "config" / "smoke.yaml"), "--rerun-incomplete",
-              *[f"results/smoke/{k}/layer3.parquet" for k in before])
+    args = [*[f"results/smoke/{k}/layer3.parquet" for k in before], "--configfile", str(ROOT / "config" / "smoke.yaml")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    p = subprocess.Popen([*SNAKEMAKE, "--directory", str(work), "--cores", "2", *args], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    incomplete = work / ".snakemake" / "incomplete"
+    deadline = time.monotonic() + 120
+    try:
+        while not any(f.is_file() for f in incomplete.glob("*")):  # a job has started
+            assert p.poll() is None and time.monotonic() < deadline, "no job started"
+            time.sleep(0.1)
+        time.sleep(1.0)  # into the job
+    finally:
+        _kill_tree(p.pid)
+        p.wait()
+    assert any((work / ".snakemake" / "locks").glob("*.lock")), "the killed run left no lock to test with"
+    resumed = snakemake(work, *args)
+    assert "removed the Snakemake locks" in resumed.stderr
     for k, df in before.items():
-        pd.testing.assert_frame_equal(pd.read_parquet(smoke / k / "layer3.parquet"), df)
+        pd.testing.assert_frame_equal(pd.read_parquet(smoke / k / "layer3.parquet"), df, check_exact=True)
 
 
 def test_report_files_and_html_report(smoke, tmp_path):

@@ -25,7 +25,7 @@ from PIL import Image
 from . import sources
 from .config import Config, DataConfig, SyntheticConfig
 from .errors import DatasetError
-from .io import write_csv, write_table
+from .io import atomic_dir, remove_stale_temps, temp_prefix, write_csv, write_table
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 SKIPPED_COLUMNS = ["path", "reason"]
@@ -249,26 +249,21 @@ def render_synthetic_source(cfg: Config, out_dir: str | Path) -> None:
 
 def render_synthetic(syn: SyntheticConfig, out_dir: str | Path) -> None:
     """Coloured shapes on noise, one class per (colour, shape); deterministic from the seed."""
-    out = Path(out_dir) / "images"
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".images.", dir=out_dir))  # renamed into place when complete
     rng = np.random.default_rng(syn.seed)
     s = syn.image_size
-    for i in range(syn.n_images):
-        c = i % syn.n_classes
-        colour, shape = _SYN_CLASSES[c].split()
-        img = rng.integers(0, 90, size=(s, s, 3)).astype(np.uint8)
-        for _ in range(2):  # a little clutter
-            other = _SYN_CLASSES[rng.integers(len(_SYN_CLASSES))].split()
-            _draw_shape(img, other[1], tuple(v // 3 for v in _SYN_RGB[other[0]]), *rng.uniform(0, s, 2), s * 0.12)
-        r = rng.uniform(0.15, 0.3) * s
-        _draw_shape(img, shape, _SYN_RGB[colour], *rng.uniform(r, s - r, 2), r)
-        folder = tmp / _SYN_CLASSES[c].replace(" ", "_")
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(folder / f"{i:05d}.png")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_dir(Path(out_dir) / "images") as tmp:  # in place when complete; a killed render's folder goes next time
+        for i in range(syn.n_images):
+            c = i % syn.n_classes
+            colour, shape = _SYN_CLASSES[c].split()
+            img = rng.integers(0, 90, size=(s, s, 3)).astype(np.uint8)
+            for _ in range(2):  # a little clutter
+                other = _SYN_CLASSES[rng.integers(len(_SYN_CLASSES))].split()
+                _draw_shape(img, other[1], tuple(v // 3 for v in _SYN_RGB[other[0]]), *rng.uniform(0, s, 2), s * 0.12)
+            r = rng.uniform(0.15, 0.3) * s
+            _draw_shape(img, shape, _SYN_RGB[colour], *rng.uniform(r, s - r, 2), r)
+            folder = tmp / _SYN_CLASSES[c].replace(" ", "_")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(folder / f"{i:05d}.png")
 
 
 # ---------------------------------------------------------------- Tiny-ImageNet download
@@ -293,7 +288,8 @@ def download_tiny_imagenet(d: DataConfig, timeout: float = 30.0) -> Path:
     if not d.download:
         raise DatasetError(f"Tiny-ImageNet not found at {root} and data.download is false. {how}")
     root.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root.parent, prefix=".tiny-download.") as tmpd:
+    remove_stale_temps(root.parent / "tiny-download")  # a killed download's archive
+    with tempfile.TemporaryDirectory(dir=root.parent, prefix=temp_prefix(root.parent / "tiny-download")) as tmpd:
         archive = Path(tmpd) / "tiny-imagenet.zip"
         try:
             with urllib.request.urlopen(d.url, timeout=timeout) as r, open(archive, "wb") as f:

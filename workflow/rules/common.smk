@@ -19,6 +19,18 @@ from polypsi.codehash import code_version
 from polypsi.config import fit_image_shards, load_config, rule_config
 from polypsi.errors import PolypsiError
 from polypsi.layercheck import cache_dir, check_layers_and_crops
+from polypsi.resume import clear_stale_locks, record_owner
+
+# A run killed with SIGKILL leaves its locks behind; the same command resumes it (polypsi.resume).
+if getattr(workflow, "is_main_process", False):  # not in cluster jobs, which re-plan on other machines
+    _cleared = clear_stale_locks()
+    if _cleared:
+        sys.stderr.write(f"polypsi: {_cleared}\n")
+
+
+onstart:
+    record_owner()
+
 
 try:
     cfg = load_config(config, "merged --configfile / config/config.yaml")

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from polypsi.config import WorldConfig
-from polypsi.io import atomic_path, write_json
+from polypsi.io import atomic_dir, write_json
 from polypsi.world.concepts import Concept, shape_alpha
 from polypsi.world.spec import STREAM_SCENES, WorldSpec, world_spec
 from polypsi.world.truth import plan_channels
@@ -181,13 +181,13 @@ def render_world(world: WorldConfig, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     spec = world_spec(world)
     scenes = []
-    for i in range(world.n_images):
-        img, scene = render_image(world, spec, i)
-        path = image_path(out_dir, spec, scene)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            Image.fromarray(to_uint8(img)).save(tmp, format="PNG")
-        scenes.append(scene)
+    with atomic_dir(out_dir / "images") as tmp:  # in place when complete; a killed render's folder goes next time
+        for i in range(world.n_images):
+            img, scene = render_image(world, spec, i)
+            path = tmp / image_path(out_dir, spec, scene).relative_to(out_dir / "images")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(to_uint8(img)).save(path, format="PNG")
+            scenes.append(scene)
     write_json(world_description(world, spec, scenes), out_dir / "world.json")
 
 
