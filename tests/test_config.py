@@ -93,6 +93,14 @@ def test_embedder_precision_reaches_its_rules_resolved_from_the_device_setting()
     assert precision("cuda", precision="fp32") == "fp32" and precision("cpu", precision="bf16") == "bf16"
 
 
+def test_rule_config_can_leave_out_keys_a_stage_does_not_read():
+    cfg = load_config({"interventions": {"confidence": 0.9}})
+    got = rule_config(cfg, "interventions", without=("interventions.confidence", "interventions.test_unit"))
+    assert "confidence" not in got["interventions"] and got["interventions"]["seed"] == cfg.interventions.seed
+    with pytest.raises(ConfigError, match="not a key of a declared section"):
+        rule_config(cfg, "nulls", without=("interventions.confidence",))
+
+
 def test_runtime_keys_are_the_fields_marked_runtime():
     assert RUNTIME_KEYS == {"device": (), "mining": ("batch_size", "channels_last"), "embedder": ("batch_size",),
                             "secondary_embedder": ("batch_size",), "interventions": ("batch_size",)}

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -126,46 +127,136 @@ def test_top_k_identical_for_two_and_three_image_shards(smoke, tmp_path):
     assert len(list((tmp_path / "results" / "shards3" / "mining").glob("shard*/layer4.parquet"))) == 3
 
 
-def test_config_change_reruns_only_what_it_touches(smoke):
+# One change per row of the README's "What reruns" table, by the row's first key: an overlay merged over
+# config/smoke.yaml (several for a row: every one must give the row's rules). One per row keeps the test short.
+RERUN_PROBES = {
+    "run_name": [{"run_name": "smoke_moved"}],
+    "data.synthetic.*": [{"data": {"synthetic": {"seed": 1}}}],
+    "data.max_images": [{"data": {"max_images": 40}}],
+    "model.*": [{"model": {"init_seed": 1}}],
+    "crops.*": [{"crops": {"size": {"layer3": 24}}}],
+    "mining.topk": [{"mining": {"one_site_per_image": True}}],
+    "embedder.*": [{"embedder": {"init_seed": 1}}, {"device": "cuda"}],
+    "shards.channels": [{"shards": {"channels": 3}}],
+    "prompts.*": [{"prompts": {"include_class_names": False}}],
+    "stats.*": [{"nulls": {"m": 5}}],
+    "calibration.*": [{"calibration": {"eps": 1e-5, "sd_tol": 1e-3}}],
+    "index.method": [{"index": {"method": "psi"}}],
+    "validation.or_units_per_layer": [{"validation": {"or_units_per_layer": 32}}],
+    "validation.bootstrap": [{"validation": {"bootstrap": 100}}],
+    "interventions.*": [{"interventions": {"sites_per_channel": 3}}],
+    "interventions.test_unit": [{"interventions": {"confidence": 0.9}}],
+    "report.k_values": [{"report": {"k_sensitivity_draws": 4}}],
+    "report.thumb_size": [{"report": {"thumb_size": 48}}],
+    "report.high_psi_quantile": [{"report": {"gallery_patches": 4}}],
+    # settings that change speed, and keys of sections the run does not use
+    "device": [{"device": "auto", "mining": {"batch_size": 5, "channels_last": True}, "embedder": {"batch_size": 7},
+                "interventions": {"batch_size": 3}, "world": {"seed": 3}, "data": {"download": False, "md5": None}}],
+}
+# Rows about files, checked by editing the file (prompts, code) or by the inputs of the jobs that read it.
+PROMPT_FILE = ROOT / "src" / "polypsi" / "data" / "templates.txt"
+CODE_FILE = ROOT / "src" / "polypsi" / "report" / "figures.py"
+FILE_READERS = {"model": {"geometry", "mine_topk", "interventions"}, "embedder": {"embed_patches", "embed_prompts"}}
+
+
+def _rerun_table():
+    """The README's "What reruns" rows: {first key or file of the change cell: rules cell}."""
+    section = (ROOT / "README.md").read_text().split("\n### What reruns\n", 1)[1]
+    rows = {}
+    for line in section.splitlines():
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        change, rules = (c.strip() for c in line.strip().strip("|").split("|"))
+        if change in ("change", "---"):
+            continue
+        rows[re.search(r"`([^`]+)`", change).group(1)] = rules
+    return rows
+
+
+def _expected(rules, table, every):
+    """The rules a cell names: `a`, `b`; every rule; every rule but `a`; nothing; as `<row>`."""
+    names = set(re.findall(r"`([a-z_]+)`", rules))
+    if rules.startswith("as "):
+        return _expected(table[re.search(r"`([^`]+)`", rules).group(1)], table, every)
+    if rules == "nothing":
+        return set()
+    if rules.startswith("every rule but"):
+        return every - names
+    if rules.startswith("every rule"):
+        return set(every)
+    return names
+
+
+def _planned(work, *configfiles, extra=()):
+    """Rule names of the jobs a dry run plans, and {rule: its jobs' input files}."""
+    p = snakemake(work, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"), *map(str, configfiles), *extra)
+    rules, inputs, rule = set(), {}, None
+    for line in p.stdout.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[-1].rstrip(":")
+            rules.add(rule)
+        elif rule and line.strip().startswith("input:"):
+            inputs.setdefault(rule, set()).update(f.strip() for f in line.split(":", 1)[1].split(","))
+    rules.discard("all")
+    return rules, inputs
+
+
+def test_what_reruns_table_holds_row_by_row(smoke, tmp_path):
+    """Every row of the README's "What reruns" table, by dry runs against the finished smoke run (two at a time).
+
+    The settings row that reruns nothing also shows that the finished run is up to date.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     work = smoke.parent.parent
-
-    def planned(configfile):
-        p = snakemake(work, "-n", "--configfile", str(configfile))
-        return {line.split()[-1].rstrip(":") for line in p.stdout.splitlines()
-                if line.startswith(("rule ", "localrule "))}
-
-    assert planned(ROOT / "config" / "smoke.yaml") == set()
-    cfg = _smoke_cfg()
-    cfg["nulls"]["m"] = cfg["nulls"]["m"] - 1
-    (work / "changed.yaml").write_text(yaml.safe_dump(cfg))
-    changed = planned(work / "changed.yaml")
-    assert {"score", "calibrate", "report"} <= changed
-    assert not changed & {"mine_topk", "merge_topk", "embed_patches", "embed_prompts", "render_images", "geometry"}
-    # calibration settings re-calibrate without re-scoring
-    cfg = _smoke_cfg()
-    cfg["calibration"] = {"eps": 1e-5, "sd_tol": 1e-3}
-    (work / "calibration.yaml").write_text(yaml.safe_dump(cfg))
-    changed = planned(work / "calibration.yaml")
-    assert {"calibrate", "report"} <= changed
-    assert not changed & {"score", "embed_patches", "mine_topk"}
-    # a prompt list edited in place re-embeds the prompts (Snakemake compares its time and content)
-    templates = ROOT / "src" / "polypsi" / "data" / "templates.txt"
-    st, text = templates.stat(), templates.read_text()
-    try:
-        templates.write_text(text + "# an edit\n")  # a comment: the prompts stay the same, the file does not
-        changed = planned(ROOT / "config" / "smoke.yaml")
-    finally:
-        templates.write_text(text)
-        os.utime(templates, (st.st_atime, st.st_mtime))
-    assert "embed_prompts" in changed and not changed & {"mine_topk", "geometry", "embed_patches"}
-    # settings that change speed, not results, and keys a rule does not read, rerun nothing
-    cfg = _smoke_cfg()
-    cfg["mining"].update(batch_size=5, channels_last=not cfg["mining"].get("channels_last", True))
-    cfg["embedder"]["batch_size"] = 7
-    cfg.update(device="auto", world={"seed": 3})
-    cfg["data"].update(download=False, md5=None)
-    (work / "neutral.yaml").write_text(yaml.safe_dump(cfg))
-    assert planned(work / "neutral.yaml") == set()
+    table = _rerun_table()
+    file_rows = {"prompts.concepts", "model.checkpoint", "embedder.checkpoint", "src/polypsi/report/figures.py"}
+    assert set(table) == set(RERUN_PROBES) | file_rows, "README rows and RERUN_PROBES differ"
+    runs = []
+    for key, probes in RERUN_PROBES.items():
+        for i, overlay in enumerate(probes):
+            path = tmp_path / f"{key.replace('*', 'all')}_{i}.yaml"
+            path.write_text(yaml.safe_dump(overlay))
+            runs.append((key, path))
+    # checkpoints and your own model's file are inputs of the jobs that read them (replacing one reruns those)
+    for name in ("model.pt", "embedder.pt"):
+        (tmp_path / name).write_bytes(b"weights")
+    entry = yaml.safe_load((ROOT / "config" / "examples" / "python_entry.yaml").read_text())
+    my_model = ROOT / "config" / "examples" / "my_model.py"
+    entry["model"].update(entry=f"{my_model}:build", checkpoint=str(tmp_path / "model.pt"))
+    entry["embedder"] = {"checkpoint": str(tmp_path / "embedder.pt")}
+    (tmp_path / "files.yaml").write_text(yaml.safe_dump(entry))
+    runs.append(("files", tmp_path / "files.yaml"))
+    with ThreadPoolExecutor(2) as pool:
+        planned = list(pool.map(lambda run: (*run, *_planned(work, run[1])), runs))
+    every = next(rules for key, _, rules, _ in planned if key == "run_name")
+    wrong = []
+    for key, path, rules, inputs in planned:
+        if key == "files":
+            for kind, files in (("model", [tmp_path / "model.pt", my_model]), ("embedder", [tmp_path / "embedder.pt"])):
+                readers = [{r for r, fs in inputs.items() if str(f) in fs} for f in files]
+                if any(r != FILE_READERS[kind] for r in readers):
+                    wrong.append(f"{kind} files are inputs of {readers}, not {sorted(FILE_READERS[kind])}")
+                # a replaced file reruns its readers and what follows them: the row of the settings they read
+                if not FILE_READERS[kind] <= _expected(table[f"{kind}.checkpoint"], table, every) \
+                        == _expected(table[f"{kind}.*"], table, every):
+                    wrong.append(f"{kind}.checkpoint row")
+            continue
+        want = _expected(table[key], table, every)
+        if rules != want:
+            wrong.append(f"{key} ({path and path.name}): planned {sorted(rules)}, README says {sorted(want)}")
+    assert not wrong, "\n".join(wrong)
+    # files edited in place: Snakemake compares the time and content of a rule's inputs, and the code version
+    for path, key in ((PROMPT_FILE, "prompts.concepts"), (CODE_FILE, "src/polypsi/report/figures.py")):
+        st, text = path.stat(), path.read_text()
+        try:
+            path.write_text(text + "# an edit\n")  # a comment: nothing the file means changes, its content does
+            assert _planned(work)[0] == _expected(table[key], table, every), key
+        finally:
+            path.write_text(text)
+            os.utime(path, (st.st_atime, st.st_mtime))
 
 
 def test_misspelt_key_is_rejected_by_name(tmp_path):
@@ -193,8 +284,7 @@ def test_killed_run_resumes_with_the_same_command(smoke):
     (no --unlock, no --rerun-incomplete) with tables identical to the bit."""
     work = smoke.parent.parent
     before = {k: pd.read_parquet(smoke / k / "layer3.parquet") for k in ("psi", "null_psi", "patches")}
-    (smoke / "scores" / "layer3" / "shard0" / "draws0.parquet").unlink()
-    (smoke / "embeddings" / "layer3" / "shard1.parquet").unlink()
+    (smoke / "scores" / "layer3" / "shard0" / "draws0.parquet").unlink()  # a score job, then calibration, to run
     (smoke / "psi" / "layer3.parquet").unlink()
     args = [*[f"results/smoke/{k}/layer3.parquet" for k in before], "--configfile", str(ROOT / "config" / "smoke.yaml")]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}

@@ -499,11 +499,13 @@ def config_for_rule(declared: dict[str, Any], full: dict | None = None) -> Confi
     return Config.model_construct(**built)
 
 
-def rule_config(cfg: Config, *keys: str) -> dict[str, Any]:
+def rule_config(cfg: Config, *keys: str, without: tuple[str, ...] = ()) -> dict[str, Any]:
     """A rule's `params.config`: the sections (`"nulls"`) and single keys (`"mining.topk"`) its stage reads.
 
     Runtime keys are left out (config_for_rule adds them from the run's config): a change to what
-    is returned reruns the rule, a change to anything else does not.
+    is returned reruns the rule, a change to anything else does not. `without` names keys of a
+    declared section that the stage does not read (e.g. `"interventions.confidence"`, read by the
+    summary only): changing them does not rerun the rule, and the stage would see their defaults.
     """
     out: dict[str, Any] = {}
     for key in keys:
@@ -522,6 +524,11 @@ def rule_config(cfg: Config, *keys: str) -> dict[str, Any]:
             out.setdefault(section, {})[sub] = d[sub]
         else:
             out[section] = d
+    for key in without:
+        section, _, sub = key.partition(".")
+        if not sub or sub not in out.get(section, {}):
+            raise ConfigError(f"rule_config: `{key}` is not a key of a declared section")
+        del out[section][sub]
     return out
 
 

@@ -73,17 +73,18 @@ wildcard_constraints:
     dshard=r"\d+",
 
 
-def settings(*keys, kinds=()):
+def settings(*keys, kinds=(), without=()):
     """A rule's `params.config`: the config sections and keys its stage reads, as plain data.
 
     `keys` are sections ("nulls") or single keys ("mining.topk"); `kinds` adds the sections that
     the run's sources of those kinds read (e.g. `world` for the planted world's model). A change
     to these reruns the rule; a change elsewhere does not. Runtime settings (fields marked
     runtime: device, batch sizes, memory layout) change speed, not results: they are left out
-    here and reach the stage from the run's config.
+    here and reach the stage from the run's config. `without`: keys of a listed section the stage
+    does not read (see polypsi.config.rule_config).
     """
     extra = [s for kind in kinds for src in SOURCES_USED[kind] for s in src.sections]
-    return rule_config(cfg, *keys, *dict.fromkeys(extra))
+    return rule_config(cfg, *keys, *dict.fromkeys(extra), without=without)
 
 
 def code(name):

@@ -13,8 +13,14 @@ rule interventions:
     output:
         trials=f"{R}/interventions/{{layer}}.parquet",
     params:
-        # model, mining and the model source's sections: what load_model reads
-        config=settings("model", "mining", "interventions", kinds=["model"]),
+        # model, mining and the model source's sections: what load_model reads; the t-test settings are the summary's
+        config=settings(
+            "model",
+            "mining",
+            "interventions",
+            kinds=["model"],
+            without=("interventions.test_unit", "interventions.confidence"),
+        ),
         code=code("interventions"),
     threads: 2
     resources:
