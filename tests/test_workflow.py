@@ -395,7 +395,8 @@ def test_vit_block_end_to_end(tmp_path):
     assert geometry["input_size"] == 64 and g["kind"] == "tokens"
     assert (g["stride"], g["height"], g["width"], g["channels"]) == (8, 8, 8, 192) and 2 <= g["offset"] <= 5
     psi = pd.read_parquet(run / "psi" / "blocks.3.parquet")
-    assert list(psi.columns[:len(PSI_COLUMNS)]) == PSI_COLUMNS and len(psi) == 192
+    assert list(psi.columns[:len(PSI_COLUMNS)]) == PSI_COLUMNS and (psi["unit_kind"] == "channel").sum() == 192
+    assert (psi["unit_kind"] == "or_unit").sum() == 16 and psi["index"].notna().any()
     patches = pd.read_parquet(run / "patches" / "blocks.3.parquet")
     assert patches["u"].between(0, 7).all() and patches["v"].between(0, 7).all()
     trials = pd.read_parquet(run / "interventions" / "blocks.3.parquet")
