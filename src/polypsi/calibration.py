@@ -113,3 +113,8 @@ def channels_only(psi: pd.DataFrame) -> pd.DataFrame:
     if "unit_kind" not in psi.columns:
         return psi
     return psi[psi["unit_kind"] == "channel"].reset_index(drop=True)
+
+
+def dead_rows(table: pd.DataFrame) -> pd.Series:
+    """Rows of channels that never fire (status `dead: ...`): their scores describe arbitrary sites."""
+    return table["status"].astype(str).str.startswith("dead")

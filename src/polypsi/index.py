@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .calibration import dead_rows
 from .config import IndexConfig
 
 
@@ -45,8 +46,7 @@ def add_index(table: pd.DataFrame, chance: float, cfg: IndexConfig) -> pd.DataFr
     out = table.copy()
     out["index_chance"] = chance
     if cfg.method == "contrast":
-        dead = out["status"].astype(str).str.startswith("dead")
-        out["index"] = (raw_index(out) - chance).where(~dead)
+        out["index"] = (raw_index(out) - chance).where(~dead_rows(out))
     else:
         out["index"] = out["psi"].astype(float)
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .calibration import calibrate
+from .calibration import calibrate, dead_rows
 from .index import add_index, index_chance
 from .crops import crop_boxes
 from .errors import StageError
@@ -71,8 +71,7 @@ def _with_peers(psi: pd.DataFrame, channels: np.ndarray, z: np.ndarray, topk: pd
         "monosemanticity": pach_polysemanticity(z, act),
     })
     out = psi.merge(peers, on="channel", how="left", validate="one_to_one")
-    dead = out["status"].astype(str).str.startswith("dead")
-    out.loc[dead, ["semanticlens", "monosemanticity"]] = np.nan
+    out.loc[dead_rows(out), ["semanticlens", "monosemanticity"]] = np.nan
     return out
 
 
@@ -108,7 +107,7 @@ def or_units_stage(job) -> None:
     live = top1.index[top1 > 0].to_numpy()
     truth = None
     if "truth" in job.input and job.input.truth:
-        t = pd.read_csv(job.input.truth[0] if isinstance(job.input.truth, list) else job.input.truth)
+        t = pd.read_csv(job.input.truth[0])  # UNIT_TRUTH is a list: one file or none
         truth = t[t["layer"] == layer]
     units, table, z = build_or_units(layer, topk, emb, Z, live, truth, cfg.validation, cfg.mining.one_site_per_image)
     if units.empty:

@@ -38,22 +38,25 @@ def eligible_pairs(channels: np.ndarray, Z: np.ndarray, live: np.ndarray, truth:
     """(pairs (a < b), their prototype cosines, rule name) of one layer's channels."""
     index = {int(c): i for i, c in enumerate(channels)}
     P = prototypes(channels, Z)
+    cosine = P @ P.T
+    alive = set(live.tolist())
     if truth is not None:
         t = truth[truth["kind"] == "mono"]
-        mono = [int(c) for c in t["channel"] if int(c) in index and int(c) in set(live.tolist())]
+        mono = [int(c) for c in t["channel"] if int(c) in index and int(c) in alive]
         concept = dict(zip(t["channel"].astype(int), t["concepts"].astype(str)))
         pairs = [(a, b) for i, a in enumerate(mono) for b in mono[i + 1:] if concept[a] != concept[b]]
         rule = "truth: monosemantic, different concepts"
     else:
-        alive = [int(c) for c in channels if int(c) in set(live.tolist())]
-        all_pairs = [(a, b) for i, a in enumerate(alive) for b in alive[i + 1:]]
-        cos = np.array([P[index[a]] @ P[index[b]] for a, b in all_pairs])
+        rows = np.array([i for i, c in enumerate(channels) if int(c) in alive], dtype=int)
+        ia, ib = np.triu_indices(len(rows), k=1)
+        cos = cosine[rows[ia], rows[ib]]
         if not len(cos):
             return [], np.zeros(0), "far prototypes"
         cut = np.quantile(cos, cfg.or_far_quantile)
-        pairs = [p for p, c in zip(all_pairs, cos) if c <= cut]
+        keep = cos <= cut
+        pairs = [(int(channels[rows[a]]), int(channels[rows[b]])) for a, b in zip(ia[keep], ib[keep])]
         rule = f"far prototypes: cosine <= {cut:.4f} (quantile {cfg.or_far_quantile})"
-    cos = np.array([float(P[index[a]] @ P[index[b]]) for a, b in pairs])
+    cos = np.array([float(cosine[index[a], index[b]]) for a, b in pairs])
     return pairs, cos, rule
 
 

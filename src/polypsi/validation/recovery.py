@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats as sps
 
-from ..calibration import channels_only
+from ..calibration import channels_only, dead_rows
 from ..io import read_table, write_csv
 
 # Higher means more polysemantic for every score (the peers' are reported with that sign).
@@ -59,7 +59,7 @@ def win_rate(units: pd.DataFrame, singles: pd.DataFrame, score: str) -> tuple[fl
 
 
 def _live(psi: pd.DataFrame) -> pd.DataFrame:
-    return psi[~psi["status"].astype(str).str.startswith("dead")]
+    return psi[~dead_rows(psi)]
 
 
 def recovery_table(psi: dict[str, pd.DataFrame], truth: pd.DataFrame | None, n_boot: int = 1000,
