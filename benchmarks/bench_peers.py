@@ -1,11 +1,10 @@
 """Peers' scores (polypsi.stats.peers) against the authors' SemanticLens package, on inputs of paper shape.
 
-    PYTHONPATH=src:/tmp/slpkg python benchmarks/bench_peers.py              # 512 units x 50 patches x 512 dims
-    PYTHONPATH=src:/tmp/slpkg python benchmarks/bench_peers.py --units 64 --ref-units 16
+    python benchmarks/bench_peers.py              # 512 units x 50 patches x 512 dims
+    python benchmarks/bench_peers.py --units 64 --ref-units 16
 
-/tmp/slpkg: `pip install semanticlens einops zennit zennit-crp --no-deps --target /tmp/slpkg`
-(the package's own imports; its transformers/timm/open-clip requirements are not needed for
-semanticlens.scores, and --target keeps them out of the project's environment). Without it only
+The package comes from requirements-test.txt (`make test` installs it with --no-deps: its
+transformers/timm/open-clip requirements are not needed for semanticlens.scores). Without it only
 the timings and the MS loop check are printed.
 
 Inputs are generated (no model needed), with polypsi's synthetic CLIP-like patches: a shared
