@@ -58,3 +58,23 @@ def test_options_reach_the_scorer(world):
     assert a.k_hat == b.k_hat and a.S == pytest.approx(b.S, abs=1e-4)
     rot = psi_for_channel(Z[0], y[0], emb, ids, m=5, s_null="rotation", d_null="shuffle", gap_level="prompt")
     assert "low_null_sd" in rot.status  # both of the paper's literal nulls are degenerate here
+
+
+def test_index_separates_a_polysemantic_channel_from_a_monosemantic_one(world):
+    """The index of the notebook API: two planted concepts score above one concept, which sits near chance."""
+    emb, names = prompts(world)
+    Z2, y2, _ = planted_channels(np.random.default_rng(1), world, 1, 2, separation=1.2)
+    Z1, y1, _ = planted_channels(np.random.default_rng(2), world, 1, 1, separation=1.2)
+    act = np.linspace(2.0, 1.0, Z2.shape[1])
+    poly = psi_for_channel(Z2[0], y2[0], emb, names, world.text.null_emb, m=10, activations=act)
+    mono = psi_for_channel(Z1[0], y1[0], emb, names, world.text.null_emb, m=10)
+    assert poly.index == pytest.approx(poly.S * poly.contrast - poly.index_chance)
+    assert poly.index > 0.05 > mono.index and abs(mono.index) < 0.03
+    assert poly.index_k > 1.5 and mono.index_k < 1.5
+    assert poly.semanticlens > mono.semanticlens and np.isfinite(poly.monosemanticity)
+    assert np.isnan(mono.monosemanticity)
+    assert {"contrast", "index_k"} <= set(poly.draws.columns)
+    layer = psi_for_channel(Z2[0], y2[0], emb, names, world.text.null_emb, m=10, index_chance=0.01)
+    assert layer.index == pytest.approx(poly.index + poly.index_chance - 0.01) and layer.index_chance == 0.01
+    with pytest.raises(ValueError, match="one per embedding"):
+        psi_for_channel(Z2[0], y2[0], emb, names, m=2, activations=act[:3])

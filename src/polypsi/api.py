@@ -2,7 +2,7 @@
 
     from polypsi.api import psi_for_channel
     r = psi_for_channel(patch_emb, labels, prompt_emb, prompt_concepts, null_prompt_emb)
-    r.psi, r.S_hat, r.k_hat, r.clusters
+    r.index, r.psi, r.S_hat, r.k_hat, r.clusters
 
 A thin wrapper over polypsi.stats.score_channels (draws 0..m) and polypsi.calibration.calibrate.
 """
@@ -17,7 +17,10 @@ import pandas as pd
 
 from .calibration import calibrate, channels_only
 from .config import CalibrationConfig, NullConfig, StatsConfig
+from .index import index_chance as own_chance
+from .index import raw_index
 from .stats import TextBank, score_channels
+from .stats.peers import pach_polysemanticity, semanticlens_polysemanticity
 
 
 @dataclass
@@ -32,6 +35,12 @@ class ChannelPSI:
     log_psi: float
     k_hat: int
     status: str
+    index: float  # S x contrast - index_chance (docs/index.md)
+    index_chance: float  # the chance level subtracted (by default: median over this channel's null draws)
+    contrast: float
+    index_k: float  # effective number of named concepts
+    semanticlens: float  # SemanticLens polysemanticity (needs no activations)
+    monosemanticity: float  # 1 - Pach et al.'s MS; NaN unless activations are given
     assignments: np.ndarray  # [K] cluster of each patch (0 = largest cluster)
     clusters: pd.DataFrame  # one row per cluster: size, silhouette, concept_1, concept_2, gap, similarity_1
     null_psi: dict  # the held-out null neuron's S, Q, D, hats and PSI
@@ -65,6 +74,8 @@ def psi_for_channel(
     n_init: int = 10,
     kmeans: str = "spherical",
     backend: str = "torch",
+    activations: Sequence[float] | None = None,
+    index_chance: float | None = None,
 ) -> ChannelPSI:
     """PSI of one channel from its K patch embeddings [K, d], their images' class labels [K] and a prompt set.
 
@@ -72,10 +83,20 @@ def psi_for_channel(
     averaged at gap_level="concept". d_null defaults to "unrelated_prompts" when null prompt
     embeddings are given (each null prompt its own concept unless null_prompt_concepts says
     otherwise) and to "random_directions" otherwise. Embeddings are L2-normalised here.
+
+    index: S x contrast - index_chance. The workflow's chance level is per layer (the median over
+    its live channels' null draws; pass a psi table's `index_chance` to use it); by default it is
+    the median of this channel's own reference draws, which keep its covariance and so sit higher
+    for a clearly split channel than the layer's level does. activations [K]: the patches' activations (Pach et al.'s score needs them; without
+    them the embeddings' rows are taken as ranked, best first).
     """
     Z = np.asarray(embeddings, dtype=np.float64)
     Z = (Z / np.linalg.norm(Z, axis=1, keepdims=True)).astype(np.float32)[None]
     ids, names = _concept_ids(prompt_concepts)
+    # without activations the rows' order is the ranking (SemanticLens' fallback uses the top 10)
+    act = np.arange(Z.shape[1], 0, -1.0) if activations is None else np.asarray(activations, dtype=np.float64)
+    if act.shape != (Z.shape[1],):
+        raise ValueError(f"activations has shape {act.shape}; expected one per embedding, ({Z.shape[1]},)")
     P = np.asarray(prompt_embeddings, dtype=np.float32)
     if null_prompt_embeddings is None:
         null_emb, null_ids, null_names = np.zeros((0, P.shape[1]), np.float32), np.zeros(0, np.int64), []
@@ -95,6 +116,10 @@ def psi_for_channel(
     psi, null_psi = channels_only(psi), channels_only(null_psi)  # the channel's own rows, never an OR-unit's
     row = psi.iloc[0]
     real = scores[scores.draw == 0].iloc[0]
+    if index_chance is None:
+        index_chance = own_chance(scores, m, CalibrationConfig().holdout_null_neurons, np.array([0]))
+    semanticlens = float(semanticlens_polysemanticity(Z, act[None])[0])
+    mono = float(pach_polysemanticity(Z, act[None])[0]) if activations is not None else float("nan")
     clusters = pd.DataFrame({
         "size": real.cluster_size, "silhouette": real.cluster_silhouette,
         "concept_1": real.cluster_concept_1, "concept_2": real.cluster_concept_2,
@@ -104,7 +129,9 @@ def psi_for_channel(
         S=float(row.S), Q=float(row.Q), D=float(row.D),
         S_hat=float(row.S_hat), Q_hat=float(row.Q_hat), D_hat=float(row.D_hat),
         psi=float(row.psi), log_psi=float(row.log_psi), k_hat=int(row.k_hat), status=str(row.status),
+        index=float(raw_index(real.to_frame().T).iloc[0] - index_chance), index_chance=float(index_chance),
+        contrast=float(real.contrast), index_k=float(real.index_k), semanticlens=semanticlens, monosemanticity=mono,
         assignments=np.asarray(real.assignments), clusters=clusters,
         null_psi=null_psi.iloc[0].to_dict() if len(null_psi) else {},
-        draws=scores[["draw", "S", "Q", "D", "k_hat"]].reset_index(drop=True),
+        draws=scores[["draw", "S", "Q", "D", "k_hat", "contrast", "index_k"]].reset_index(drop=True),
     )
