@@ -24,11 +24,12 @@ demo: $(STAMP)
 smoke: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/smoke.yaml --rerun-incomplete
 
+# One worker per core; a test file stays on one worker (tests/conftest.py) so its fixtures are built once.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n $(CORES) --dist loadgroup
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -m "not slow"
+	$(BIN)/python -m pytest -q -ra -n $(CORES) --dist loadgroup -m "not slow"
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_stats.py

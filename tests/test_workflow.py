@@ -379,6 +379,7 @@ def test_python_entry_plans_from_its_own_file(tmp_path):
     assert p.returncode != 0 and "'stage3' is not a module of the model; close names" in p.stderr
 
 
+@pytest.mark.xdist_group("vit_end_to_end")  # needs no smoke run: free to run beside it
 def test_vit_block_end_to_end(tmp_path):
     """A timm ViT block as the analysed layer, from rendering to calibration and interventions (small, one shard)."""
     fast = {"shards": {"images": 1, "channels": 1, "draws": 1}, "nulls": {"m": 4},

@@ -243,8 +243,9 @@ def test_concept_contrast_matches_pairwise_definition():
         def margin(i, j):
             c = sorted(top[i] | top[j])
             return (max(s[i, c] - s[j, c]) + max(s[j, c] - s[i, c])) / 2
+        k = max(int((w > 0).sum()), 2)
         want = sum(w[i] * w[j] * np.sqrt(margin(i, j) * (1 - p[i] @ p[j]))
-                   for i in range(4) for j in range(4) if i != j and w[i] > 0 and w[j] > 0)
+                   for i in range(4) for j in range(4) if i != j and w[i] > 0 and w[j] > 0) / (1 - 1 / k)
         assert contrast[u].item() == pytest.approx(want, abs=1e-12)
         shares = {}
         for j in range(4):
@@ -263,12 +264,19 @@ def test_concept_contrast_needs_different_names_and_prototypes_and_weighs_balanc
     similar = torch.tensor([[[0.9, 0.1], [0.8, 0.3]]], dtype=torch.float64)  # one name, profiles a little apart
     balanced, skewed = torch.tensor([[25, 25]]), torch.tensor([[47, 3]])
     c, e = concept_contrast(two, apart, balanced)
-    assert c.item() == pytest.approx(2 * 0.25 * np.sqrt(0.8 * 1.0)) and e.item() == pytest.approx(2.0)
+    assert c.item() == pytest.approx(np.sqrt(0.8 * 1.0)) and e.item() == pytest.approx(2.0)  # 2 x 0.25 / (1 - 1/2)
     c, e = concept_contrast(two, apart, skewed)
-    assert c.item() == pytest.approx(2 * 0.94 * 0.06 * np.sqrt(0.8)) and round(e.item()) == 1
+    assert c.item() == pytest.approx(2 * 0.94 * 0.06 * np.sqrt(0.8) / 0.5) and round(e.item()) == 1
     c, e = concept_contrast(shifted, apart, balanced)  # apart, but one concept: context shifts every name alike
     assert c.item() == pytest.approx(0.0, abs=1e-6) and e.item() == 1.0  # sqrt of a rounding-level margin
     c, e = concept_contrast(similar, apart, balanced)  # margin (0.1 + 0.2) / 2: small
-    assert c.item() == pytest.approx(2 * 0.25 * np.sqrt(0.15)) and e.item() == 1.0
+    assert c.item() == pytest.approx(np.sqrt(0.15)) and e.item() == 1.0
     c, _ = concept_contrast(two, close, balanced)  # two names, near prototypes: a weaker contrast
-    assert c.item() == pytest.approx(2 * 0.25 * np.sqrt(0.8 * 0.2))
+    assert c.item() == pytest.approx(np.sqrt(0.8 * 0.2))
+    # one concept over-split: four equal clusters whose four names differ pairwise no more than the two above
+    # score no higher than those two clusters (their number alone earns nothing)
+    four = torch.tensor([[[0.9, 0.1, 0.1, 0.1], [0.1, 0.9, 0.1, 0.1], [0.1, 0.1, 0.9, 0.1], [0.1, 0.1, 0.1, 0.9]]],
+                        dtype=torch.float64)
+    ortho = torch.eye(4, dtype=torch.float64)[None]
+    c4, _ = concept_contrast(four, ortho, torch.tensor([[10, 10, 10, 10]]))
+    assert c4.item() == pytest.approx(np.sqrt(0.8))

@@ -130,12 +130,15 @@ def concept_contrast(sims: torch.Tensor, proto: torch.Tensor, sizes: torch.Tenso
       comparing only the clusters' own best names keeps a large vocabulary's many irrelevant
       concepts from adding noise to it;
     - prototype distance 1 - cos(p_i, p_j).
-    contrast = sum over ordered pairs i != j of w_i w_j sqrt(M_ij (1 - cos(p_i, p_j))), with w the
-    cluster shares, so a 47/3 split weighs 2 x 0.94 x 0.06 = 0.11 of a 25/25 split.
+    contrast = sum over ordered pairs i != j of w_i w_j sqrt(M_ij (1 - cos(p_i, p_j))) / (1 - 1/k), with w
+    the shares of the k clusters: a share-weighted mean of the pairs' contrast times the evenness of the
+    split (Gini-Simpson 1 - sum w^2 over its maximum 1 - 1/k), so a 47/3 split weighs 0.23 of a 25/25
+    one, and splitting one concept into more clusters earns nothing by their number alone.
     Effective concepts: 1 / sum_g s_g^2 over the shares s_g of clusters merged by their best concept
     (1 for one name or a negligible second one, 2 for two balanced names).
     """
     w = sizes.to(sims.dtype) / sizes.sum(-1, keepdim=True).clamp_min(1)
+    n_clusters = (sizes > 0).sum(-1).to(sims.dtype)
     U, k, C = sims.shape
     best = sims.topk(min(NAMES_COMPARED, C), dim=-1).indices  # [U, k, r]
     both = torch.cat([best.unsqueeze(2).expand(-1, -1, k, -1), best.unsqueeze(1).expand(-1, k, -1, -1)], -1)
@@ -145,7 +148,8 @@ def concept_contrast(sims: torch.Tensor, proto: torch.Tensor, sizes: torch.Tenso
     distance = (1.0 - torch.bmm(proto, proto.transpose(1, 2)).to(sims.dtype)).clamp_min(0.0)
     pair = w.unsqueeze(-1) * w.unsqueeze(1)
     pair = pair * (1.0 - torch.eye(sims.shape[1], dtype=sims.dtype, device=sims.device))
-    contrast = (pair * (margin.clamp_min(0.0) * distance).sqrt()).sum((1, 2))
+    evenness_max = 1.0 - 1.0 / n_clusters.clamp_min(2.0)  # one cluster: no pair, contrast 0
+    contrast = (pair * (margin.clamp_min(0.0) * distance).sqrt()).sum((1, 2)) / evenness_max
     name = sims.argmax(-1)  # [U, k]
     shares = torch.zeros_like(sims).scatter_add_(-1, name.unsqueeze(-1), w.unsqueeze(-1)).sum(1)  # [U, C]
     effective = 1.0 / (shares**2).sum(-1).clamp_min(1e-12)

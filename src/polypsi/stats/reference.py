@@ -123,7 +123,8 @@ def contrast_reference(protos, sizes, text: TextBank) -> tuple[float, float]:
     shares = {}
     for n, wi in zip(names, w):
         shares[n] = shares.get(n, 0.0) + wi
-    return total, 1.0 / sum(v * v for v in shares.values())
+    k = int(np.count_nonzero(w))
+    return total / (1.0 - 1.0 / max(k, 2)), 1.0 / sum(v * v for v in shares.values())
 
 
 def _d_score(protos, cand) -> float:
