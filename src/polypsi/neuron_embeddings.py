@@ -244,9 +244,16 @@ def site_inputs(x: torch.Tensor, imap: InputMap, b: torch.Tensor, u: torch.Tenso
                      f"a Linear input map must read tokens [B, N, in] or channels-last maps [B, H, W, in]")
 
 
+def _index(t, device) -> torch.Tensor:
+    """An index tensor from a tensor, array or list (arrays copied: pandas hands out read-only ones)."""
+    if isinstance(t, torch.Tensor):
+        return t.to(device=device, dtype=torch.long)
+    return torch.as_tensor(np.array(t, dtype=np.int64), device=device)
+
+
 def embed_sites(mod: nn.Module, imap: InputMap, x: torch.Tensor, b, u, v, channels, batch: int) -> torch.Tensor:
     """Neuron embeddings [S, dim] of the sites (b, u, v) of `channels` from the input map's input x."""
-    b, u, v, channels = (torch.as_tensor(t, dtype=torch.long, device=x.device) for t in (b, u, v, channels))
+    b, u, v, channels = (_index(t, x.device) for t in (b, u, v, channels))
     if imap.kind == "conv":
         win = conv_windows(x, mod, b, u, v)
         return (win * mod.weight[channels]).flatten(1)
