@@ -303,7 +303,9 @@ class IndexConfig(_Section):
 class NeuronEmbeddingConfig(_Section):
     """Neuron embeddings (Foote 2024): each top site seen by the model itself, beside the embedder's view."""
 
-    enabled: bool = Field(True, description="Write neuron_embeddings/<layer>.parquet for every analysed layer.")
+    enabled: bool = Field(
+        True, description="Write the neuron embeddings of every analysed layer's top sites (a default target)."
+    )
     module: dict[str, str] = Field(
         {},
         description="Per layer, the module whose inputs times the channel's weights make its neuron embeddings "
