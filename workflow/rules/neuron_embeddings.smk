@@ -10,8 +10,14 @@ rule neuron_embeddings:
     output:
         embeddings=f"{R}/neuron_embeddings/{{layer}}.parquet",
     params:
-        # model, mining and the model source's sections: what load_model reads
-        config=settings("model", "mining", "neuron_embeddings", kinds=["model"]),
+        # model, mining and the model source's sections: what load_model reads (`enabled` only picks the targets)
+        config=settings(
+            "model",
+            "mining",
+            "neuron_embeddings",
+            kinds=["model"],
+            without=("neuron_embeddings.enabled",),
+        ),
         code=code("neuron_embeddings"),
     threads: 2
     resources:
