@@ -103,7 +103,8 @@ def test_rule_config_can_leave_out_keys_a_stage_does_not_read():
 
 def test_runtime_keys_are_the_fields_marked_runtime():
     assert RUNTIME_KEYS == {"device": (), "mining": ("batch_size", "channels_last"), "embedder": ("batch_size",),
-                            "secondary_embedder": ("batch_size",), "interventions": ("batch_size",)}
+                            "secondary_embedder": ("batch_size",), "neuron_embeddings": ("batch_size",),
+                            "interventions": ("batch_size",)}
 
 
 def test_calibration_settings_are_their_own_section():

@@ -147,6 +147,7 @@ RERUN_PROBES = {
     "stats.*": [{"nulls": {"m": 5}}],
     "calibration.*": [{"calibration": {"eps": 1e-5, "sd_tol": 1e-3}}],
     "index.method": [{"index": {"method": "psi"}}],
+    "neuron_embeddings.module": [{"neuron_embeddings": {"module": {"layer3": "layer3.1.conv2"}}}],
     "validation.or_units_per_layer": [{"validation": {"or_units_per_layer": 32}}],
     "validation.bootstrap": [{"validation": {"bootstrap": 100}}],
     "interventions.*": [{"interventions": {"sites_per_channel": 3}}],
@@ -156,12 +157,14 @@ RERUN_PROBES = {
     "report.high_psi_quantile": [{"report": {"gallery_patches": 4}}],
     # settings that change speed, and keys of sections the run does not use
     "device": [{"device": "auto", "mining": {"batch_size": 5, "channels_last": True}, "embedder": {"batch_size": 7},
-                "interventions": {"batch_size": 3}, "world": {"seed": 3}, "data": {"download": False, "md5": None}}],
+                "interventions": {"batch_size": 3}, "neuron_embeddings": {"batch_size": 5}, "world": {"seed": 3},
+                "data": {"download": False, "md5": None}}],
 }
 # Rows about files, checked by editing the file (prompts, code) or by the inputs of the jobs that read it.
 PROMPT_FILE = ROOT / "src" / "polypsi" / "data" / "templates.txt"
 CODE_FILE = ROOT / "src" / "polypsi" / "report" / "figures.py"
-FILE_READERS = {"model": {"geometry", "mine_topk", "interventions"}, "embedder": {"embed_patches", "embed_prompts"}}
+FILE_READERS = {"model": {"geometry", "mine_topk", "interventions", "neuron_embeddings"},
+                "embedder": {"embed_patches", "embed_prompts"}}
 
 
 def _rerun_table():

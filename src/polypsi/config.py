@@ -300,6 +300,21 @@ class IndexConfig(_Section):
     )
 
 
+class NeuronEmbeddingConfig(_Section):
+    """Neuron embeddings (Foote 2024): each top site seen by the model itself, beside the embedder's view."""
+
+    enabled: bool = Field(
+        True, description="Write the neuron embeddings of every analysed layer's top sites (a default target)."
+    )
+    module: dict[str, str] = Field(
+        {},
+        description="Per layer, the module whose inputs times the channel's weights make its neuron embeddings "
+        "(a Conv2d or Linear producing the layer's channels on its grid); a layer not listed takes the model's "
+        "own declaration, else the last such module inside the layer (docs/neuron_embeddings.md).",
+    )
+    batch_size: int = Field(32, ge=1, description="Images per forward pass.", json_schema_extra=RUNTIME)
+
+
 class ValidationConfig(_Section):
     """Synthetic OR-units (a ground truth on any model) and the recovery report."""
 
@@ -393,6 +408,7 @@ class Config(_Section):
     nulls: NullConfig = NullConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     index: IndexConfig = IndexConfig()
+    neuron_embeddings: NeuronEmbeddingConfig = NeuronEmbeddingConfig()
     validation: ValidationConfig = ValidationConfig()
     shards: ShardConfig = ShardConfig()
     interventions: InterventionConfig = InterventionConfig()
@@ -403,6 +419,9 @@ class Config(_Section):
         if len(set(self.model.layers)) != len(self.model.layers):
             raise ValueError(f"model.layers has duplicates: {self.model.layers}")
         # crops.size is checked with the layer names (polypsi.layercheck), once they are known to exist
+        unknown = [layer for layer in self.neuron_embeddings.module if layer not in self.model.layers]
+        if unknown:
+            raise ValueError(f"neuron_embeddings.module names {unknown}, not among model.layers {self.model.layers}")
         il = self.interventions.layer
         if il is not None and il not in self.model.layers:
             raise ValueError(f"interventions.layer '{il}' is not one of model.layers {self.model.layers}")

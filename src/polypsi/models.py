@@ -137,12 +137,21 @@ def as_grid(out, layer: str, prefix: int | None = None, batch: int | None = None
     if batch is not None and out.shape[0] != batch and out.shape[1] == batch:
         out = out.transpose(0, 1)
     b, n, c = out.shape
+    p, side = token_grid(n, layer, prefix)
+    return out[:, p:, :].transpose(1, 2).reshape(b, c, side, side)
+
+
+def token_grid(n: int, layer: str, prefix: int | None = None) -> tuple[int, int]:
+    """(prefix tokens, grid side) of a sequence of `n` tokens: site (u, v) is token prefix + u * side + v.
+
+    `prefix` None takes n minus the largest square.
+    """
     p = n - math.isqrt(n) ** 2 if prefix is None else prefix
     side = math.isqrt(max(n - p, 0))
     if p < 0 or side == 0 or side * side != n - p:
         raise StageError(f"layer {layer} outputs {n} tokens; after {p} prefix token(s) they do not form a square "
                          "patch grid. Set model.prefix_tokens to the number of class/register tokens.")
-    return out[:, p:, :].transpose(1, 2).reshape(b, c, side, side)
+    return p, side
 
 
 class FeatureExtractor:

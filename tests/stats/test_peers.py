@@ -1,5 +1,6 @@
-"""Peers' scores (SemanticLens polysemanticity, Pach et al.'s MS): hand-worked values, limits,
-invariances, loop transcriptions of the published formulas, and the authors' package when importable."""
+"""Peers' scores (SemanticLens polysemanticity, Pach et al.'s MS, Foote's feature clusters): hand-worked values,
+limits, invariances, loop transcriptions of the published formulas, scipy's connected components, and the
+authors' package when importable."""
 
 import math
 import warnings
@@ -14,6 +15,7 @@ from threadpoolctl import threadpool_limits
 from polypsi.stats.peers import (
     _canonical,
     _kmeans_labels,
+    foote_components,
     monosemanticity_score,
     pach_polysemanticity,
     semanticlens_clarity,
@@ -346,3 +348,64 @@ def test_input_validation():
     bad[0, 0] = 0.0
     with pytest.raises(ValueError):
         monosemanticity_score(bad, a)
+
+
+# ---------------------------------------------------------------- Foote's feature clusters
+
+
+def same_partition(a, b):
+    """Two labelings of the same examples give the same groups."""
+    return len(set(zip(a, b))) == len(set(a)) == len(set(b))
+
+
+def test_foote_by_hand_strict_threshold_and_transitivity():
+    c, s = math.cos(math.radians(50)), math.sin(math.radians(50))
+    # a chain a-b-c (50 degrees apart, 100 between the ends) and an example orthogonal to all of them
+    Z = np.array([[[1, 0, 0], [c, s, 0], [math.cos(math.radians(100)), math.sin(math.radians(100)), 0], [0, 0, 2]]])
+    count, labels = foote_components(Z, 0.5)
+    assert count.tolist() == [2] and labels.tolist() == [[0, 0, 0, 1]]  # cos 50 deg = 0.64 > 0.5: one chain
+    assert foote_components(Z, 0.7)[0].tolist() == [4]  # no edge at all
+    assert foote_components(Z, c)[0].tolist() == [4]  # "above": a cosine equal to the threshold is no edge
+    assert foote_components(Z, c - 1e-9)[0].tolist() == [2]
+    assert foote_components(Z, 0.5, min_size=2)[0].tolist() == [1]  # the singleton is not counted
+    assert foote_components(Z, -2.0)[0].tolist() == [1]  # every pair joined
+    # identical examples, two orthogonal groups, a zero vector (no direction: its own component)
+    groups = np.stack([np.tile(e(0), (4, 1)), np.stack([e(0), e(0), e(1), e(1)]), np.stack([e(0), e(0), 0 * e(0), e(0)])])
+    count, labels = foote_components(groups, 0.9)
+    assert count.tolist() == [1, 2, 2] and labels.tolist() == [[0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 1, 0]]
+
+
+@pytest.mark.parametrize("threshold", [-0.2, 0.0, 0.2, 0.5, 0.8])
+def test_foote_equals_scipy_connected_components(threshold):
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(5)
+    Z = np.concatenate([planted(rng, 30, 20, 6, 3, 0.8), rng.standard_normal((30, 20, 6))])
+    Z[0, 3] = 0.0  # a zero vector: no edges
+    count, labels = foote_components(torch.from_numpy(Z), threshold)
+    for i in range(len(Z)):
+        U = Z[i] / np.maximum(np.linalg.norm(Z[i], axis=-1, keepdims=True), 1e-300)
+        A = (U @ U.T > threshold) & (np.linalg.norm(Z[i], axis=-1) > 0)[:, None] & (np.linalg.norm(Z[i], axis=-1) > 0)
+        ref_n, ref = connected_components(csr_matrix(A), directed=False)
+        assert count[i] == ref_n and same_partition(labels[i], ref)
+        first = [labels[i][np.flatnonzero(labels[i] == k)[0]] for k in range(ref_n)]
+        assert sorted(first) == first == list(range(ref_n))  # numbered by first row
+        sizes = np.bincount(ref)
+        assert foote_components(Z[i : i + 1], threshold, min_size=3)[0][0] == (sizes >= 3).sum()
+
+
+def test_foote_invariances_and_validation():
+    rng = np.random.default_rng(8)
+    Z = planted(rng, 10, 16, 5, 2, 0.6)
+    count, labels = foote_components(Z, 0.3)
+    perm = rng.permutation(16)
+    count_p, labels_p = foote_components(Z[:, perm] * rng.uniform(0.5, 3, (10, 16, 1)), 0.3)  # order and scale
+    assert np.array_equal(count, count_p)
+    assert all(same_partition(labels[i][perm], labels_p[i]) for i in range(10))
+    with pytest.raises(ValueError):
+        foote_components(Z[0], 0.3)
+    with pytest.raises(ValueError):
+        foote_components(np.full((1, 3, 2), np.nan), 0.3)
+    with pytest.raises(ValueError):
+        foote_components(Z, 0.3, min_size=0)

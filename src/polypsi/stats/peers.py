@@ -1,8 +1,8 @@
-"""Two peers' polysemanticity scores, from the embeddings of a unit's top-K activating examples.
+"""Three peers' polysemanticity scores, from the embeddings of a unit's top-K activating examples.
 
-Both are re-implemented from their published definitions and checked against the authors' own
-code (tests/stats/test_peers.py; benchmarks/bench_peers.py), so that they can be put next to PSI
-on exactly the same patches and embeddings.
+They are re-implemented from their published definitions (the first two checked against the
+authors' own code: tests/stats/test_peers.py; benchmarks/bench_peers.py), so that they can be put
+next to PSI on exactly the same patches and embeddings.
 
 SemanticLens
     M. Dreyer, J. Berend, T. Labarta, J. Vielhaben, T. Wiegand, S. Lapuschkin, W. Samek,
@@ -22,6 +22,12 @@ Monosemanticity Score (MS)
     (section "Monosemanticity Score"); authors' code github.com/ExplainableML/sae-for-vlm,
     metric.py (the restatement in Nasiri-Sarvi et al., "MonoLoss", arXiv:2602.12403,
     github.com/AtlasAnalyticsLab/MonoLoss sae/loss.py, uses the same min-max scaled ã).
+
+Foote's feature clusters
+    A. Foote, "Tackling Polysemanticity with Neuron Embeddings", arXiv:2411.08166 (2024), on the
+    neuron embeddings of a unit's examples (polypsi.neuron_embeddings); the clustering as the
+    author's code release describes it (github.com/alexjfoote/feature-clusters, README
+    "Clustering"). See `foote_components`.
 
 Inputs everywhere: Z [n, K, d] embeddings of the K examples of each of n units (unit norm; they
 are re-normalised, which only guards rounding) and activations [n, K], the unit's activation on
@@ -231,3 +237,57 @@ def pach_polysemanticity(Z, activations, *, act_min=None, act_max=None) -> np.nd
     but put "identical examples" at -1 instead of 0. NaN where MS is NaN.
     """
     return 1.0 - monosemanticity_score(Z, activations, act_min=act_min, act_max=act_max)
+
+
+def foote_components(Z, threshold: float, *, min_size: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Foote's feature clusters of each unit: (count [n], labels [n, K]); a higher count = more polysemantic.
+
+    Definition (Foote 2024; the author's code release, README "Clustering": "I compute the pairwise
+    cosine similarity between the [neuron] embeddings and create edges between pairs with a
+    similarity above a threshold. I then identify the connected components of the similarity
+    graph. Each connected component forms a feature cluster."): nodes are the unit's K examples,
+    an edge joins i != j when cos(z_i, z_j) > ``threshold`` (strictly above), and the clusters are
+    the graph's connected components, so membership is transitive (a chain of similar examples is
+    one cluster even where its ends are not similar). The paper proposes the clusters as a proxy
+    for a neuron's polysemanticity; the count here is that proxy. A component of fewer than
+    ``min_size`` examples is not counted (default 1: every component, singletons included, as
+    described; the description sets no minimum size).
+
+    ``threshold`` has no default: the stored text of the paper ends before its method section,
+    and the code release states no clustering threshold (its app's per-layer thresholds, 0.5 for
+    GPT-2 layer 0 down to 0.05 from layer 5, are for finding similar features across neurons).
+    The graph, and so the count, change with it: a caller must choose and report it.
+
+    Labels number each unit's components 0, 1, ... in the order of their first example's row
+    (a permutation of the examples permutes the labels with them and leaves the count unchanged).
+    An example whose embedding is the zero vector has no direction and no cosine: no edge, it is
+    its own component. numpy arrays or torch tensors in; int64 numpy arrays out.
+    """
+    Z = np.asarray(Z.detach().cpu() if isinstance(Z, torch.Tensor) else Z, dtype=np.float64)
+    if Z.ndim != 3:
+        raise ValueError(f"need Z [n, K, d]; got shape {Z.shape}")
+    if not np.isfinite(Z).all():
+        raise ValueError("Z must be finite")
+    if min_size < 1:
+        raise ValueError("min_size must be at least 1")
+    n, K, _ = Z.shape
+    norm = np.linalg.norm(Z, axis=-1, keepdims=True)
+    U = np.divide(Z, norm, out=np.zeros_like(Z), where=norm > 0)
+    cos = U @ U.transpose(0, 2, 1)
+    adj = (cos > threshold) & (norm > 0) & (norm > 0).transpose(0, 2, 1)
+    adj |= np.eye(K, dtype=bool)  # every example reaches itself
+    # Label propagation: each example takes the smallest index among itself and its neighbours until
+    # nothing changes; then each example holds the smallest index of its component (at most K rounds).
+    root = np.broadcast_to(np.arange(K), (n, K)).copy()
+    while True:
+        new = np.where(adj, root[:, None, :], K).min(-1)
+        if np.array_equal(new, root):
+            break
+        root = new
+    # The smallest index of a component is its first row: number the roots in row order.
+    is_root = root == np.arange(K)
+    ids = np.cumsum(is_root, axis=1) - 1
+    labels = np.take_along_axis(ids, root, 1).astype(np.int64)
+    sizes = np.zeros((n, K), np.int64)
+    np.add.at(sizes, (np.repeat(np.arange(n), K), labels.ravel()), 1)
+    return (sizes >= min_size).sum(-1).astype(np.int64), labels

@@ -176,33 +176,55 @@ def _fast_len(n: int) -> int:
         n += 1
 
 
+class PlantedReadout(nn.Conv2d):
+    """The planted readout: a 1x1 convolution whose sum over inputs is a max over the planted ones.
+
+    Channel c's terms are w_ci * h_i, as in a 1x1 convolution with weights [C, n_in] (zero
+    where not planted); a planted channel takes their max over its planted inputs i instead of
+    their sum, and a dead channel (no planted input) gives 0. Being a Conv2d, it exposes the
+    weights and the input that neuron embeddings multiply (polypsi.neuron_embeddings).
+    """
+
+    def __init__(self, readout: torch.Tensor):
+        super().__init__(readout.shape[1], readout.shape[0], 1, bias=False)
+        self.weight.data.copy_(readout[:, :, None, None])
+        self.weight.requires_grad_(False)
+        self.register_buffer("planted", readout != 0)
+        self.register_buffer("live", self.planted.any(1).view(1, -1, 1, 1))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        # Max over the planted inputs only (so gradients reach them even when all are negative).
+        prod = self.weight[:, :, 0, 0][None, :, :, None, None] * h[:, None]
+        planted = prod.masked_fill(~self.planted[None, :, :, None, None], float("-inf")).amax(2)
+        return torch.where(self.live, planted, torch.zeros_like(planted))
+
+
 class PlantedLayer(nn.Module):
     """Planted channels: act(max_i w_ci * h_i + branch(relu(h)) - threshold_c), optional 2x2 max-pool first.
 
-    The max runs over channel c's planted inputs i; dead channels have none (and a high
-    threshold). `shortcut` holds the planted readout (weights [C, n_in], zero where not planted);
-    `branch` is the residual 3x3 conv carrying the weak random crosstalk.
+    The max runs over channel c's planted inputs i (`readout`, weights [C, n_in, 1, 1]); dead
+    channels have none (and a high threshold). `branch` is the residual 3x3 conv carrying the
+    weak random crosstalk.
     """
 
     def __init__(self, readout: torch.Tensor, crosstalk: torch.Tensor, threshold: torch.Tensor, stride: int):
         super().__init__()
         self.stride = stride
-        self.register_buffer("shortcut", readout)
-        self.register_buffer("planted", readout != 0)
-        self.register_buffer("live", self.planted.any(1).view(1, -1, 1, 1))
+        self.readout = PlantedReadout(readout)
         self.branch = nn.Conv2d(readout.shape[1], readout.shape[0], 3, padding=1, bias=False)
         self.branch.weight.data.copy_(crosstalk)
         self.branch.weight.requires_grad_(False)
         self.register_buffer("threshold", threshold.view(1, -1, 1, 1))
 
+    @property
+    def shortcut(self) -> torch.Tensor:
+        """The planted readout weights [C, n_in] (zero where not planted)."""
+        return self.readout.weight[:, :, 0, 0]
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
             h = F.max_pool2d(h, self.stride)
-        # Max over the planted inputs only (so gradients reach them even when all are negative).
-        prod = self.shortcut[None, :, :, None, None] * h[:, None]
-        planted = prod.masked_fill(~self.planted[None, :, :, None, None], float("-inf")).amax(2)
-        planted = torch.where(self.live, planted, torch.zeros_like(planted))
-        return F.leaky_relu(planted + self.branch(F.relu(h)) - self.threshold, LEAK)
+        return F.leaky_relu(self.readout(h) + self.branch(F.relu(h)) - self.threshold, LEAK)
 
 
 class Competition(nn.Module):
@@ -233,6 +255,10 @@ class Competition(nn.Module):
 
 
 class WorldNet(nn.Module):
+    # Each planted layer's input map for neuron embeddings: its planted readout (the model declares it, since
+    # the readout and the crosstalk branch run in parallel and neither is the other's input).
+    polypsi_input_maps = {"layer3": "layer3.readout", "layer4": "layer4.readout"}
+
     def __init__(self, stem, layer1, layer2, layer3, layer4, fc_weight: torch.Tensor):
         super().__init__()
         self.stem = stem
