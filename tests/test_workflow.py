@@ -148,6 +148,7 @@ RERUN_PROBES = {
     "calibration.*": [{"calibration": {"eps": 1e-5, "sd_tol": 1e-3}}],
     "index.method": [{"index": {"method": "psi"}}],
     "neuron_embeddings.module": [{"neuron_embeddings": {"module": {"layer3": "layer3.1.conv2"}}}],
+    "neuron_embeddings.foote_threshold": [{"neuron_embeddings": {"foote_threshold": 0.3}}],
     "validation.or_units_per_layer": [{"validation": {"or_units_per_layer": 32}}],
     "validation.bootstrap": [{"validation": {"bootstrap": 100}}],
     "interventions.*": [{"interventions": {"sites_per_channel": 3}}],

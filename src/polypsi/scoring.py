@@ -16,6 +16,7 @@ from .errors import StageError
 from .io import read_json, read_table, write_table
 from .shards import draws_of
 from .stats import SCORE_COLUMNS, TextBank, score_channels
+from .stats.neuron import NEURON_COLUMNS, neuron_scores
 from .stats.peers import pach_polysemanticity, semanticlens_polysemanticity
 from .validation.or_units import build_or_units
 
@@ -119,6 +120,44 @@ def or_units_stage(job) -> None:
     write_table(table[["channel", "rank"]], job.output.embeddings, embeddings={"embedding": z})
 
 
+def _neuron_view(job, psi: pd.DataFrame, scores: pd.DataFrame, topk: pd.DataFrame, dataset: pd.DataFrame,
+                 channels: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """psi with the neuron-embedding scores of every unit, and the neuron-view cluster of each channel's patches.
+
+    OR-units reuse their parts' neuron embeddings, row for row, as they reuse their parts' crops.
+    """
+    cfg, layer = job.cfg, job.wildcard("layer")
+    ne_table, ne = read_table(job.input.neuron_embeddings, embedding="embedding")
+    units, Z, labels, clip = [], [], [], []
+    real = scores[scores["draw"] == 0].set_index("channel")
+    ch, z, y = load_patch_arrays(topk, [(ne_table, ne)], dataset)
+    if not np.array_equal(ch, channels):
+        raise StageError(f"{job.input.neuron_embeddings} covers other channels than the top-K table; "
+                         "rerun neuron_embeddings")
+    units.append(ch)
+    Z.append(z)
+    labels.append(y)
+    clip.append(np.stack([np.asarray(real.loc[c, "assignments"], dtype=np.int64) for c in ch]))
+    if "or_scores" in job.input and (psi["unit_kind"] == "or_unit").any():
+        or_topk = read_table(job.input.or_topk).sort_values(["channel", "rank"])
+        or_ids, k = or_topk["channel"].unique(), z.shape[1]
+        # z holds channel ch[i]'s rank r (ranks 0..K-1) at [i, r]
+        part = pd.Series(np.arange(len(ch)), index=ch).loc[or_topk["part_channel"]].to_numpy()
+        units.append(or_ids)
+        Z.append(z[part, or_topk["part_rank"].to_numpy()].reshape(len(or_ids), k, -1))
+        labels_of = dataset.set_index("image_id")["label"]
+        labels.append(labels_of.loc[or_topk["image_id"].to_numpy()].to_numpy(np.int64).reshape(len(or_ids), k))
+        or_real = pd.concat([read_table(p) for p in job.input.or_scores], ignore_index=True)
+        or_real = or_real[or_real["draw"] == 0].set_index("channel")
+        clip.append(np.stack([np.asarray(or_real.loc[c, "assignments"], dtype=np.int64) for c in or_ids]))
+    table, assign = neuron_scores(np.concatenate(Z), np.concatenate(labels), np.concatenate(clip),
+                                  np.concatenate(units), stats=cfg.stats, seed=cfg.nulls.seed, layer=layer,
+                                  threshold=cfg.neuron_embeddings.foote_threshold)
+    out = psi.merge(table, on="channel", how="left", validate="one_to_one")
+    out.loc[dead_rows(out), NEURON_COLUMNS] = np.nan
+    return out, assign[: len(channels)]
+
+
 def calibrate_stage(job) -> None:
     """Rule calibrate: the psi/, null_psi/, patches/ and clusters/ tables of one layer."""
     cfg, log, layer = job.cfg, job.logger("polypsi.calibrate"), job.wildcard("layer")
@@ -146,6 +185,9 @@ def calibrate_stage(job) -> None:
         or_psi, or_null = _or_unit_rows(job, chance, dataset)
         psi = pd.concat([psi, or_psi], ignore_index=True)
         null_psi = pd.concat([null_psi, or_null], ignore_index=True)
+    ne_clusters = None
+    if "neuron_embeddings" in job.input:
+        psi, ne_clusters = _neuron_view(job, psi, scores, topk, dataset, channels)
     log.info("layer %s: %d channels, %d ok, %d dead, %d other flags; %d null neurons; %d OR-units; "
              "index chance level (median null S x contrast) %.4f",
              layer, (psi["unit_kind"] == "channel").sum(), (psi["status"] == "ok").sum(), dead.sum(),
@@ -158,6 +200,8 @@ def calibrate_stage(job) -> None:
     patches = topk[topk["channel"].isin(channels)].sort_values(["channel", "rank"]).reset_index(drop=True)
     patches["cluster"] = np.concatenate([np.asarray(real.loc[c, "assignments"], dtype=np.int64) for c in channels])
     patches["label"] = labels.reshape(-1)
+    if ne_clusters is not None:  # the same patches clustered on the model's own view (browser)
+        patches["ne_cluster"] = ne_clusters.reshape(-1)
     g = geometry["layers"][layer]
     boxes = crop_boxes(patches["u"].to_numpy(), patches["v"].to_numpy(), g, geometry["input_size"])
     patches[["y0", "x0", "y1", "x1"]] = boxes

@@ -284,3 +284,26 @@ def test_sprite_tiles_and_thumbnails_match_the_crops(tmp_path):
         r, col = divmod(i, 3)
         centre = sprite[r * 16 + 4 : r * 16 + 12, col * 16 + 4 : col * 16 + 12].reshape(-1, 3).mean(0)
         assert np.abs(centre - c).max() < 30, (i, centre, c)
+
+
+def test_channel_page_shows_the_neuron_view_beside_the_clip_clusters():
+    """With neuron embeddings, a page also groups the same patches by their neuron-view clusters."""
+    import re
+
+    from polypsi.report.browser import channel_page
+
+    row = {"channel": 3, "index": 0.2, "psi": 0.5, "status": "ok", "k_hat": 2,
+           "ne_S": 0.61, "ne_k_hat": 3, "ne_Q": 0.4, "ne_ari": 0.25, "foote_k": 4}
+    patches = [{"rank": r, "activation": 1.0 - r / 10, "cluster": r % 2, "ne_cluster": r % 3, "label": 0}
+               for r in range(6)]
+    clusters = {c: {"concept_1": f"concept {c}", "size": 3, "silhouette": 0.5, "gap": 0.1, "similarity_1": 0.3,
+                    "concept_2": "x"} for c in (0, 1)}
+    page = channel_page("layer3", row, patches, clusters, 10, 64, None, None, {0: "cat"})
+    assert "neuron view: S / K̂</th><td>0.610 / 3" in page and "Foote clusters</th><td>4" in page
+    view = page[page.index('<details class="neuron-view">'):]
+    assert re.findall(r'data-ne-cluster="(\d)"', view) == ["0", "1", "2"]
+    assert view.count("<figure>") == 6 and page.count("<figure>") == 12  # every patch in both groupings
+    without = channel_page("layer3", {k: v for k, v in row.items() if not k.startswith(("ne_", "foote"))},
+                           [{k: v for k, v in p.items() if k != "ne_cluster"} for p in patches], clusters, 10, 64,
+                           None, None, {0: "cat"})
+    assert "neuron-view" not in without and "neuron view" not in without

@@ -42,6 +42,11 @@ rule calibrate:
             dshard=DRAW_SHARDS,
         ),
         embeddings=expand(f"{R}/embeddings/{{{{layer}}}}/shard{{cshard}}.parquet", cshard=CHANNEL_SHARDS),
+        **(
+            dict(neuron_embeddings=f"{R}/neuron_embeddings/{{layer}}.parquet")
+            if cfg.neuron_embeddings.enabled
+            else {}
+        ),
         topk=f"{R}/topk/{{layer}}.parquet",
         dataset=f"{R}/dataset.parquet",
         geometry=f"{R}/geometry.json",
@@ -52,7 +57,13 @@ rule calibrate:
         clusters=f"{R}/clusters/{{layer}}.parquet",
     params:
         # Reads the draws' scores, not how they were drawn: only M and the calibration settings.
-        config=settings("nulls.m", "calibration", "index"),
+        # (and how the neuron-embedding view is clustered: the k-means settings, their seeds, Foote's threshold)
+        config=settings(
+            "nulls.m",
+            "calibration",
+            "index",
+            *(["stats", "nulls.seed", "neuron_embeddings.foote_threshold"] if cfg.neuron_embeddings.enabled else []),
+        ),
         code=code("calibrate"),
     log:
         f"{R}/logs/calibrate/{{layer}}.log",

@@ -222,6 +222,12 @@ def channel_page(layer: str, row: dict, patches: list[dict], clusters: dict[int,
         ("K̂", "—" if _num(row.get("k_hat")) is None else str(int(row["k_hat"]))),
         ("top activation", _fmt(row.get("top_activation"), 4)), ("status", e(str(row.get("status", "ok")))),
     ]
+    if "ne_S" in row:  # the model's own view (neuron embeddings)
+        summary += [
+            ("neuron view: S / K̂", f'{_fmt(row.get("ne_S"))} / {_fmt(row.get("ne_k_hat"), 0)}'),
+            ("neuron view: Q / ARI with CLIP", f'{_fmt(row.get("ne_Q"))} / {_fmt(row.get("ne_ari"))}'),
+            ("Foote clusters", _fmt(row.get("foote_k"), 0)),
+        ]
     summary_html = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in summary)
     page = dict(layer=e(layer), channel=ch, up=up, nav=" · ".join(nav), summary=summary_html)
     if is_dead(row):
@@ -252,16 +258,7 @@ def channel_page(layer: str, row: dict, patches: list[dict], clusters: dict[int,
                       f'runner-up “{e(str(ci.get("concept_2") or ""))}”')
         else:
             title, detail = f"cluster {cl}", f"size {len(members)}"
-        figs = []
-        for pos, p in members:
-            rr, cc = divmod(pos, sprite_cols)
-            label = p.get("label")
-            cname = "" if label is None else e(str(class_names.get(int(label), label)))
-            figs.append(
-                f'<figure><img class="thumb" src="{sprite}" width="{thumb}" height="{thumb}" alt="rank {int(p["rank"])}" '
-                f'style="object-position:-{cc * thumb}px -{rr * thumb}px" loading="lazy">'
-                f'<figcaption>#{int(p["rank"])} · {float(p["activation"]):.3g}<br>{cname}</figcaption></figure>'
-            )
+        figs = _figures(members, sprite, sprite_cols, thumb, class_names)
         sections.append(
             f'<section class="cluster{" same-name" if mark else ""}" data-cluster="{cl}"><h3>'
             f'<span class="swatch c{cl % 8}"></span>Cluster {cl}: {title}{mark}</h3><p class="detail">{detail}</p>'
@@ -269,12 +266,51 @@ def channel_page(layer: str, row: dict, patches: list[dict], clusters: dict[int,
         )
     if not patches:
         sections.append("<p>No mined patches for this channel.</p>")
+    elif "ne_cluster" in patches[0] and int(patches[0]["ne_cluster"]) >= 0:
+        sections.append(_neuron_view(patches, sprite, sprite_cols, thumb, class_names))
     chart = ""
     if patches:
         chart = ("<div><h2>Activations of the mined patches</h2>"
                  + activation_svg([p["rank"] for p in patches], [p["activation"] for p in patches],
                                   [p["cluster"] for p in patches]) + "</div>")
     return _page("channel.html", **page, badges=badges, chart=chart, sections="".join(sections))
+
+
+def _figures(members: list[tuple[int, dict]], sprite: str, sprite_cols: int, thumb: int, class_names: dict) -> list:
+    """Thumbnails (from the channel's sprite) of (sprite position, patch record) pairs."""
+    e, figs = html.escape, []
+    for pos, p in members:
+        rr, cc = divmod(pos, sprite_cols)
+        label = p.get("label")
+        cname = "" if label is None else e(str(class_names.get(int(label), label)))
+        figs.append(
+            f'<figure><img class="thumb" src="{sprite}" width="{thumb}" height="{thumb}" alt="rank {int(p["rank"])}" '
+            f'style="object-position:-{cc * thumb}px -{rr * thumb}px" loading="lazy">'
+            f'<figcaption>#{int(p["rank"])} · {float(p["activation"]):.3g}<br>{cname}</figcaption></figure>'
+        )
+    return figs
+
+
+def _neuron_view(patches: list[dict], sprite: str, sprite_cols: int, thumb: int, class_names: dict) -> str:
+    """The same patches grouped by their clusters on the model's neuron embeddings (folded by default).
+
+    Those clusters have no concept names: the neuron view has no text; they are compared with the
+    CLIP clusters by the colour of each patch's CLIP cluster."""
+    groups: dict[int, list[tuple[int, dict]]] = {}
+    for pos, p in enumerate(patches):
+        groups.setdefault(int(p["ne_cluster"]), []).append((pos, p))
+    parts = []
+    for cl in sorted(groups):
+        members = groups[cl]
+        clip = sorted({int(p["cluster"]) for _, p in members})
+        swatches = "".join(f'<span class="swatch c{c % 8}" title="CLIP cluster {c}"></span>' for c in clip)
+        parts.append(
+            f'<section class="cluster neuron" data-ne-cluster="{cl}"><h3>Neuron cluster {cl}</h3>'
+            f'<p class="detail">size {len(members)} · CLIP clusters of its patches {swatches}</p>'
+            f'<div class="patches">{"".join(_figures(members, sprite, sprite_cols, thumb, class_names))}</div></section>'
+        )
+    return ('<details class="neuron-view"><summary>Clustered on the model\'s neuron embeddings '
+            "(its own view of each patch, docs/neuron_embeddings.md)</summary>" + "".join(parts) + "</details>")
 
 
 def _records_by_channel(df: pd.DataFrame | None, sort: list[str]) -> dict[int, list[dict]]:

@@ -21,7 +21,8 @@ from ..calibration import channels_only, dead_rows
 from ..io import read_table, write_csv
 
 # Higher means more polysemantic for every score (the peers' are reported with that sign).
-SCORES = ["index", "psi", "S_hat", "Q_hat", "D_hat", "S", "Q", "D", "semanticlens", "monosemanticity"]
+SCORES = ["index", "psi", "S_hat", "Q_hat", "D_hat", "S", "Q", "D", "semanticlens", "monosemanticity",
+          "ne_S", "ne_Q", "ne_k_hat", "foote_k"]  # the last four: on neuron embeddings, where the run has them
 COLUMNS = ["truth", "layer", "score", "auroc", "ci_low", "ci_high", "n_pos", "n_neg", "win_rate", "n_pairs"]
 
 
