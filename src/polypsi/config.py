@@ -374,13 +374,6 @@ class InterventionConfig(_Section):
     )
     confidence: float = Field(0.95, gt=0.0, lt=1.0, description="Level of the reported confidence intervals.")
     batch_size: int = Field(32, ge=1, description="Images per forward pass.", json_schema_extra=RUNTIME)
-    foote_threshold: float = Field(
-        0.5,
-        ge=-1.0,
-        le=1.0,
-        description="Cosine above which two top examples' neuron embeddings are joined in Foote's similarity graph "
-        "(`foote_k` counts its connected components). The paper states no value; 0.5 is this project's choice.",
-    )
     seed: int = Field(0, description="Seed of donor, position and noise choices (per channel and site).")
 
 
