@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from ..calibration import channels_only
 from ..io import read_json, read_table, write_csv, write_table
@@ -75,8 +76,10 @@ def text_head_stage(job) -> None:
 def browser_stage(job) -> None:
     """Rule browser: the static neuron browser of all channels."""
     cfg, layers = job.cfg, list(job.cfg.model.layers)
-    patches = {l: pd.read_parquet(p, columns=["channel", "rank", "image_id", "activation", "cluster", "label",
-                                              "y0", "x0", "y1", "x1"]) for l, p in zip(layers, job.input.patches)}
+    cols = ["channel", "rank", "image_id", "activation", "cluster", "label", "y0", "x0", "y1", "x1"]
+    # and the neuron-view cluster of each patch where the run has one (not the embeddings: they are large)
+    patches = {l: pd.read_parquet(p, columns=[*cols, *[c for c in ("ne_cluster",) if c in pq.read_schema(p).names]])
+               for l, p in zip(layers, job.input.patches)}
     build_browser(job.output.browser, _channels_by_layer(layers, job.input.psi, ("index",)),
                   _by_layer(layers, job.input.clusters), patches,
                   read_table(job.input.dataset), int(read_json(job.input.geometry)["input_size"]),
