@@ -26,26 +26,22 @@ from . import sources
 from .config import Config, DataConfig, SyntheticConfig
 from .errors import DatasetError
 from .io import atomic_dir, remove_stale_temps, temp_prefix, write_csv, write_table
+from .manifest import IMAGE_EXTS, hidden
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 SKIPPED_COLUMNS = ["path", "reason"]
 log = logging.getLogger("polypsi.data")
 
 
-def _hidden(p: Path) -> bool:
-    """Dot files, among them macOS's `._x.jpg` resource forks (not images, though named like them)."""
-    return p.name.startswith(".")
-
-
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not _hidden(p) and p.suffix.lower() in IMAGE_EXTS)
+    """Image files of a folder; hidden ones (`.*`, macOS's `._x.jpg`) are left out (polypsi.manifest counts the same)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not hidden(p.name) and p.suffix.lower() in IMAGE_EXTS)
 
 
 def index_imagefolder(root: str | Path) -> pd.DataFrame:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist; set data.root to a folder of <class>/<image> files")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not hidden(d.name))
     if not classes:
         raise DatasetError(f"{root} has no class subfolders; expected {root}/<class_name>/<image files>")
     rows, empty = [], []
