@@ -193,8 +193,33 @@ def index_dataset_stage(job) -> None:
             f"data.max_skipped_share ({100 * cfg.data.max_skipped_share:g}%):\n{listed}{more}\n"
             "Replace or remove these files, or raise data.max_skipped_share to run without them."
         )
+    for warning in class_warnings(ok):
+        lg.warning("%s", warning)
     write_csv(skipped, job.output.skipped)
     write_table(ok, job.output.dataset)
+
+
+def class_warnings(df: pd.DataFrame) -> list[str]:
+    """What the run's classes leave unmeasurable: one class only, or classes whose names are the same concept."""
+    out = []
+    names = df.drop_duplicates("label").sort_values("label")["class_name"].tolist()
+    if len(names) == 1:
+        out.append(
+            f"the usable images have one class only ({names[0]!r}): Q, the agreement of a channel's clusters with "
+            "the class labels, is 0 for every channel and every null draw, and interventions find no channel to "
+            "test (their report says why). Add images of other classes for a meaningful index"
+        )
+    same: dict[str, list[str]] = {}
+    for n in names:  # prompts write folder names with spaces and compare concepts case-blind
+        same.setdefault(" ".join(n.replace("_", " ").lower().split()), []).append(n)
+    dup = [v for v in same.values() if len(v) > 1]
+    if dup:
+        out.append(
+            f"{len(dup)} group(s) of classes share one name in the prompts ({'; '.join(map(' = '.join, dup[:10]))}): "
+            "each keeps its own label for Q, but one concept prompt stands for all of a group. Rename the folders "
+            "(or words.txt entries) to tell them apart"
+        )
+    return out
 
 
 def render_images_stage(job) -> None:

@@ -177,6 +177,7 @@ def topk_problems(cfg: Config, n_images: int | None) -> list[Problem]:
         n = min(n, cfg.data.max_images)
     if n is None or not cfg.mining.one_site_per_image or n >= cfg.mining.topk:
         return []
+    # the same words as polypsi.mining.too_few_images, which mine_topk raises (that module needs torch)
     return [Problem("mining.topk", f"mining.topk ({cfg.mining.topk}) is more than the {n} images of the run: "
                     "with mining.one_site_per_image each image gives a channel one site at most, so no channel "
                     f"would have K sites; set mining.topk to at most {n}, add images, or set "
@@ -335,14 +336,18 @@ LOOKUPS = {"torchvision": (_lookup_torchvision, "torchvision"), "timm": (_lookup
            "open_clip": (_lookup_open_clip, "open_clip_torch")}
 
 
+def lookup_key(library: str, name: str, tag: str | None) -> str:
+    """The cache key of a lookup: the library's installed version is part of it."""
+    dist = LOOKUPS[library][1]
+    return hashlib.sha1(json.dumps([LOOKUP_VERSION, library, _version(dist), name, tag]).encode()).hexdigest()[:16]
+
+
 def lookup(library: str, name: str, tag: str | None, cache_dir: str | Path | None) -> dict:
     """Where `library` keeps the weights of (name, tag): {"url"} | {"hub", "files"} | {"error"}; cached."""
-    func, dist = LOOKUPS[library]
-    key = hashlib.sha1(json.dumps([LOOKUP_VERSION, library, _version(dist), name, tag]).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"weights-{key}.json" if cache_dir is not None else None
+    path = Path(cache_dir) / f"weights-{lookup_key(library, name, tag)}.json" if cache_dir is not None else None
     if path is not None and path.is_file():
         return json.loads(path.read_text())
-    found = func(name, tag)
+    found = LOOKUPS[library][0](name, tag)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".weights.", suffix=".part")
