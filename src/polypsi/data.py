@@ -188,11 +188,14 @@ def index_dataset_stage(job) -> None:
     if share > cfg.data.max_skipped_share or ok.empty:
         listed = "\n".join(f"  {r.path}: {r.reason}" for r in skipped.head(20).itertuples())
         more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
-        raise DatasetError(
-            f"{len(skipped)} of {len(df)} images ({100 * share:.1f}%) cannot be read, more than "
-            f"data.max_skipped_share ({100 * cfg.data.max_skipped_share:g}%):\n{listed}{more}\n"
-            "Replace or remove these files, or raise data.max_skipped_share to run without them."
-        )
+        if ok.empty:
+            head = f"none of the {len(df)} images can be read:"
+            fix = "Replace these files with readable images."
+        else:
+            head = (f"{len(skipped)} of {len(df)} images ({100 * share:.1f}%) cannot be read, more than "
+                    f"data.max_skipped_share ({100 * cfg.data.max_skipped_share:g}%):")
+            fix = "Replace or remove these files, or raise data.max_skipped_share to run without them."
+        raise DatasetError(f"{head}\n{listed}{more}\n{fix}")
     for warning in class_warnings(ok):
         lg.warning("%s", warning)
     write_csv(skipped, job.output.skipped)
