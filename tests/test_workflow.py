@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,8 +245,8 @@ def test_what_reruns_table_holds_row_by_row(smoke, tmp_path):
             path.write_text(yaml.safe_dump(overlay))
             runs.append((key, path))
     # checkpoints and your own model's file are inputs of the jobs that read them (replacing one reruns those)
-    for name in ("model.pt", "embedder.pt"):
-        (tmp_path / name).write_bytes(b"weights")
+    for name in ("model.pt", "embedder.pt"):  # files torch.save wrote (the preflight reads their first bytes)
+        torch.save({}, tmp_path / name)
     entry = yaml.safe_load((ROOT / "config" / "examples" / "python_entry.yaml").read_text())
     my_model = ROOT / "config" / "examples" / "my_model.py"
     entry["model"].update(entry=f"{my_model}:build", checkpoint=str(tmp_path / "model.pt"))
