@@ -2,7 +2,9 @@
 
 `index_dataset` takes the manifest's digest as a param, so adding, removing or replacing an image
 under `data.root` reruns it (and everything downstream); Snakemake does not look inside a folder.
-One `os.scandir` walk, one stat per file (no reads): about a second on 100,000 files.
+One `os.scandir` walk, one stat per file (no reads): about a second on 100,000 files. A file
+replaced by one of the same size and modification time (`cp -p` of an equal-sized file) goes
+unnoticed: touch it, or delete `results/<run>/dataset.parquet`, to index again.
 
 The files that count are the ones the dataset's indexer reads: for an ImageFolder tree, the class
 folders and the image files in them (a `notes.txt` beside the images, or a sub-folder of a class,
