@@ -6,8 +6,9 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 CORES   ?= 2
 DEMO    ?= config/demo.yaml
+CONFIG  ?=
 
-.PHONY: demo smoke test test-fast benchmark schema lint clean
+.PHONY: demo smoke check test test-fast benchmark schema lint clean
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +24,11 @@ demo: $(STAMP)
 
 smoke: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/smoke.yaml --rerun-incomplete
+
+# The preflight: every missing file, unreachable download and invalid setting of a run, listed at once.
+# `make check` checks config/config.yaml; `make check CONFIG=overlay.yaml` merges an overlay over it.
+check: $(STAMP)
+	$(BIN)/python -m polypsi.preflight $(if $(CONFIG),--configfile $(CONFIG))
 
 # One worker per core; a test file stays on one worker (tests/conftest.py) so its fixtures are built once.
 test: $(STAMP)

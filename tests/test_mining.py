@@ -98,7 +98,8 @@ def test_mined_top_k_is_the_same_to_the_bit_for_any_image_shards(tmp_path, monke
 
     def config(n_shards):
         return load_config({"model": {"name": "resnet18", "weights": None, "layers": ["layer2"], "input_size": 32},
-                            "crops": {"size": {"layer2": 16}}, "mining": {"topk": 6, "batch_size": 4},
+                            "crops": {"size": {"layer2": 16}}, "mining": {"topk": 6, "batch_size": 4,
+                                                                         "one_site_per_image": False},
                             "report": {"k_values": [6]}, "shards": {"images": n_shards}})
 
     model = mining.load_model(config(1), "cpu")

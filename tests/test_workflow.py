@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,8 +200,8 @@ def _expected(rules, table, every):
 
 
 def _planned(work, *configfiles, extra=()):
-    """Rule names of the jobs a dry run plans, and {rule: its jobs' input files}."""
-    p = snakemake(work, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"), *map(str, configfiles), *extra)
+    """Rule names of the jobs a dry run plans, and {rule: its jobs' input files}; extra: targets, flags."""
+    p = snakemake(work, "-n", *extra, "--configfile", str(ROOT / "config" / "smoke.yaml"), *map(str, configfiles))
     rules, inputs, rule = set(), {}, None
     for line in p.stdout.splitlines():
         if line.startswith(("rule ", "localrule ")):
@@ -212,6 +213,23 @@ def _planned(work, *configfiles, extra=()):
     return rules, inputs
 
 
+def _image_added_plans(work, tmp_path):
+    """A dry run of index_dataset on an indexed image folder after an image was added (the digest of the
+    manifest of data.root is its param; that hidden and other files count for nothing: tests/test_manifest.py)."""
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        Image.new("RGB", (16, 16), (90, 40, 200)).save(root / cls / "0.png")
+    overlay = tmp_path / "images.yaml"
+    overlay.write_text(yaml.safe_dump({"run_name": "folder", "data": {"source": "imagefolder", "root": str(root)}}))
+    target = ("results/folder/dataset.parquet",)
+    snakemake(work, *target, "--configfile", str(ROOT / "config" / "smoke.yaml"), str(overlay))
+    Image.new("RGB", (16, 16)).save(root / "b" / "1.png")
+    return _planned(work, overlay, extra=target)[0]
+
+
 def test_what_reruns_table_holds_row_by_row(smoke, tmp_path):
     """Every row of the README's "What reruns" table, by dry runs against the finished smoke run (two at a time).
 
@@ -221,7 +239,8 @@ def test_what_reruns_table_holds_row_by_row(smoke, tmp_path):
 
     work = smoke.parent.parent
     table = _rerun_table()
-    file_rows = {"prompts.concepts", "model.checkpoint", "embedder.checkpoint", "src/polypsi/report/figures.py"}
+    file_rows = {"data.root", "prompts.concepts", "model.checkpoint", "embedder.checkpoint",
+                 "src/polypsi/report/figures.py"}
     assert set(table) == set(RERUN_PROBES) | file_rows, "README rows and RERUN_PROBES differ"
     runs = []
     for key, probes in RERUN_PROBES.items():
@@ -230,8 +249,8 @@ def test_what_reruns_table_holds_row_by_row(smoke, tmp_path):
             path.write_text(yaml.safe_dump(overlay))
             runs.append((key, path))
     # checkpoints and your own model's file are inputs of the jobs that read them (replacing one reruns those)
-    for name in ("model.pt", "embedder.pt"):
-        (tmp_path / name).write_bytes(b"weights")
+    for name in ("model.pt", "embedder.pt"):  # files torch.save wrote (the preflight reads their first bytes)
+        torch.save({}, tmp_path / name)
     entry = yaml.safe_load((ROOT / "config" / "examples" / "python_entry.yaml").read_text())
     my_model = ROOT / "config" / "examples" / "my_model.py"
     entry["model"].update(entry=f"{my_model}:build", checkpoint=str(tmp_path / "model.pt"))
@@ -239,9 +258,16 @@ def test_what_reruns_table_holds_row_by_row(smoke, tmp_path):
     (tmp_path / "files.yaml").write_text(yaml.safe_dump(entry))
     runs.append(("files", tmp_path / "files.yaml"))
     with ThreadPoolExecutor(2) as pool:
+        folder = pool.submit(_image_added_plans, work, tmp_path)
         planned = list(pool.map(lambda run: (*run, *_planned(work, run[1])), runs))
     every = next(rules for key, _, rules, _ in planned if key == "run_name")
     wrong = []
+    # images under data.root: index_dataset reruns (and, its table rewritten, what follows: the settings row)
+    if folder.result() != {"index_dataset"}:
+        wrong.append(f"an image added under data.root plans {sorted(folder.result())}, not index_dataset")
+    if not {"index_dataset"} <= _expected(table["data.root"], table, every) \
+            == _expected(table["data.max_images"], table, every):
+        wrong.append("data.root row")
     for key, path, rules, inputs in planned:
         if key == "files":
             for kind, files in (("model", [tmp_path / "model.pt", my_model]), ("embedder", [tmp_path / "embedder.pt"])):

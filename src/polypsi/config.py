@@ -423,31 +423,35 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
+        """Settings that do not fit each other, every one of them in one error."""
+        bad = []
         if len(set(self.model.layers)) != len(self.model.layers):
-            raise ValueError(f"model.layers has duplicates: {self.model.layers}")
+            bad.append(f"model.layers has duplicates: {self.model.layers}")
         # crops.size is checked with the layer names (polypsi.layercheck), once they are known to exist
         unknown = [layer for layer in self.neuron_embeddings.module if layer not in self.model.layers]
         if unknown:
             raise ValueError(f"neuron_embeddings.module names {unknown}, not among model.layers {self.model.layers}")
         il = self.interventions.layer
         if il is not None and il not in self.model.layers:
-            raise ValueError(f"interventions.layer '{il}' is not one of model.layers {self.model.layers}")
+            bad.append(f"interventions.layer '{il}' is not one of model.layers {self.model.layers}")
         over = [k for k in self.report.k_values if k > self.mining.topk]
         if over:
             fits = [k for k in self.report.k_values if k <= self.mining.topk] or [self.mining.topk]
-            raise ValueError(
+            bad.append(
                 f"report.k_values {self.report.k_values} has {over} above mining.topk ({self.mining.topk}): the "
                 f"K-sensitivity analysis re-scores the top k of the mined sites, so each k must be at most "
                 f"mining.topk; set report.k_values to e.g. {fits} or raise mining.topk to {max(over)}"
             )
         kd = self.report.k_sensitivity_draws
         if kd is not None and kd > self.nulls.m:
-            raise ValueError(f"report.k_sensitivity_draws ({kd}) must not exceed nulls.m ({self.nulls.m})")
+            bad.append(f"report.k_sensitivity_draws ({kd}) must not exceed nulls.m ({self.nulls.m})")
         if self.mining.topk < self.stats.k_max:
-            raise ValueError(f"mining.topk ({self.mining.topk}) must be >= stats.k_max ({self.stats.k_max})")
+            bad.append(f"mining.topk ({self.mining.topk}) must be >= stats.k_max ({self.stats.k_max})")
         if self.shards.draws > self.nulls.m + 1:
-            raise ValueError(f"shards.draws ({self.shards.draws}) exceeds the {self.nulls.m + 1} draws there are "
-                             f"(the real data and nulls.m = {self.nulls.m} null draws); lower shards.draws")
+            bad.append(f"shards.draws ({self.shards.draws}) exceeds the {self.nulls.m + 1} draws there are "
+                       f"(the real data and nulls.m = {self.nulls.m} null draws); lower shards.draws")
+        if bad:
+            raise ValueError("\n  - ".join(bad))
         return self
 
     @property

@@ -26,26 +26,22 @@ from . import sources
 from .config import Config, DataConfig, SyntheticConfig
 from .errors import DatasetError
 from .io import atomic_dir, remove_stale_temps, temp_prefix, write_csv, write_table
+from .manifest import IMAGE_EXTS, hidden
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 SKIPPED_COLUMNS = ["path", "reason"]
 log = logging.getLogger("polypsi.data")
 
 
-def _hidden(p: Path) -> bool:
-    """Dot files, among them macOS's `._x.jpg` resource forks (not images, though named like them)."""
-    return p.name.startswith(".")
-
-
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not _hidden(p) and p.suffix.lower() in IMAGE_EXTS)
+    """Image files of a folder; hidden ones (`.*`, macOS's `._x.jpg`) are left out (polypsi.manifest counts the same)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not hidden(p.name) and p.suffix.lower() in IMAGE_EXTS)
 
 
 def index_imagefolder(root: str | Path) -> pd.DataFrame:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist; set data.root to a folder of <class>/<image> files")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not hidden(d.name))
     if not classes:
         raise DatasetError(f"{root} has no class subfolders; expected {root}/<class_name>/<image files>")
     rows, empty = [], []
@@ -192,13 +188,41 @@ def index_dataset_stage(job) -> None:
     if share > cfg.data.max_skipped_share or ok.empty:
         listed = "\n".join(f"  {r.path}: {r.reason}" for r in skipped.head(20).itertuples())
         more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
-        raise DatasetError(
-            f"{len(skipped)} of {len(df)} images ({100 * share:.1f}%) cannot be read, more than "
-            f"data.max_skipped_share ({100 * cfg.data.max_skipped_share:g}%):\n{listed}{more}\n"
-            "Replace or remove these files, or raise data.max_skipped_share to run without them."
-        )
+        if ok.empty:
+            head = f"none of the {len(df)} images can be read:"
+            fix = "Replace these files with readable images."
+        else:
+            head = (f"{len(skipped)} of {len(df)} images ({100 * share:.1f}%) cannot be read, more than "
+                    f"data.max_skipped_share ({100 * cfg.data.max_skipped_share:g}%):")
+            fix = "Replace or remove these files, or raise data.max_skipped_share to run without them."
+        raise DatasetError(f"{head}\n{listed}{more}\n{fix}")
+    for warning in class_warnings(ok):
+        lg.warning("%s", warning)
     write_csv(skipped, job.output.skipped)
     write_table(ok, job.output.dataset)
+
+
+def class_warnings(df: pd.DataFrame) -> list[str]:
+    """What the run's classes leave unmeasurable: one class only, or classes whose names are the same concept."""
+    out = []
+    names = df.drop_duplicates("label").sort_values("label")["class_name"].tolist()
+    if len(names) == 1:
+        out.append(
+            f"the usable images have one class only ({names[0]!r}): Q, the agreement of a channel's clusters with "
+            "the class labels, is 0 for every channel and every null draw, and interventions find no channel to "
+            "test (their report says why). Add images of other classes for a meaningful index"
+        )
+    same: dict[str, list[str]] = {}
+    for n in names:  # prompts write folder names with spaces and compare concepts case-blind
+        same.setdefault(" ".join(n.replace("_", " ").lower().split()), []).append(n)
+    dup = [v for v in same.values() if len(v) > 1]
+    if dup:
+        out.append(
+            f"{len(dup)} group(s) of classes share one name in the prompts ({'; '.join(map(' = '.join, dup[:10]))}): "
+            "each keeps its own label for Q, but one concept prompt stands for all of a group. Rename the folders "
+            "(or words.txt entries) to tell them apart"
+        )
+    return out
 
 
 def render_images_stage(job) -> None:

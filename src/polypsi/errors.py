@@ -32,3 +32,11 @@ class SourceError(PolypsiError, LookupError):
 
 class StageError(PolypsiError, RuntimeError):
     """Any other expected failure of a stage (inconsistent inputs, a setting that cannot work here)."""
+
+
+class PreflightError(PolypsiError, RuntimeError):
+    """Missing assets and settings that cannot work, found before any job runs; `problems` lists them all."""
+
+    def __init__(self, message: str, problems: list | None = None):
+        super().__init__(message)
+        self.problems = list(problems or [])

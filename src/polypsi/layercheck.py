@@ -18,7 +18,8 @@ from . import sources
 from .codehash import closure, module_file
 from .config import Config
 from .errors import StageError
-from .modelfit import check_crop_sizes, check_geometry, check_names, check_shards
+from .modelfit import (check_crop_sizes, check_geometry, check_names, check_shards, crop_size_problems,
+                       geometry_problems, name_problems, shard_problems)
 
 # Part of the cache key: bump it when what a probe records changes.
 PROBE_VERSION = 2
@@ -125,3 +126,15 @@ def check_layers_and_crops(cfg: Config, cache_dir: str | Path | None = None) -> 
     # model.input_size the bare model's size may not be the run's, and the geometry rule checks instead.
     if cfg.model.input_size is not None or cfg.model.weights is None:
         check_geometry(cfg, found["input_size"], shapes)
+
+
+def layer_problems(cfg: Config, cache_dir: str | Path | None = None) -> list[str]:
+    """Every problem check_layers_and_crops would raise, listed together (for the preflight)."""
+    found = probe(cfg, cache_dir)
+    known = [layer for layer in cfg.model.layers if layer in set(found["modules"])]  # crop sizes of real layers
+    out = name_problems(found["modules"], cfg.model.layers) + crop_size_problems(cfg, known)
+    shapes = {layer: found["shapes"].get(layer) for layer in cfg.model.layers}
+    out += shard_problems(cfg, shapes)
+    if cfg.model.input_size is not None or cfg.model.weights is None:
+        out += geometry_problems(cfg, found["input_size"], shapes)
+    return out

@@ -15,6 +15,7 @@ import torch
 
 from .config import Config
 from .crops import load_image
+from .errors import StageError
 from .io import read_table, write_table
 from .models import extractor, load_model
 from .runtime import Progress, get_logger
@@ -99,10 +100,26 @@ class _Images(torch.utils.data.Dataset):
         return load_image(self.paths[i], self.size), int(self.ids[i])
 
 
+def too_few_images(cfg: Config, n_images: int) -> str | None:
+    """Why the run's images cannot give every channel K sites (None when they can).
+
+    With one site per image at most, a channel's top K needs K images; K would silently shrink
+    and the K-sensitivity analysis fail later. (The preflight says the same before the run.)
+    """
+    if cfg.mining.one_site_per_image and n_images < cfg.mining.topk:
+        return (f"mining.topk ({cfg.mining.topk}) is more than the {n_images} usable images of the run: with "
+                "mining.one_site_per_image each image gives a channel one site at most, so no channel would have "
+                f"K sites; set mining.topk to at most {n_images}, add images, or set mining.one_site_per_image: false")
+    return None
+
+
 def mine_shard(cfg: Config, dataset: pd.DataFrame, shard: int, device, workers: int = 0,
                log=None) -> dict[str, pd.DataFrame]:
     """One forward pass per image of this image shard; streaming top-K for every layer; one table per layer."""
     log = log or get_logger("polypsi.mine")
+    why = too_few_images(cfg, len(dataset))
+    if why:
+        raise StageError(why)
     n_shards = cfg.shards.images
     rows = shard_rows(dataset, shard, n_shards)
     model = load_model(cfg, device)

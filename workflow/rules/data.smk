@@ -44,6 +44,7 @@ rule index_dataset:
             "data.source", "data.root", "data.split", "data.max_images", "data.max_pixels", "data.max_skipped_share"
         ),
         code=code("index_dataset"),
+        files=dataset_files,
     threads: 2
     log:
         f"{R}/logs/index_dataset.log",
