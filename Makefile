@@ -30,12 +30,12 @@ smoke: $(STAMP)
 check: $(STAMP)
 	$(BIN)/python -m polypsi.preflight $(if $(CONFIG),--configfile $(CONFIG))
 
-# One worker per core; a test file stays on one worker (tests/conftest.py) so its fixtures are built once.
+# One worker per core; a test file stays on one worker, so its module fixtures (a smoke run) are built once.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -n $(CORES) --dist loadgroup
+	$(BIN)/python -m pytest -q -ra -n $(CORES) --dist loadfile
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -n $(CORES) --dist loadgroup -m "not slow"
+	$(BIN)/python -m pytest -q -ra -n $(CORES) --dist loadfile -m "not slow"
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_stats.py

@@ -7,18 +7,10 @@ from PIL import Image
 
 # Tests never reach a hub: an accidental download fails at once instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Under pytest-xdist (`make test` runs one worker per core) each worker keeps to its share of the cores.
+# Under pytest-xdist (`make test` runs one worker per core, a test file per worker) each worker keeps to its
+# share of the cores.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """With `--dist loadgroup`, a test file runs on one worker (its module-scoped fixtures, such as a
-    finished smoke run, are built once) unless a test names a group of its own."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 def write_images(folder, n, size=32, seed=0, ext=".png"):

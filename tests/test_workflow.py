@@ -1,36 +1,19 @@
 """End-to-end: the offline smoke configuration through every rule, in a temporary folder."""
 
-import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
-PSI_COLUMNS = ["channel", "S", "Q", "D", "S_mu", "S_sd", "Q_mu", "Q_sd", "D_mu", "D_sd",
-               "S_hat", "Q_hat", "D_hat", "psi", "log_psi", "k_hat", "status"]
-PATCH_COLUMNS = ["channel", "rank", "image_id", "u", "v", "activation", "cluster", "label", "embedding"]
+from workflow_runs import PATCH_COLUMNS, PSI_COLUMNS, ROOT, SNAKEMAKE, snakemake
 
 pytestmark = pytest.mark.slow
-
-
-def snakemake(workdir, *args, check=True):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    p = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", *args],
-                       capture_output=True, text=True, env=env)
-    if check and p.returncode != 0:
-        raise AssertionError(f"snakemake failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}")
-    return p
 
 
 @pytest.fixture(scope="module")
@@ -407,28 +390,3 @@ def test_python_entry_plans_from_its_own_file(tmp_path):
     p = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"), str(tmp_path / "bad.yaml"),
                   check=False)
     assert p.returncode != 0 and "'stage3' is not a module of the model; close names" in p.stderr
-
-
-@pytest.mark.xdist_group("vit_end_to_end")  # needs no smoke run: free to run beside it
-def test_vit_block_end_to_end(tmp_path):
-    """A timm ViT block as the analysed layer, from rendering to calibration and interventions (small, one shard)."""
-    fast = {"shards": {"images": 1, "channels": 1, "draws": 1}, "nulls": {"m": 4},
-            "model": {"layers": ["blocks.3"]}, "crops": {"size": {"blocks.3": 32}},
-            "interventions": {"n_channels": 2, "layer": "blocks.3"}}
-    (tmp_path / "fast.yaml").write_text(yaml.safe_dump(fast))
-    run = tmp_path / "results" / "smoke_timm_vit"
-    snakemake(tmp_path, "results/smoke_timm_vit/psi/blocks.3.parquet",
-              "results/smoke_timm_vit/interventions/blocks.3.parquet", "--configfile",
-              str(ROOT / "config" / "smoke.yaml"), str(ROOT / "config" / "examples" / "timm_vit.yaml"),
-              str(tmp_path / "fast.yaml"))
-    geometry = json.loads((run / "geometry.json").read_text())
-    g = geometry["layers"]["blocks.3"]
-    assert geometry["input_size"] == 64 and g["kind"] == "tokens"
-    assert (g["stride"], g["height"], g["width"], g["channels"]) == (8, 8, 8, 192) and 2 <= g["offset"] <= 5
-    psi = pd.read_parquet(run / "psi" / "blocks.3.parquet")
-    assert list(psi.columns[:len(PSI_COLUMNS)]) == PSI_COLUMNS and (psi["unit_kind"] == "channel").sum() == 192
-    assert (psi["unit_kind"] == "or_unit").sum() == 16 and psi["index"].notna().any()
-    patches = pd.read_parquet(run / "patches" / "blocks.3.parquet")
-    assert patches["u"].between(0, 7).all() and patches["v"].between(0, 7).all()
-    trials = pd.read_parquet(run / "interventions" / "blocks.3.parquet")
-    assert trials["channel"].nunique() >= 1 and trials["layer"].eq("blocks.3").all()

@@ -10,13 +10,14 @@ rule neuron_embeddings:
     output:
         embeddings=f"{R}/neuron_embeddings/{{layer}}.parquet",
     params:
-        # model, mining and the model source's sections: what load_model reads (`enabled` only picks the targets)
+        # model, mining and the model source's sections: what load_model reads (`enabled` only picks the targets;
+        # `foote_threshold` is read by calibrate)
         config=settings(
             "model",
             "mining",
             "neuron_embeddings",
             kinds=["model"],
-            without=("neuron_embeddings.enabled",),
+            without=("neuron_embeddings.enabled", "neuron_embeddings.foote_threshold"),
         ),
         code=code("neuron_embeddings"),
     threads: 2
