@@ -92,7 +92,7 @@ def test_mock_job_asks_the_workflow_for_a_rule(tmp_path):
     job = mock_job("calibrate", root / "config" / "smoke.yaml", workdir=tmp_path, layer="layer3")
     assert job.output.psi == str(tmp_path / "results" / "smoke" / "psi" / "layer3.parquet")
     assert len(job.input.scores) == 2 and job.input.topk.endswith("topk/layer3.parquet")
-    assert job.cfg.nulls.m == 6 and job.cfg.calibration.eps == 1e-6 and isinstance(job.cfg.stats, Undeclared)
+    assert job.cfg.nulls.m == 6 and job.cfg.calibration.eps == 1e-6 and isinstance(job.cfg.embedder, Undeclared)
     with pytest.raises(PolypsiError, match="needs wildcard"):
         mock_job("calibrate", root / "config" / "smoke.yaml", workdir=tmp_path)
     with pytest.raises(PolypsiError, match="no rule 'calibrat'"):
