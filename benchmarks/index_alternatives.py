@@ -7,9 +7,11 @@ channel's top patches are re-clustered here with scikit-learn (spherical k-means
 unit vectors, K' = 2..5 by cosine silhouette), so the candidates are compared on one
 clustering; OR-units are built as in polypsi.validation.or_units (monosemantic parts with
 different planted concepts, interleaved top-K) from up to 60 random pairs. Candidates: raw S, Q,
-D, S x Q; name_margin (the index's concept contrast); proto_dist (share-weighted prototype
+D, S x Q; name_margin (the first, top-1-name concept contrast); proto_dist (share-weighted prototype
 cosine distance, images only); name_gini (Gini-Simpson of the shares of distinct names);
-n_names (distinct names); S_x_nm (S x concept contrast, the default index); psi (planted only).
+n_names (distinct names); S_x_nm (S x that contrast, the first choice of index); psi (planted only).
+The index as it is now (margin over each pair's three best names, evenness division) and its variants
+are compared on the pipeline's own clusters by benchmarks/index_variants.py.
 Slow (minutes per run): it clusters every unit with 10 restarts per K'.
 """
 import itertools

@@ -7,7 +7,7 @@ HERE = Path(__file__).resolve().parent
 PKG = HERE.parent / "src" / "polypsi"
 # Test modules about the workflow or the whole package rather than one module.
 CROSS_CUTTING = {
-    "test_workflow", "test_workflow_vit", "test_workflow_scripts", "test_import_graph", "test_layout",
+    "test_workflow", "test_workflow_plans", "test_workflow_scripts", "test_import_graph", "test_layout",
     "test_catalog", "test_envs", "test_module", "test_plan",  # the workflow as a catalog entry, module and plan
     "test_bad_inputs",  # bad and odd inputs across data, config and preflight
 }

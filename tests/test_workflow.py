@@ -277,13 +277,6 @@ def test_what_reruns_table_holds_row_by_row(smoke, tmp_path):
             os.utime(path, (st.st_atime, st.st_mtime))
 
 
-def test_misspelt_key_is_rejected_by_name(tmp_path):
-    p = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"),
-                  "--config", "minning={'topk': 3}", check=False)
-    assert p.returncode != 0
-    assert "unknown key 'minning'" in p.stderr and "did you mean 'mining'" in p.stderr
-
-
 def _kill_tree(pid):
     """SIGKILL to a process, its process group and every descendant (as `kill -9` of the whole tree)."""
     import psutil
@@ -349,44 +342,3 @@ def test_report_files_and_html_report(smoke, tmp_path):
     html = tmp_path / "report.html"
     snakemake(smoke.parent.parent, "--configfile", str(ROOT / "config" / "smoke.yaml"), "--report", str(html))
     assert html.stat().st_size > 10_000
-
-
-@pytest.mark.parametrize("overlay", [None, "paper.yaml"])
-def test_paper_setup_plans_every_rule_over_its_shards(tmp_path, overlay):
-    """The GPU-workstation configs build their job graph here (nothing runs; weights and data are absent)."""
-    args = ["-n", "--resources", "gpu=1"] + (["--configfile", str(ROOT / "config" / overlay)] if overlay else [])
-    p = snakemake(tmp_path, *args)
-    counts = {}
-    for line in p.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    shards = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["shards"]
-    assert counts["download_tiny_imagenet"] == 1 and counts["mine_topk"] == shards["images"]
-    assert counts["embed_patches"] == 2 * shards["channels"] and counts["score"] == 2 * shards["channels"] * shards["draws"]
-    for rule in ("geometry", "index_dataset", "embed_prompts", "merge_topk", "calibrate", "report", "interventions"):
-        assert counts.get(rule, 0) >= 1, rule
-
-
-def test_unknown_layer_is_rejected_by_name_before_any_job(tmp_path):
-    t0 = time.monotonic()
-    p = snakemake(tmp_path, "--configfile", str(ROOT / "config" / "smoke.yaml"),
-                  "--config", "model={'source': 'torchvision', 'name': 'resnet18', 'weights': None, "
-                  "'layers': ['layer5', 'layer4']}", check=False)
-    assert p.returncode != 0 and time.monotonic() - t0 < 60
-    assert "'layer5' is not a module of the model; close names: ['layer4'" in p.stderr
-    assert "crops.size" not in p.stderr and not (tmp_path / "results").exists()
-
-
-def test_python_entry_plans_from_its_own_file(tmp_path):
-    cfg = yaml.safe_load((ROOT / "config" / "examples" / "python_entry.yaml").read_text())
-    cfg["model"]["entry"] = f"{ROOT / 'config' / 'examples' / 'my_model.py'}:build"
-    (tmp_path / "entry.yaml").write_text(yaml.safe_dump(cfg))
-    p = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"), str(tmp_path / "entry.yaml"))
-    assert "mine_topk" in p.stdout and "geometry" in p.stdout
-    cfg["model"]["layers"] = ["stage3"]
-    cfg["crops"]["size"] = {"stage3": 8}
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
-    p = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"), str(tmp_path / "bad.yaml"),
-                  check=False)
-    assert p.returncode != 0 and "'stage3' is not a module of the model; close names" in p.stderr

@@ -36,17 +36,13 @@ rule calibrate:
             if OR_UNITS
             else {}
         ),
+        **(dict(neuron_embeddings=f"{R}/neuron_embeddings/{{layer}}.parquet") if cfg.neuron_embeddings.enabled else {}),
         scores=expand(
             f"{R}/scores/{{{{layer}}}}/shard{{cshard}}/draws{{dshard}}.parquet",
             cshard=CHANNEL_SHARDS,
             dshard=DRAW_SHARDS,
         ),
         embeddings=expand(f"{R}/embeddings/{{{{layer}}}}/shard{{cshard}}.parquet", cshard=CHANNEL_SHARDS),
-        **(
-            dict(neuron_embeddings=f"{R}/neuron_embeddings/{{layer}}.parquet")
-            if cfg.neuron_embeddings.enabled
-            else {}
-        ),
         topk=f"{R}/topk/{{layer}}.parquet",
         dataset=f"{R}/dataset.parquet",
         geometry=f"{R}/geometry.json",

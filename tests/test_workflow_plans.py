@@ -1,0 +1,85 @@
+"""Workflow runs that need no finished smoke run: plans, refusals and a timm ViT block end to end.
+
+A file of their own, so that `make test` (one worker per file) runs them beside the smoke run's tests."""
+
+import json
+import time
+
+import pandas as pd
+import pytest
+import yaml
+from workflow_runs import PSI_COLUMNS, ROOT, snakemake
+
+pytestmark = pytest.mark.slow
+
+
+def test_vit_block_end_to_end(tmp_path):
+    """A timm ViT block as the analysed layer, from rendering to calibration and interventions (small, one shard)."""
+    fast = {"shards": {"images": 1, "channels": 1, "draws": 1}, "nulls": {"m": 4},
+            "model": {"layers": ["blocks.3"]}, "crops": {"size": {"blocks.3": 32}},
+            "interventions": {"n_channels": 2, "layer": "blocks.3"}}
+    (tmp_path / "fast.yaml").write_text(yaml.safe_dump(fast))
+    run = tmp_path / "results" / "smoke_timm_vit"
+    snakemake(tmp_path, "results/smoke_timm_vit/psi/blocks.3.parquet",
+              "results/smoke_timm_vit/interventions/blocks.3.parquet", "--configfile",
+              str(ROOT / "config" / "smoke.yaml"), str(ROOT / "config" / "examples" / "timm_vit.yaml"),
+              str(tmp_path / "fast.yaml"))
+    geometry = json.loads((run / "geometry.json").read_text())
+    g = geometry["layers"]["blocks.3"]
+    assert geometry["input_size"] == 64 and g["kind"] == "tokens"
+    assert (g["stride"], g["height"], g["width"], g["channels"]) == (8, 8, 8, 192) and 2 <= g["offset"] <= 5
+    psi = pd.read_parquet(run / "psi" / "blocks.3.parquet")
+    assert list(psi.columns[:len(PSI_COLUMNS)]) == PSI_COLUMNS and (psi["unit_kind"] == "channel").sum() == 192
+    assert (psi["unit_kind"] == "or_unit").sum() == 16 and psi["index"].notna().any()
+    patches = pd.read_parquet(run / "patches" / "blocks.3.parquet")
+    assert patches["u"].between(0, 7).all() and patches["v"].between(0, 7).all()
+    trials = pd.read_parquet(run / "interventions" / "blocks.3.parquet")
+    assert trials["channel"].nunique() >= 1 and trials["layer"].eq("blocks.3").all()
+
+
+def test_misspelt_key_is_rejected_by_name(tmp_path):
+    p = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"),
+                  "--config", "minning={'topk': 3}", check=False)
+    assert p.returncode != 0
+    assert "unknown key 'minning'" in p.stderr and "did you mean 'mining'" in p.stderr
+
+
+@pytest.mark.parametrize("overlay", [None, "paper.yaml"])
+def test_paper_setup_plans_every_rule_over_its_shards(tmp_path, overlay):
+    """The GPU-workstation configs build their job graph here (nothing runs; weights and data are absent)."""
+    args = ["-n", "--resources", "gpu=1"] + (["--configfile", str(ROOT / "config" / overlay)] if overlay else [])
+    p = snakemake(tmp_path, *args)
+    counts = {}
+    for line in p.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    shards = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["shards"]
+    assert counts["download_tiny_imagenet"] == 1 and counts["mine_topk"] == shards["images"]
+    assert counts["embed_patches"] == 2 * shards["channels"] and counts["score"] == 2 * shards["channels"] * shards["draws"]
+    for rule in ("geometry", "index_dataset", "embed_prompts", "merge_topk", "calibrate", "report", "interventions"):
+        assert counts.get(rule, 0) >= 1, rule
+
+
+def test_unknown_layer_is_rejected_by_name_before_any_job(tmp_path):
+    t0 = time.monotonic()
+    p = snakemake(tmp_path, "--configfile", str(ROOT / "config" / "smoke.yaml"),
+                  "--config", "model={'source': 'torchvision', 'name': 'resnet18', 'weights': None, "
+                  "'layers': ['layer5', 'layer4']}", check=False)
+    assert p.returncode != 0 and time.monotonic() - t0 < 60
+    assert "'layer5' is not a module of the model; close names: ['layer4'" in p.stderr
+    assert "crops.size" not in p.stderr and not (tmp_path / "results").exists()
+
+
+def test_python_entry_plans_from_its_own_file(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / "examples" / "python_entry.yaml").read_text())
+    cfg["model"]["entry"] = f"{ROOT / 'config' / 'examples' / 'my_model.py'}:build"
+    (tmp_path / "entry.yaml").write_text(yaml.safe_dump(cfg))
+    p = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"), str(tmp_path / "entry.yaml"))
+    assert "mine_topk" in p.stdout and "geometry" in p.stdout
+    cfg["model"]["layers"] = ["stage3"]
+    cfg["crops"]["size"] = {"stage3": 8}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    p = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"), str(tmp_path / "bad.yaml"),
+                  check=False)
+    assert p.returncode != 0 and "'stage3' is not a module of the model; close names" in p.stderr
