@@ -30,12 +30,13 @@ smoke: $(STAMP)
 check: $(STAMP)
 	$(BIN)/python -m polypsi.preflight $(if $(CONFIG),--configfile $(CONFIG))
 
-# One worker per core; a test file stays on one worker, so its module fixtures (a smoke run) are built once.
+# One worker per core; a test file stays on one worker, so its module fixtures (a smoke run) are built once;
+# the end-to-end files start first (tests/conftest.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -n $(CORES) --dist loadfile
+	$(BIN)/python -m pytest -q -ra -n $(CORES) --dist loadfile --no-loadscope-reorder
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -n $(CORES) --dist loadfile -m "not slow"
+	$(BIN)/python -m pytest -q -ra -n $(CORES) --dist loadfile --no-loadscope-reorder -m "not slow"
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_stats.py

@@ -13,6 +13,12 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end files (marked slow) first: with `--dist loadfile --no-loadscope-reorder` each starts
+    at once on a worker of its own and the quick files fill the other worker around them."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def write_images(folder, n, size=32, seed=0, ext=".png"):
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
