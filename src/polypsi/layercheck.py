@@ -61,16 +61,27 @@ def probe(cfg: Config, cache_dir: str | Path | None = None) -> dict:
     geometry rule).
     """
     path = Path(cache_dir) / f"probe-{_key(cfg)}.json" if cache_dir is not None else None
+
+    def run() -> dict:
+        bare = cfg.model_copy(update={"model": cfg.model.model_copy(update={"weights": None, "checkpoint": None,
+                                                                            "layers": []})})
+        # the source's builder imports torch and the model's code: only when the cache misses
+        model = sources.get("model", cfg.model.source).load()(bare).eval()
+        return {"modules": [n for n, _ in model.named_modules()], **_output_shapes(model, cfg)}
+
+    return cached_json(path, run)
+
+
+def cached_json(path: Path | None, compute) -> dict:
+    """The JSON at `path` if it is there, else compute() written there (whole or not at all) and returned.
+
+    The workflow's writers live in polypsi.io, too heavy to import when a plan is made."""
     if path is not None and path.is_file():
         return json.loads(path.read_text())
-    bare = cfg.model_copy(update={"model": cfg.model.model_copy(update={"weights": None, "checkpoint": None,
-                                                                        "layers": []})})
-    # the source's builder imports torch and the model's code: only when the cache misses
-    model = sources.get("model", cfg.model.source).load()(bare).eval()
-    found = {"modules": [n for n, _ in model.named_modules()], **_output_shapes(model, cfg)}
-    if path is not None:  # written whole or not at all (the workflow's writers live in polypsi.io, too heavy here)
+    found = compute()
+    if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".probe.", suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".part")
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(found))
         os.replace(tmp, path)

@@ -30,7 +30,6 @@ import os
 import socket
 import struct
 import sys
-import tempfile
 import time
 import zipfile
 from importlib import metadata
@@ -40,7 +39,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from . import sources
+from . import layercheck, sources
 from .config import BASE_CONFIG, Config, EmbedderConfig, load_config, planned_images
 from .errors import ConfigError, PolypsiError, PreflightError
 from .manifest import dataset_manifest, hidden, is_image_name, layout_of
@@ -222,10 +221,8 @@ def embedder_file_problems(cfg: Config) -> list[Problem]:
 
 def layer_problems(cfg: Config, cache_dir: str | Path | None) -> list[Problem]:
     """Layer names, crop sizes, channel shards and feature-map sizes against the model built without weights."""
-    from .layercheck import layer_problems as found  # lazy: a cache miss builds the model (torch)
-
-    try:
-        return [Problem(msg.split(":")[0].split(" ")[0], msg) for msg in found(cfg, cache_dir)]
+    try:  # a cache miss builds the model (torch)
+        return [Problem(msg.split(":")[0].split(" ")[0], msg) for msg in layercheck.layer_problems(cfg, cache_dir)]
     except PolypsiError as e:
         return [Problem("model", f"the model cannot be built: {e}", MODEL_RULES)]
     except Exception as e:  # your own model's code, a missing library: say which and why
@@ -345,16 +342,7 @@ def lookup_key(library: str, name: str, tag: str | None) -> str:
 def lookup(library: str, name: str, tag: str | None, cache_dir: str | Path | None) -> dict:
     """Where `library` keeps the weights of (name, tag): {"url"} | {"hub", "files"} | {"error"}; cached."""
     path = Path(cache_dir) / f"weights-{lookup_key(library, name, tag)}.json" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        return json.loads(path.read_text())
-    found = LOOKUPS[library][0](name, tag)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".weights.", suffix=".part")
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(found))
-        os.replace(tmp, path)
-    return found
+    return layercheck.cached_json(path, lambda: LOOKUPS[library][0](name, tag))
 
 
 def _local_copy(found: dict) -> tuple[str | None, str, str]:
@@ -480,11 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     files = [str(Path(f).resolve()) for f in args.configfile]
     if args.directory:
         os.chdir(args.directory)
-    from .layercheck import cache_dir  # lazy: keeps `import polypsi.preflight` light
-
     try:
         cfg = load_config(merged_config(files), " + ".join(["config/config.yaml", *args.configfile]))
-        check(preflight(cfg, cache_dir()))
+        check(preflight(cfg, layercheck.cache_dir()))
     except PolypsiError as e:
         sys.stderr.write(f"{e}\n")
         return 1

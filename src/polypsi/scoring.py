@@ -76,15 +76,15 @@ def _with_peers(psi: pd.DataFrame, channels: np.ndarray, z: np.ndarray, topk: pd
     return out
 
 
-def _or_unit_rows(job, chance: float, dataset: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """psi and null_psi rows of the layer's OR-units, calibrated like channels against their own draws."""
+def _or_unit_rows(job, chance: float, dataset: pd.DataFrame, scores: pd.DataFrame,
+                  topk: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """psi and null_psi rows of the layer's OR-units (their draws' scores and top-K table given), calibrated
+    like channels against their own draws."""
     cfg = job.cfg
-    scores = pd.concat([read_table(p) for p in job.input.or_scores], ignore_index=True)
     units = read_table(job.input.or_units)
     if scores.empty:
         return pd.DataFrame(), pd.DataFrame()
     psi, null_psi = calibrate(scores, cfg.nulls.m, cfg.calibration)
-    topk = read_table(job.input.or_topk)
     top1 = topk[topk["rank"] == 0].set_index("channel")["activation"]
     psi["top_activation"] = psi["channel"].map(top1).astype(np.float32)
     channels, z, _ = load_patch_arrays(topk, [read_table(job.input.or_embeddings, embedding="embedding")], dataset)
@@ -121,7 +121,8 @@ def or_units_stage(job) -> None:
 
 
 def _neuron_view(job, psi: pd.DataFrame, scores: pd.DataFrame, topk: pd.DataFrame, dataset: pd.DataFrame,
-                 channels: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+                 channels: np.ndarray, or_scores: pd.DataFrame | None,
+                 or_topk: pd.DataFrame | None) -> tuple[pd.DataFrame, np.ndarray]:
     """psi with the neuron-embedding scores of every unit, and the neuron-view cluster of each channel's patches.
 
     OR-units reuse their parts' neuron embeddings, row for row, as they reuse their parts' crops.
@@ -138,8 +139,8 @@ def _neuron_view(job, psi: pd.DataFrame, scores: pd.DataFrame, topk: pd.DataFram
     Z.append(z)
     labels.append(y)
     clip.append(np.stack([np.asarray(real.loc[c, "assignments"], dtype=np.int64) for c in ch]))
-    if "or_scores" in job.input and (psi["unit_kind"] == "or_unit").any():
-        or_topk = read_table(job.input.or_topk).sort_values(["channel", "rank"])
+    if or_scores is not None and (psi["unit_kind"] == "or_unit").any():
+        or_topk = or_topk.sort_values(["channel", "rank"])
         or_ids, k = or_topk["channel"].unique(), z.shape[1]
         # z holds channel ch[i]'s rank r (ranks 0..K-1) at [i, r]
         part = pd.Series(np.arange(len(ch)), index=ch).loc[or_topk["part_channel"]].to_numpy()
@@ -147,8 +148,7 @@ def _neuron_view(job, psi: pd.DataFrame, scores: pd.DataFrame, topk: pd.DataFram
         Z.append(z[part, or_topk["part_rank"].to_numpy()].reshape(len(or_ids), k, -1))
         labels_of = dataset.set_index("image_id")["label"]
         labels.append(labels_of.loc[or_topk["image_id"].to_numpy()].to_numpy(np.int64).reshape(len(or_ids), k))
-        or_real = pd.concat([read_table(p) for p in job.input.or_scores], ignore_index=True)
-        or_real = or_real[or_real["draw"] == 0].set_index("channel")
+        or_real = or_scores[or_scores["draw"] == 0].set_index("channel")
         clip.append(np.stack([np.asarray(or_real.loc[c, "assignments"], dtype=np.int64) for c in or_ids]))
     table, assign = neuron_scores(np.concatenate(Z), np.concatenate(labels), np.concatenate(clip),
                                   np.concatenate(units), stats=cfg.stats, seed=cfg.nulls.seed, layer=layer,
@@ -181,13 +181,16 @@ def calibrate_stage(job) -> None:
     null_psi = add_index(null_psi, chance, cfg.index)
     null_psi.loc[~null_psi["channel"].isin(live), "index"] = np.nan  # the null neuron of a dead channel
     psi["unit_kind"], null_psi["unit_kind"] = "channel", "channel"
+    or_scores = or_topk = None
     if "or_scores" in job.input:
-        or_psi, or_null = _or_unit_rows(job, chance, dataset)
+        or_scores = pd.concat([read_table(p) for p in job.input.or_scores], ignore_index=True)
+        or_topk = read_table(job.input.or_topk)
+        or_psi, or_null = _or_unit_rows(job, chance, dataset, or_scores, or_topk)
         psi = pd.concat([psi, or_psi], ignore_index=True)
         null_psi = pd.concat([null_psi, or_null], ignore_index=True)
     ne_clusters = None
     if "neuron_embeddings" in job.input:
-        psi, ne_clusters = _neuron_view(job, psi, scores, topk, dataset, channels)
+        psi, ne_clusters = _neuron_view(job, psi, scores, topk, dataset, channels, or_scores, or_topk)
     log.info("layer %s: %d channels, %d ok, %d dead, %d other flags; %d null neurons; %d OR-units; "
              "index chance level (median null S x contrast) %.4f",
              layer, (psi["unit_kind"] == "channel").sum(), (psi["status"] == "ok").sum(), dead.sum(),
