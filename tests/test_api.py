@@ -74,7 +74,7 @@ def test_index_separates_a_polysemantic_channel_from_a_monosemantic_one(world):
     assert poly.semanticlens > mono.semanticlens and np.isfinite(poly.monosemanticity)
     assert np.isnan(mono.monosemanticity)
     assert {"contrast", "index_k"} <= set(poly.draws.columns)
-    layer = psi_for_channel(Z2[0], y2[0], emb, names, world.text.null_emb, m=10, index_chance=0.01)
+    layer = psi_for_channel(Z2[0], y2[0], emb, names, world.text.null_emb, m=10, activations=act, index_chance=0.01)
     assert layer.index == pytest.approx(poly.index + poly.index_chance - 0.01) and layer.index_chance == 0.01
     with pytest.raises(ValueError, match="one per embedding"):
         psi_for_channel(Z2[0], y2[0], emb, names, m=2, activations=act[:3])

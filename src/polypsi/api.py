@@ -111,7 +111,8 @@ def psi_for_channel(
                         kmeans=kmeans, backend=backend)
     nulls = NullConfig(m=m, seed=seed, s_null=s_null, d_null=d_null)
     y = np.asarray(labels, dtype=np.int64)[None]
-    scores = score_channels(Z, y, np.array([0]), text, list(range(m + 1)), stats, nulls, layer="api")
+    scores = score_channels(Z, y, np.array([0]), text, list(range(m + 1)), stats, nulls, layer="api",
+                            activations=None if activations is None else act[None])
     psi, null_psi = calibrate(scores, m, CalibrationConfig())
     psi, null_psi = channels_only(psi), channels_only(null_psi)  # the channel's own rows, never an OR-unit's
     row = psi.iloc[0]

@@ -41,6 +41,15 @@ def load_patch_arrays(topk: pd.DataFrame, emb_tables: list[tuple[pd.DataFrame, n
     return channels, z.reshape(len(channels), k, -1), labels
 
 
+def top_activations(topk: pd.DataFrame, channels: np.ndarray, k: int) -> np.ndarray:
+    """Activations [n, k] of the channels' top patches, in load_patch_arrays' order (channel, then rank)."""
+    rows = topk[topk["channel"].isin(channels)].sort_values(["channel", "rank"])
+    if len(rows) != len(channels) * k:
+        raise StageError(f"the top-K table has {len(rows)} rows for {len(channels)} channels x {k} embedded patches; "
+                         "rerun merge_topk and embed_patches")
+    return rows["activation"].to_numpy(np.float64).reshape(len(channels), k)
+
+
 def score_stage(job) -> None:
     """Rule score: raw S, Q, D of one layer's channel shard for one shard of the draws (0 = real, 1..M = nulls)."""
     cfg, log = job.cfg, job.logger("polypsi.score")
@@ -57,15 +66,15 @@ def score_stage(job) -> None:
     log.info("layer %s, channel shard %s: %d channels x %d patches x %d dims; draws %s; S-null %s, D-null %s",
              layer, cshard, z.shape[0], z.shape[1], z.shape[2], draws, cfg.nulls.s_null, cfg.nulls.d_null)
     # One call for all draws: the real clustering is computed once and shared by the null draws.
-    scores = score_channels(z, labels, channels, text, draws, cfg.stats, cfg.nulls, layer, job.device, progress=True)
+    scores = score_channels(z, labels, channels, text, draws, cfg.stats, cfg.nulls, layer, job.device, progress=True,
+                            activations=top_activations(topk, channels, z.shape[1]))
     write_table(scores, job.output.scores)
     log.info("done")
 
 
 def _with_peers(psi: pd.DataFrame, channels: np.ndarray, z: np.ndarray, topk: pd.DataFrame) -> pd.DataFrame:
     """psi with the peers' scores of each unit (NaN for dead channels), from its top patches and activations."""
-    act = topk[topk["channel"].isin(channels)].sort_values(["channel", "rank"])["activation"].to_numpy(np.float64)
-    act = act.reshape(len(channels), -1)
+    act = top_activations(topk, channels, z.shape[1])
     peers = pd.DataFrame({
         "channel": channels,
         "semanticlens": semanticlens_polysemanticity(z, act),

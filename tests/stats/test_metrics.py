@@ -254,6 +254,27 @@ def test_concept_contrast_matches_pairwise_definition():
         assert eff[u].item() == pytest.approx(1 / sum(v * v for v in shares.values()))
 
 
+def test_activation_weights_are_relative_to_the_top_and_clipped():
+    from polypsi.stats.metrics import activation_weights
+
+    act = np.array([[4.0, 2.0, 1.0, -1.0], [0.0, -1.0, -2.0, -3.0], [5.0, 5.0, 5.0, 5.0]])
+    np.testing.assert_array_equal(activation_weights(act), [[1, 0.5, 0.25, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
+
+
+def test_concept_contrast_shares_by_mass():
+    from polypsi.stats.metrics import concept_contrast
+
+    apart = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    two = torch.tensor([[[0.9, 0.1], [0.1, 0.9]]], dtype=torch.float64)
+    sizes = torch.tensor([[25, 25]])
+    assert concept_contrast(two, apart, sizes)[0].item() == concept_contrast(two, apart, sizes, sizes * 0.3)[0].item()
+    # equal counts, but the second mode responds at a tenth: shares 25/27.5 and 2.5/27.5
+    c, e = concept_contrast(two, apart, sizes, torch.tensor([[25.0, 2.5]], dtype=torch.float64))
+    w = np.array([25, 2.5]) / 27.5
+    assert c.item() == pytest.approx(2 * w[0] * w[1] * np.sqrt(0.8) / 0.5)
+    assert e.item() == pytest.approx(1 / (w**2).sum())
+
+
 def test_concept_contrast_needs_different_names_and_prototypes_and_weighs_balance():
     from polypsi.stats.metrics import concept_contrast
 

@@ -32,10 +32,15 @@ def mixed(world):
     return Z, y, np.arange(100, 110)
 
 
-def run(world, Z, y, ch, draw, **kw):
+def run(world, Z, y, ch, draw, activations=None, **kw):
     stats = StatsConfig(**{k: v for k, v in kw.items() if k in StatsConfig.model_fields})
     nulls = NullConfig(m=M, **{k: v for k, v in kw.items() if k in NullConfig.model_fields})
-    return score_channels(Z, y, ch, world.text, draw, stats, nulls, layer="layer4")
+    return score_channels(Z, y, ch, world.text, draw, stats, nulls, layer="layer4", activations=activations)
+
+
+def activations(rng, shape):
+    """Descending activations of ranked patches, some of them negative (clipped to weight 0)."""
+    return np.sort(rng.uniform(-0.2, 3.0, shape), axis=-1)[..., ::-1]
 
 
 def test_columns_and_cluster_details(world, mixed):
@@ -114,8 +119,9 @@ def test_torch_scorer_agrees_with_sklearn_reference(world, kmeans):
     rng = np.random.default_rng(2)
     Z, y, _ = planted_channels(rng, world, 4, 3, separation=1.0, label_noise=0.3)
     ch = np.arange(4)
-    fast = run(world, Z, y, ch, [0, 1, 2], kmeans=kmeans)
-    ref = run(world, Z, y, ch, [0, 1, 2], kmeans=kmeans, backend="sklearn")
+    act = activations(rng, y.shape)
+    fast = run(world, Z, y, ch, [0, 1, 2], act, kmeans=kmeans)
+    ref = run(world, Z, y, ch, [0, 1, 2], act, kmeans=kmeans, backend="sklearn")
     pd.testing.assert_frame_equal(fast[["channel", "draw"]], ref[["channel", "draw"]])
     real = fast.draw == 0
     np.testing.assert_array_equal(fast.k_hat[real], ref.k_hat[real])
@@ -155,6 +161,37 @@ def test_other_nulls_agree_with_reference(world, d_null, s_null):
     assert abs(fast.contrast.mean() - ref.contrast.mean()) < 0.02
     if s_null == "gaussian":
         np.testing.assert_allclose(fast.contrast[same], ref.contrast[same], atol=2e-3)
+    # Shares by activation: null patch i takes real patch i's weight in both backends. Row by row they differ
+    # by more, as a patch that k-means (float32 here, float64 there) puts in the other cluster takes its weight.
+    act = activations(rng, y.shape)
+    fast_w = run(world, Z, y, np.arange(2), [1, 2], act, **kw)
+    ref_w = run(world, Z, y, np.arange(2), [1, 2], act, backend="sklearn", **kw)
+    assert abs(fast_w.contrast.mean() - ref_w.contrast.mean()) < 0.02
+    assert not np.allclose(fast_w.contrast, fast.contrast)
+
+
+def test_activations_weigh_cluster_shares_only(world):
+    """Activations change the contrast and effective concepts (shares by response mass), nothing else; equal
+    activations are counting; a weakly activating mode weighs little."""
+    rng = np.random.default_rng(6)
+    Z, y, _ = planted_channels(rng, world, 3, 2, separation=1.2)
+    ch, draws = np.arange(3), [0, 1, 2]
+    count = run(world, Z, y, ch, draws)
+    flat = run(world, Z, y, ch, draws, np.full(y.shape, 2.5))
+    pd.testing.assert_frame_equal(count, flat)
+    real = count[count.draw == 0]
+    weak = np.ones(y.shape)  # the second-numbered cluster of each channel responds at a tenth
+    for i, a in enumerate(real.assignments):
+        weak[i, np.asarray(a) == 1] = 0.1
+    w = run(world, Z, y, ch, draws, weak)
+    cols = [c for c in count.columns if c not in ("contrast", "index_k")]
+    pd.testing.assert_frame_equal(count[cols], w[cols])
+    assert (w.contrast[w.draw == 0].to_numpy() < 0.5 * real.contrast.to_numpy()).all()
+    assert (w.index_k[w.draw == 0] < real.index_k).all()
+    with pytest.raises(ValueError, match="activations must be"):
+        run(world, Z, y, ch, 0, weak[:, :3])
+    with pytest.raises(ValueError, match="channel 1: patch activations contain NaN"):
+        run(world, Z, y, ch, 0, np.where(np.arange(3)[:, None] == 1, np.nan, weak))
 
 
 def test_planted_clusters_recover_k_hat(world):

@@ -31,6 +31,7 @@ class _Real:
     proto: torch.Tensor  # [n, k_max, d] unit cluster prototypes (zeros beyond K-hat)
     valid: torch.Tensor  # [n, k_max] cluster slot exists
     sizes: torch.Tensor  # [n, k_max] cluster sizes
+    mass: torch.Tensor  # [n, k_max] summed patch weights of each cluster (its share of the response)
 
 
 def _best_k(res, ks: list[int]):
@@ -47,7 +48,8 @@ def _search(G, unif, stats: StatsConfig, ks):
     )
 
 
-def _real(Zc, G, unif, stats: StatsConfig, ks) -> _Real:
+def _real(Zc, G, unif, stats: StatsConfig, ks, W: torch.Tensor | None = None) -> _Real:
+    """The real clustering; W [n, K] weighs each patch in its cluster's mass (default: 1, the size)."""
     res = _search(G, unif, stats, ks)
     a, S, k_hat = _best_k(res, ks)
     idx = a.view(-1, 1, 1).expand(-1, 1, G.shape[1])
@@ -57,14 +59,16 @@ def _real(Zc, G, unif, stats: StatsConfig, ks) -> _Real:
     A = torch.nn.functional.one_hot(labels, stats.k_max).to(Zc.dtype)  # [n, K, k_max]
     proto = _normalise(torch.bmm(A.transpose(1, 2), Zc))
     sizes = A.sum(1)
-    return _Real(S.cpu().numpy().astype(float), k_hat.cpu().numpy(), labels, samples, proto, sizes > 0, sizes)
+    mass = sizes.double() if W is None else torch.bmm(A.transpose(1, 2).double(), W.unsqueeze(-1)).squeeze(-1)
+    return _Real(S.cpu().numpy().astype(float), k_hat.cpu().numpy(), labels, samples, proto, sizes > 0, sizes, mass)
 
 
-def _contrast(proto: torch.Tensor, sizes: torch.Tensor, text: TextBank) -> tuple[np.ndarray, np.ndarray]:
+def _contrast(proto: torch.Tensor, sizes: torch.Tensor, mass: torch.Tensor,
+              text: TextBank) -> tuple[np.ndarray, np.ndarray]:
     """(concept contrast, effective concepts) of clusterings, against the main concepts (templates averaged)."""
     E, _ = text.candidates("main", "concept")
     sims = torch.einsum("nkd,cd->nkc", proto, torch.from_numpy(E).to(proto.device))
-    contrast, eff = concept_contrast(sims.double(), proto.double(), sizes)
+    contrast, eff = concept_contrast(sims.double(), proto.double(), sizes, mass)
     return contrast.cpu().numpy(), eff.cpu().numpy()
 
 
@@ -80,14 +84,17 @@ def _shuffled_sims(proto: torch.Tensor, text: TextBank, level: str, perms: np.nd
     return torch.bmm(proto, _normalise(sums).transpose(1, 2))
 
 
-def _score_chunk(Z, y, chans, text, draws, stats: StatsConfig, nulls: NullConfig, layer, dev, ks):
-    """Rows of one chunk of channels for the requested draws (as dicts), plus cluster details for draw 0."""
+def _score_chunk(Z, y, W, chans, text, draws, stats: StatsConfig, nulls: NullConfig, layer, dev, ks):
+    """Rows of one chunk of channels for the requested draws (as dicts), plus cluster details for draw 0.
+
+    W: [n, K] patch weights of the clusters' shares (metrics.activation_weights)."""
     n, K, d = Z.shape
     Zc = torch.from_numpy(Z).to(dev)
+    Wc = torch.from_numpy(np.asarray(W, dtype=np.float64)).to(dev)
     G = torch.bmm(Zc, Zc.transpose(1, 2))
     rngs = {(c, m): unit_rng(nulls.seed, layer, c, m) for c in chans for m in set(draws) | {0}}
     unif0 = np.stack([kmeans_uniforms(rngs[c, 0], len(ks), stats.n_init, stats.k_max) for c in chans])
-    real = _real(Zc, G, torch.from_numpy(unif0).float().to(dev), stats, ks)
+    real = _real(Zc, G, torch.from_numpy(unif0).float().to(dev), stats, ks, Wc)
     level = stats.gap_level
     E, E_ids = text.candidates("main", level)
     E_t = torch.from_numpy(E).to(dev)
@@ -97,7 +104,7 @@ def _score_chunk(Z, y, chans, text, draws, stats: StatsConfig, nulls: NullConfig
     lab_np = real.labels.cpu().numpy()
     out: dict[int, dict] = {}
     if 0 in draws:
-        contrast, eff = _contrast(real.proto, real.sizes, text)
+        contrast, eff = _contrast(real.proto, real.sizes, real.mass, text)
         out[0] = dict(S=real.S, Q=nmi(y_dense, lab_np), D=D_real.cpu().numpy().astype(float), k_hat=real.k_hat,
                       contrast=contrast, index_k=eff)
         out[0]["details"] = _details(real, gap, top_idx, top_sim, E_ids, text.concepts)
@@ -128,7 +135,7 @@ def _score_chunk(Z, y, chans, text, draws, stats: StatsConfig, nulls: NullConfig
     lab_rep = np.tile(lab_np, (len(nd), 1))
     Q_null = nmi(np.tile(y_dense, (len(nd), 1)), np.take_along_axis(lab_rep, perm, 1))
     batch = _NullBatch(
-        real=real, flat=flat, Z=Zc, G=Gr, res=res, best=a, scale=scale, reps=len(nd), text=text,
+        real=real, flat=flat, Z=Zc, W=Wc, G=Gr, res=res, best=a, scale=scale, reps=len(nd), text=text,
         stats=stats, nulls=nulls, ks=ks,
         uniforms=lambda: np.stack(
             [kmeans_uniforms(rngs[c, m], len(ks), stats.n_init, stats.k_max) for m in nd for c in chans]
@@ -172,6 +179,7 @@ class _NullBatch:
     real: _Real
     flat: list[NullDraw]  # [U] random objects of each unit
     Z: torch.Tensor  # [n, K, d] real patches of the chunk
+    W: torch.Tensor  # [n, K] their weights; null patch i of a channel takes its real patch i's weight
     G: torch.Tensor  # [U, K, K] real Gram matrices of each unit
     res: object  # the S-null's cluster search
     best: torch.Tensor  # [U] index of its best K'
@@ -185,8 +193,8 @@ class _NullBatch:
     normals: Callable[[], np.ndarray]  # next [K-1, K-1] standard normals of every unit from its generator
     _free: tuple | None = None
 
-    def structure_free(self, gauss: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(unit prototypes [U, k_max, d], cluster sizes [U, k_max]) of a clustered structure-free sample.
+    def structure_free(self, gauss: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(unit prototypes [U, k_max, d], cluster sizes and masses [U, k_max]) of a clustered structure-free sample.
 
         The gaussian S-null's sample when there is one; otherwise one drawn from `gauss` (or from
         each unit's generator) and clustered like a real channel. Computed once per batch.
@@ -202,13 +210,14 @@ class _NullBatch:
             labels = res.labels.gather(1, a.view(-1, 1, 1).expand(-1, 1, K)).squeeze(1)
             A = torch.nn.functional.one_hot(labels, self.stats.k_max).to(Z.dtype)  # [U, K, k_max]
             proto = _normalise(torch.bmm(torch.bmm(A.transpose(1, 2), M), Z))  # cluster sums of the null patches
-            self._free = (proto, A.sum(1))
+            mass = torch.bmm(A.transpose(1, 2).double(), self.W.repeat(self.reps, 1).unsqueeze(-1)).squeeze(-1)
+            self._free = (proto, A.sum(1), mass)
         return self._free
 
 
 def _d_random_directions(b: _NullBatch) -> torch.Tensor:
     """D of structure-free patches unit(W Z) = M Z, clustered like a real channel, against the main prompts."""
-    proto, sizes = b.structure_free(
+    proto, sizes, _ = b.structure_free(
         np.stack([o.d_gauss for o in b.flat]) if b.nulls.s_null != "gaussian" else None
     )
     E, _ = b.text.candidates("main", b.stats.gap_level)
@@ -218,8 +227,7 @@ def _d_random_directions(b: _NullBatch) -> torch.Tensor:
 
 def _contrast_null(b: _NullBatch) -> tuple[np.ndarray, np.ndarray]:
     """Concept contrast of a structure-free sample (shared with the S-null or random-directions D-null)."""
-    proto, sizes = b.structure_free()
-    return _contrast(proto, sizes, b.text)
+    return _contrast(*b.structure_free(), b.text)
 
 
 def _d_unrelated_prompts(b: _NullBatch) -> torch.Tensor:
@@ -282,6 +290,7 @@ def score_channels_batched(
     nulls: NullConfig,
     layer: str,
     *,
+    weights: np.ndarray,
     device: str | torch.device = "cpu",
     progress: bool = False,
     chunk_units: int = 256,
@@ -300,7 +309,7 @@ def score_channels_batched(
     with torch.no_grad():
         for s in starts:
             sl = slice(s, s + step)
-            res = _score_chunk(Z[sl], labels[sl], channels[sl].tolist(), text, draws, stats, nulls, layer, dev, ks)
+            res = _score_chunk(Z[sl], labels[sl], weights[sl], channels[sl].tolist(), text, draws, stats, nulls, layer, dev, ks)
             for m in draws:
                 parts[m].append(res[m])
     per_draw = {}

@@ -114,11 +114,26 @@ def canonical_labels(labels: torch.Tensor, k: int) -> torch.Tensor:
 NAMES_COMPARED = 3  # best concepts of each cluster that the naming margin compares
 
 
-def concept_contrast(sims: torch.Tensor, proto: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def activation_weights(act: np.ndarray) -> np.ndarray:
+    """Per-patch weights [n, K] of a cluster's share: each patch's activation relative to its channel's top one.
+
+    act: [n, K] activations of each channel's top patches. Weights are act / max(act), clipped at 0;
+    a channel whose top activation is not positive (dead) weighs every patch 1, as counting does.
+    """
+    act = np.asarray(act, dtype=np.float64)
+    top = act.max(axis=-1, keepdims=True)
+    live = top > 0
+    return np.where(live, np.clip(act / np.where(live, top, 1.0), 0.0, None), 1.0)
+
+
+def concept_contrast(sims: torch.Tensor, proto: torch.Tensor, sizes: torch.Tensor,
+                     mass: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Balanced concept contrast [U] and effective number of named concepts [U] of clusterings.
 
     sims: [U, k, C] cosine of each cluster prototype to each concept (templates averaged);
-    proto: [U, k, d] unit cluster prototypes; sizes: [U, k] cluster sizes (0 for absent slots).
+    proto: [U, k, d] unit cluster prototypes; sizes: [U, k] cluster sizes (0 for absent slots);
+    mass: [U, k] the clusters' summed patch weights (activation_weights), which give the shares w
+    (default: the sizes, i.e. shares by count).
     Two clusters are different concepts when both what they are named after and what they look
     like differ:
     - naming margin M_ij = (max_c (sims[i, c] - sims[j, c]) + max_c (sims[j, c] - sims[i, c])) / 2,
@@ -133,11 +148,14 @@ def concept_contrast(sims: torch.Tensor, proto: torch.Tensor, sizes: torch.Tenso
     contrast = sum over ordered pairs i != j of w_i w_j sqrt(M_ij (1 - cos(p_i, p_j))) / (1 - 1/k), with w
     the shares of the k clusters: a share-weighted mean of the pairs' contrast times the evenness of the
     split (Gini-Simpson 1 - sum w^2 over its maximum 1 - 1/k), so a 47/3 split weighs 0.23 of a 25/25
-    one, and splitting one concept into more clusters earns nothing by their number alone.
+    one, and splitting one concept into more clusters earns nothing by their number alone. Shares by
+    activation mass count what each mode contributes to the channel's response: a weakly activating
+    mode that a large K reaches into (patches far below the top activation) weighs little.
     Effective concepts: 1 / sum_g s_g^2 over the shares s_g of clusters merged by their best concept
     (1 for one name or a negligible second one, 2 for two balanced names).
     """
-    w = sizes.to(sims.dtype) / sizes.sum(-1, keepdim=True).clamp_min(1)
+    mass = (sizes if mass is None else mass).to(sims.dtype)
+    w = mass / mass.sum(-1, keepdim=True).clamp_min(1e-12)
     n_clusters = (sizes > 0).sum(-1).to(sims.dtype)
     U, k, C = sims.shape
     best = sims.topk(min(NAMES_COMPARED, C), dim=-1).indices  # [U, k, r]

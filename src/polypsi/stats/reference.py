@@ -104,13 +104,15 @@ def candidates(text: TextBank, which: str, level: str, ids_override=None):
     return emb, ids
 
 
-def contrast_reference(protos, sizes, text: TextBank) -> tuple[float, float]:
-    """(concept contrast, effective concepts) by the definition in metrics.concept_contrast, pair by pair."""
+def contrast_reference(protos, mass, text: TextBank) -> tuple[float, float]:
+    """(concept contrast, effective concepts) by the definition in metrics.concept_contrast, pair by pair.
+
+    mass: each cluster's summed patch weights (its size when every patch weighs 1)."""
     E, _ = candidates(text, "main", "concept")
     P = [p / np.linalg.norm(p) for p in protos]
     sims = [_unit(E) @ p for p in P]
     names = [int(np.argmax(s)) for s in sims]
-    w = np.asarray(sizes, dtype=float) / np.sum(sizes)
+    w = np.asarray(mass, dtype=float) / np.sum(mass)
     total = 0.0
     for i in range(len(protos)):
         for j in range(len(protos)):
@@ -123,7 +125,7 @@ def contrast_reference(protos, sizes, text: TextBank) -> tuple[float, float]:
     shares = {}
     for n, wi in zip(names, w):
         shares[n] = shares.get(n, 0.0) + wi
-    k = int(np.count_nonzero(w))
+    k = len(protos)  # clusters, whatever their mass (as the batched scorer's n_clusters)
     return total / (1.0 - 1.0 / max(k, 2)), 1.0 / sum(v * v for v in shares.values())
 
 
@@ -184,11 +186,13 @@ D_NULLS = {
 }
 
 
-def score_channels_reference(Z, labels, channels, text: TextBank, draws, stats: StatsConfig, nulls: NullConfig, layer: str):
+def score_channels_reference(Z, labels, channels, text: TextBank, draws, stats: StatsConfig, nulls: NullConfig, layer: str,
+                             weights=None):
     level = stats.gap_level
     E, E_ids = candidates(text, "main", level)
     per_draw = {m: dict(S=[], Q=[], D=[], k_hat=[], contrast=[], index_k=[], details=[]) for m in draws}
-    for X, y, c in zip(Z.astype(np.float64), labels, channels):
+    weights = np.ones(labels.shape) if weights is None else np.asarray(weights, dtype=np.float64)
+    for X, y, c, w in zip(Z.astype(np.float64), labels, channels, weights):
         K = len(X)
         S, k_hat, lab, samples = cluster_reference(X, stats, unit_rng(nulls.seed, layer, c, 0))
         lab = canonical(lab)
@@ -201,7 +205,7 @@ def score_channels_reference(Z, labels, channels, text: TextBank, draws, stats: 
                 r["Q"].append(normalized_mutual_info_score(y, lab))
                 r["D"].append(float(np.mean([g[0] for g in gaps])))
                 r["k_hat"].append(k_hat)
-                c_, e_ = contrast_reference(protos, [np.sum(lab == j) for j in range(k_hat)], text)
+                c_, e_ = contrast_reference(protos, [np.sum(w[lab == j]) for j in range(k_hat)], text)
                 r["contrast"].append(c_)
                 r["index_k"].append(e_)
                 r["details"].append(dict(
@@ -229,7 +233,7 @@ def score_channels_reference(Z, labels, channels, text: TextBank, draws, stats: 
             r["D"].append(D_NULLS[nulls.d_null](u))
             Xf, k_f, lab_f = structure_free_clusters(u)  # after the D-null: its draws come first
             c_, e_ = contrast_reference([Xf[lab_f == j].mean(0) for j in range(k_f)],
-                                        [np.sum(lab_f == j) for j in range(k_f)], text)
+                                        [np.sum(w[lab_f == j]) for j in range(k_f)], text)
             r["contrast"].append(c_)
             r["index_k"].append(e_)
     return rows_to_frame(np.asarray(channels), list(draws), per_draw)

@@ -10,6 +10,7 @@ import torch
 
 from ..config import NullConfig, StatsConfig
 from .batched import score_channels_batched
+from .metrics import activation_weights
 from .text import TextBank
 
 NORM_TOL = 1e-2  # e.g. bf16 embeddings normalised before the cast
@@ -54,11 +55,24 @@ def check_inputs(Z, labels, channels, text: TextBank, stats: StatsConfig, layer:
     return Z, labels.astype(np.int64), channels
 
 
-def _reference(Z, labels, channels, text, draws, stats, nulls, layer, *, device, progress, chunk_units):
+def check_activations(activations, channels: np.ndarray, shape: tuple[int, int], layer: str) -> np.ndarray:
+    """Patch weights [n, K] of the clusters' shares from the patches' activations (all 1 when None)."""
+    if activations is None:
+        return np.ones(shape)
+    act = np.asarray(activations, dtype=np.float64)
+    if act.shape != shape:
+        raise ValueError(f"layer {layer}: activations must be [channels, K] = {shape}, got {act.shape}")
+    if not np.isfinite(act).all():
+        c = int(channels[np.argwhere(~np.isfinite(act))[0, 0]])
+        raise ValueError(f"layer {layer}, channel {c}: patch activations contain NaN or inf")
+    return activation_weights(act)
+
+
+def _reference(Z, labels, channels, text, draws, stats, nulls, layer, *, weights, device, progress, chunk_units):
     """The per-channel reference: numpy on the CPU, one channel and draw at a time (no batches)."""
     from .reference import score_channels_reference  # lazy: scikit-learn takes 1-2 s to import; only this backend
 
-    return score_channels_reference(Z, labels, channels, text, draws, stats, nulls, layer)
+    return score_channels_reference(Z, labels, channels, text, draws, stats, nulls, layer, weights)
 
 
 # The scorer of each stats.backend.
@@ -77,17 +91,21 @@ def score_channels(
     device: str | torch.device = "cpu",
     progress: bool = False,
     chunk_units: int = 256,
+    activations: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Raw S, Q, D and K-hat of n channels for one draw (0 = real data, 1..M = null draws).
 
-    Z: [n, K, d] unit patch embeddings; labels: [n, K] class labels of the patches' images.
+    Z: [n, K, d] unit patch embeddings; labels: [n, K] class labels of the patches' images;
+    activations: [n, K] the patches' activations, which weigh each cluster's share in the index's
+    contrast (metrics.activation_weights; without them every patch counts 1).
     `draw` may also be a list of draws (the real clustering is then computed once).
     Every random choice is seeded by (nulls.seed, layer, channel, draw), so the result does
     not depend on how channels are split into shards or chunks.
     """
     draws = _as_draws(draw, nulls.m)
     Z, labels, channels = check_inputs(Z, labels, channels, text, stats, layer)
+    weights = check_activations(activations, channels, Z.shape[:2], layer)
     return BACKENDS[stats.backend](
         Z, labels, channels, text, draws, stats, nulls, layer,
-        device=device, progress=progress, chunk_units=chunk_units,
+        weights=weights, device=device, progress=progress, chunk_units=chunk_units,
     )
