@@ -3,7 +3,7 @@
 index.method "contrast" (default): index = S x contrast - chance, where
 - S is the channel's cosine silhouette at K-hat (its clusters are apart in the embedding space),
 - contrast is its balanced concept contrast (stats.metrics.concept_contrast): over pairs of
-  clusters, weighted by how evenly the top patches split between them (whatever their number), how clearly both their
+  clusters, weighted by how evenly the top patches' activation splits between them (whatever their number), how clearly both their
   names (naming margin over their best concepts) and their prototypes (cosine distance) differ;
   near 0 when the clusters carry the same names,
 - chance is the layer's chance level: the median of S x contrast over the reference null draws

@@ -200,10 +200,11 @@ def calibrate_stage(job) -> None:
     ne_clusters = None
     if "neuron_embeddings" in job.input:
         psi, ne_clusters = _neuron_view(job, psi, scores, topk, dataset, channels, or_scores, or_topk)
+    ch = psi[psi["unit_kind"] == "channel"]  # OR-units are counted apart
     log.info("layer %s: %d channels, %d ok, %d dead, %d other flags; %d null neurons; %d OR-units; "
              "index chance level (median null S x contrast) %.4f",
-             layer, (psi["unit_kind"] == "channel").sum(), (psi["status"] == "ok").sum(), dead.sum(),
-             ((psi["status"] != "ok") & ~dead).sum(), len(null_psi), (psi["unit_kind"] == "or_unit").sum(), chance)
+             layer, len(ch), (ch["status"] == "ok").sum(), dead.sum(), ((ch["status"] != "ok") & ~dead).sum(),
+             len(null_psi), (psi["unit_kind"] == "or_unit").sum(), chance)
     write_table(psi, job.output.psi)
     write_table(null_psi, job.output.null_psi)
 
