@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# A single-node SLURM cluster on this machine, to test profiles/slurm (`make test-slurm`).
+#
+#   sudo scripts/slurm_cluster.sh start    # install slurm-wlm + munge if missing, configure, start, wait for idle
+#   sudo scripts/slurm_cluster.sh status   # daemons, sinfo
+#   sudo scripts/slurm_cluster.sh stop     # stop the daemons, remove the configuration and all state
+#
+# Run as root on a Debian (or Ubuntu) machine with no SLURM of its own: it writes /etc/slurm/slurm.conf and
+# gres.conf (and refuses to overwrite ones it did not write), keeps every other file in $POLYPSI_SLURM_STATE
+# (default /tmp/polypsi-slurm: state, spool, logs, pid files, the job completion log) and starts the daemons
+# directly (no systemd). Both commands are idempotent.
+#
+# The node is a test stand-in, not a description of the machine:
+# - GPU: `Gres=gpu:1` with `Name=gpu Count=1` and no `File=` in gres.conf. Slurm then allocates and
+#   accounts a GPU (sbatch --gpus=1 is accepted, scheduled one job at a time and recorded as gres/gpu=1)
+#   without any device; there is nothing to bind, so CUDA_VISIBLE_DEVICES is not set and the jobs use the CPU.
+# - CPUs and memory: the node advertises $POLYPSI_SLURM_CPUS CPUs (default 8) and $POLYPSI_SLURM_MEM_MB MB
+#   (default 40000) whatever the machine has (SlurmdParameters=config_overrides), so profiles/slurm's
+#   requests (8 threads and 32 GB for mine_topk) fit unchanged. Nothing enforces them (no cgroups): jobs share
+#   the real cores. Memory is a consumable resource, so at most 5 jobs of 8 GB run at once.
+# - Partitions `cpu` (default) and `gpu`, both on the one node, as named in profiles/slurm/config.yaml.
+# - No slurmdbd: AccountingStorageType=accounting_storage/none, and every finished job is written to
+#   $POLYPSI_SLURM_STATE/jobcomp.log (jobcomp/filetxt: id, name, state, partition, allocated TRES such as
+#   gres/gpu=1). MinJobAge=3600 keeps finished jobs in slurmctld for an hour (squeue, scontrol show job).
+set -euo pipefail
+
+STATE=${POLYPSI_SLURM_STATE:-/tmp/polypsi-slurm}
+CPUS=${POLYPSI_SLURM_CPUS:-8}
+MEM_MB=${POLYPSI_SLURM_MEM_MB:-40000}
+CONF_DIR=/etc/slurm
+MARK="# written by polypsi scripts/slurm_cluster.sh"
+NODE=$(hostname -s)
+TIMEOUT=${POLYPSI_SLURM_TIMEOUT:-60}
+
+die() { echo "slurm_cluster: $*" >&2; exit 1; }
+say() { echo "slurm_cluster: $*"; }
+
+need_root() { [ "$(id -u)" -eq 0 ] || die "run as root (it installs packages, writes $CONF_DIR and starts daemons)"; }
+
+ours() {  # a configuration file that is absent or was written by this script
+  [ ! -e "$1" ] || head -n 1 "$1" | grep -qF "$MARK"
+}
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+install() {
+  if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sinfo >/dev/null &&
+     command -v munged >/dev/null; then
+    return
+  fi
+  say "installing slurm-wlm and munge (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
+}
+
+write_conf() {
+  ours "$CONF_DIR/slurm.conf" || die "$CONF_DIR/slurm.conf exists and was not written by this script; not touching it"
+  ours "$CONF_DIR/gres.conf" || die "$CONF_DIR/gres.conf exists and was not written by this script; not touching it"
+  mkdir -p "$CONF_DIR" "$STATE"/{ctld,spool,log,run,dev}
+  : >"$STATE/dev/gpu0"
+  cat >"$CONF_DIR/slurm.conf" <<EOF
+$MARK (start|stop|status); removed by its stop
+ClusterName=polypsi
+SlurmctldHost=$NODE(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+StateSaveLocation=$STATE/ctld
+SlurmdSpoolDir=$STATE/spool
+SlurmctldPidFile=$STATE/run/slurmctld.pid
+SlurmdPidFile=$STATE/run/slurmd.pid
+SlurmctldLogFile=$STATE/log/slurmctld.log
+SlurmdLogFile=$STATE/log/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc=$STATE/jobcomp.log
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU_Memory
+SlurmdParameters=config_overrides
+GresTypes=gpu
+MinJobAge=3600
+ReturnToService=2
+SlurmctldTimeout=30
+SlurmdTimeout=30
+MpiDefault=none
+MailProg=/bin/true
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:1 State=UNKNOWN
+PartitionName=cpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes=$NODE MaxTime=INFINITE State=UP
+EOF
+  cat >"$CONF_DIR/gres.conf" <<EOF
+$MARK (start|stop|status); removed by its stop
+# A GPU stand-in: one gres/gpu whose "device" is an empty file (Slurm 22.05 drops a GPU without File=).
+NodeName=$NODE Name=gpu File=$STATE/dev/gpu0 Count=1
+EOF
+}
+
+start_munge() {
+  if [ ! -s /etc/munge/munge.key ]; then
+    say "creating /etc/munge/munge.key"
+    if command -v mungekey >/dev/null; then mungekey --create --force; else
+      dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; fi
+    chown munge:munge /etc/munge/munge.key 2>/dev/null || true
+    chmod 400 /etc/munge/munge.key
+  fi
+  if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then return; fi
+  mkdir -p /run/munge /var/log/munge /var/lib/munge
+  chown munge:munge /run/munge /var/log/munge /var/lib/munge 2>/dev/null || true
+  if id munge >/dev/null 2>&1; then
+    runuser -u munge -- /usr/sbin/munged
+  else
+    /usr/sbin/munged --force
+  fi
+  for _ in $(seq 20); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return; sleep 0.5; done
+  die "munged did not start (see /var/log/munge/munged.log)"
+}
+
+wait_idle() {
+  local t=0 s
+  while :; do
+    s=$(sinfo -h -n "$NODE" -o %T 2>/dev/null | sort -u | tr '\n' ' ')
+    case "$s" in idle*|"idle "|"mixed "*|"allocated "*) say "node $NODE: $s(partitions cpu, gpu)"; return ;; esac
+    case "$s" in *drain*|*down*|*invalid*|*fail*)
+      scontrol update NodeName="$NODE" State=RESUME >/dev/null 2>&1 || true ;; esac
+    t=$((t + 1))
+    [ "$t" -le "$((TIMEOUT * 2))" ] || {
+      tail -n 20 "$STATE/log/slurmctld.log" "$STATE/log/slurmd.log" >&2 || true
+      die "node $NODE not idle after ${TIMEOUT}s (state: ${s:-none}); logs above"; }
+    sleep 0.5
+  done
+}
+
+start() {
+  need_root
+  install
+  write_conf
+  start_munge
+  if ! pid_alive "$STATE/run/slurmctld.pid"; then
+    /usr/sbin/slurmctld -c -f "$CONF_DIR/slurm.conf"   # -c: a clean start, no state of an earlier cluster
+  fi
+  for _ in $(seq 40); do scontrol ping >/dev/null 2>&1 && break; sleep 0.5; done
+  scontrol ping >/dev/null 2>&1 || { tail -n 20 "$STATE/log/slurmctld.log" >&2 || true; die "slurmctld did not start"; }
+  if ! pid_alive "$STATE/run/slurmd.pid"; then
+    /usr/sbin/slurmd -f "$CONF_DIR/slurm.conf"
+  fi
+  wait_idle
+}
+
+stop_pid() {  # name, pid file
+  local f=$2 p
+  pid_alive "$f" || return 0
+  p=$(cat "$f")
+  kill "$p" 2>/dev/null || true
+  for _ in $(seq 40); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.25; done
+  kill -9 "$p" 2>/dev/null || true
+  say "$1 (pid $p) did not stop on SIGTERM; killed"
+}
+
+stop() {
+  need_root
+  if ours "$CONF_DIR/slurm.conf" && [ -e "$CONF_DIR/slurm.conf" ]; then
+    scancel --full --user root >/dev/null 2>&1 || true
+  fi
+  stop_pid slurmd "$STATE/run/slurmd.pid"
+  stop_pid slurmctld "$STATE/run/slurmctld.pid"
+  for f in slurm.conf gres.conf; do
+    if [ -e "$CONF_DIR/$f" ] && ours "$CONF_DIR/$f"; then rm -f "$CONF_DIR/$f"; fi
+  done
+  rm -rf "$STATE"
+  # munged is left running: it is the machine's authentication service, started here only if it was not.
+  say "stopped; removed $STATE and the configuration"
+}
+
+status() {
+  local ok=0
+  for d in slurmctld slurmd; do
+    if pid_alive "$STATE/run/$d.pid"; then echo "$d: running (pid $(cat "$STATE/run/$d.pid"))"; else
+      echo "$d: not running"; ok=1; fi
+  done
+  if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then echo "munged: running"; else echo "munged: not running"; ok=1; fi
+  [ "$ok" -ne 0 ] || sinfo -N -o "%N %P %T %c %m %G"
+  return "$ok"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac
