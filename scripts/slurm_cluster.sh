@@ -11,22 +11,26 @@
 # directly (no systemd). Both commands are idempotent.
 #
 # The node is a test stand-in, not a description of the machine:
-# - GPU: `Gres=gpu:1` with `Name=gpu Count=1` and no `File=` in gres.conf. Slurm then allocates and
-#   accounts a GPU (sbatch --gpus=1 is accepted, scheduled one job at a time and recorded as gres/gpu=1)
-#   without any device; there is nothing to bind, so CUDA_VISIBLE_DEVICES is not set and the jobs use the CPU.
-# - CPUs and memory: the node advertises $POLYPSI_SLURM_CPUS CPUs (default 8) and $POLYPSI_SLURM_MEM_MB MB
-#   (default 40000) whatever the machine has (SlurmdParameters=config_overrides), so profiles/slurm's
-#   requests (8 threads and 32 GB for mine_topk) fit unchanged. Nothing enforces them (no cgroups): jobs share
-#   the real cores. Memory is a consumable resource, so at most 5 jobs of 8 GB run at once.
+# - GPUs: `Gres=gpu:4`, four gres/gpu whose "devices" are empty files ($POLYPSI_SLURM_STATE/dev/gpu0..3 in
+#   gres.conf). Slurm 22.05 drops a GPU without File= ("Removing file-less GPU"), so `Name=gpu Count=4` alone
+#   gives a node with no GPU. With the files, `sbatch --gpus=1` is accepted, scheduled against the four and
+#   recorded (scontrol show job: TresPerJob=gres:gpu:1, JOB_GRES=gpu:1); the jobs see no device and use the CPU.
+#   Four rather than one so that the GPU jobs of a stage (2 mine_topk, 4 embed_patches) run side by side.
+# - CPUs and memory: the node advertises $POLYPSI_SLURM_CPUS CPUs (default 16) and $POLYPSI_SLURM_MEM_MB MB
+#   (default 64000) whatever the machine has (SlurmdParameters=config_overrides), so profiles/slurm's requests
+#   (8 threads and 32 GB for mine_topk, 16 GB for embed_patches) fit unchanged. Nothing enforces them (no
+#   cgroups): the jobs share the real cores and use far less memory. Memory is consumable, so at most 8 jobs of
+#   8 GB (or 2 mine_topk) run at once.
 # - Partitions `cpu` (default) and `gpu`, both on the one node, as named in profiles/slurm/config.yaml.
-# - No slurmdbd: AccountingStorageType=accounting_storage/none, and every finished job is written to
-#   $POLYPSI_SLURM_STATE/jobcomp.log (jobcomp/filetxt: id, name, state, partition, allocated TRES such as
-#   gres/gpu=1). MinJobAge=3600 keeps finished jobs in slurmctld for an hour (squeue, scontrol show job).
+# - No slurmdbd: AccountingStorageType=accounting_storage/none, so `sacct` has no records; snakemake needs
+#   `--slurm-status-command squeue`, and MinJobAge=3600 keeps finished jobs in slurmctld (squeue, scontrol show
+#   job) for an hour. Every finished job is also written to $POLYPSI_SLURM_STATE/jobcomp.log (jobcomp/filetxt:
+#   id, name, state, partition, node, times, exit code).
 set -euo pipefail
 
 STATE=${POLYPSI_SLURM_STATE:-/tmp/polypsi-slurm}
-CPUS=${POLYPSI_SLURM_CPUS:-8}
-MEM_MB=${POLYPSI_SLURM_MEM_MB:-40000}
+CPUS=${POLYPSI_SLURM_CPUS:-16}
+MEM_MB=${POLYPSI_SLURM_MEM_MB:-64000}
 CONF_DIR=/etc/slurm
 MARK="# written by polypsi scripts/slurm_cluster.sh"
 NODE=$(hostname -s)
@@ -58,7 +62,7 @@ write_conf() {
   ours "$CONF_DIR/slurm.conf" || die "$CONF_DIR/slurm.conf exists and was not written by this script; not touching it"
   ours "$CONF_DIR/gres.conf" || die "$CONF_DIR/gres.conf exists and was not written by this script; not touching it"
   mkdir -p "$CONF_DIR" "$STATE"/{ctld,spool,log,run,dev}
-  : >"$STATE/dev/gpu0"
+  : >"$STATE/dev/gpu0"; : >"$STATE/dev/gpu1"; : >"$STATE/dev/gpu2"; : >"$STATE/dev/gpu3"
   cat >"$CONF_DIR/slurm.conf" <<EOF
 $MARK (start|stop|status); removed by its stop
 ClusterName=polypsi
@@ -91,14 +95,14 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 MpiDefault=none
 MailProg=/bin/true
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:1 State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:4 State=UNKNOWN
 PartitionName=cpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$NODE MaxTime=INFINITE State=UP
 EOF
   cat >"$CONF_DIR/gres.conf" <<EOF
 $MARK (start|stop|status); removed by its stop
-# A GPU stand-in: one gres/gpu whose "device" is an empty file (Slurm 22.05 drops a GPU without File=).
-NodeName=$NODE Name=gpu File=$STATE/dev/gpu0 Count=1
+# GPU stand-ins: four gres/gpu whose "devices" are empty files (Slurm 22.05 drops a GPU without File=).
+NodeName=$NODE Name=gpu File=$STATE/dev/gpu[0-3] Count=4
 EOF
 }
 
@@ -126,7 +130,7 @@ wait_idle() {
   local t=0 s
   while :; do
     s=$(sinfo -h -n "$NODE" -o %T 2>/dev/null | sort -u | tr '\n' ' ')
-    case "$s" in idle*|"idle "|"mixed "*|"allocated "*) say "node $NODE: $s(partitions cpu, gpu)"; return ;; esac
+    case "$s" in idle*|mixed*|allocated*) say "node $NODE: $s(partitions cpu, gpu)"; return ;; esac
     case "$s" in *drain*|*down*|*invalid*|*fail*)
       scontrol update NodeName="$NODE" State=RESUME >/dev/null 2>&1 || true ;; esac
     t=$((t + 1))
