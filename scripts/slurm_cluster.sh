@@ -122,6 +122,7 @@ start_munge() {
   else
     /usr/sbin/munged --force
   fi
+  : >"$STATE/run/munged.ours"  # started here: stop stops it too
   for _ in $(seq 20); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return; sleep 0.5; done
   die "munged did not start (see /var/log/munge/munged.log)"
 }
@@ -174,11 +175,12 @@ stop() {
   fi
   stop_pid slurmd "$STATE/run/slurmd.pid"
   stop_pid slurmctld "$STATE/run/slurmctld.pid"
+  if [ -e "$STATE/run/munged.ours" ]; then stop_pid munged /run/munge/munged.pid; fi
   for f in slurm.conf gres.conf; do
     if [ -e "$CONF_DIR/$f" ] && ours "$CONF_DIR/$f"; then rm -f "$CONF_DIR/$f"; fi
   done
   rm -rf "$STATE"
-  # munged is left running: it is the machine's authentication service, started here only if it was not.
+  # munged is stopped only if start started it (a machine's own munged is left alone).
   say "stopped; removed $STATE and the configuration"
 }
 
@@ -188,7 +190,8 @@ status() {
     if pid_alive "$STATE/run/$d.pid"; then echo "$d: running (pid $(cat "$STATE/run/$d.pid"))"; else
       echo "$d: not running"; ok=1; fi
   done
-  if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then echo "munged: running"; else echo "munged: not running"; ok=1; fi
+  if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then echo "munged: running"; else
+    echo "munged: not running"; ok=1; fi
   [ "$ok" -ne 0 ] || sinfo -N -o "%N %P %T %c %m %G"
   return "$ok"
 }

@@ -9,6 +9,7 @@ through snakemake-executor-plugin-slurm, and beside it the same config locally (
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -68,7 +69,8 @@ def _env():
 def _snakemake(work, *args, log):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(work),
            "--configfile", str(SMOKE), *args]
-    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True, env=_env())
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=_env())
 
 
 def _wait(proc, log):
@@ -83,16 +85,18 @@ def runs(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.fail("make test-slurm runs as root: scripts/slurm_cluster.sh installs, configures and starts SLURM")
     subprocess.run([str(CLUSTER), "start"], check=True)
+    procs = []
     try:
         base = tmp_path_factory.mktemp("slurm")
         local, cluster = base / "local", base / "cluster"
         local.mkdir()
         cluster.mkdir()
-        lp = _snakemake(local, "--cores", "2", log=base / "local.log")
+        procs.append(lp := _snakemake(local, "--cores", "2", log=base / "local.log"))
         # squeue: this cluster has no slurmdbd, so sacct has no records (MinJobAge keeps finished jobs in squeue);
         # the first status check after 5 s rather than 40 (the node is this machine).
         cp = _snakemake(cluster, "--profile", str(ROOT / "profiles" / "slurm"), "--slurm-status-command", "squeue",
                         "--slurm-init-seconds-before-status-checks", "5", "--verbose", log=base / "cluster.log")
+        procs.append(cp)
         cluster_log = _wait(cp, base / "cluster.log")
         local_log = _wait(lp, base / "local.log")
         jobs = _slurm_jobs(cluster_log)
@@ -103,6 +107,10 @@ def runs(tmp_path_factory):
                "local_log": local_log, "cluster_log": cluster_log, "jobs": jobs, "records": records,
                "completions": completions}
     finally:
+        for p in procs:  # a failed run leaves the other one running: stop it (SIGINT: Snakemake cancels its jobs)
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                p.wait(timeout=120)
         if os.environ.get("POLYPSI_SLURM_KEEP") != "1":
             subprocess.run([str(CLUSTER), "stop"], check=False)
 
