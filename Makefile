@@ -8,7 +8,7 @@ CORES   ?= 2
 DEMO    ?= config/demo.yaml
 CONFIG  ?=
 
-.PHONY: demo smoke check test test-fast benchmark schema lint clean
+.PHONY: demo smoke check test test-fast test-slurm benchmark schema lint clean
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -n $(CORES) --dist loadfile --no-loadscope-reorder -m "not slow"
+
+# profiles/slurm on a real single-node SLURM (as root): tests/test_slurm.py starts it (scripts/slurm_cluster.sh,
+# installing slurm-wlm and munge if missing), runs config/smoke.yaml through sbatch and locally, compares, stops it.
+test-slurm: $(STAMP)
+	POLYPSI_TEST_SLURM=1 $(BIN)/python -m pytest -q -ra -m slurm tests/test_slurm.py
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_stats.py

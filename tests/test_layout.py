@@ -10,6 +10,7 @@ CROSS_CUTTING = {
     "test_workflow", "test_workflow_plans", "test_workflow_scripts", "test_import_graph", "test_layout",
     "test_catalog", "test_envs", "test_module", "test_plan",  # the workflow as a catalog entry, module and plan
     "test_bad_inputs",  # bad and odd inputs across data, config and preflight
+    "test_slurm",  # profiles/slurm, and the workflow on a single-node SLURM cluster
 }
 
 
