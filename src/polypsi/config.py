@@ -377,6 +377,11 @@ class InsertConfig(_Section):
         0.1, ge=0.0, description="Smallest mean raise above Random, as a fraction of the channel's top-1 activation, "
         "for a cluster to count as driving the channel."
     )
+    same_cause: float = Field(
+        0.8, ge=-1.0, le=1.0,
+        description="Driving clusters whose insertions change the rest of the layer alike (cosine of the mean "
+        "change vectors at the measured site >= this) count as one cause (n_causes).",
+    )
 
 
 class InterventionConfig(_Section):

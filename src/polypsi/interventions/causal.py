@@ -131,17 +131,20 @@ def attach(insert: pd.DataFrame, clusters: pd.DataFrame, channels: pd.DataFrame)
     k = clusters.rename(columns={c: f"cluster_{c}" for c in ("diff_mean", "diff_ci_low", "diff_ci_high",
                                                               "pvalue_holm", "cohens_dz")})
     k = k[["channel", "cluster", "cluster_diff_mean", "cluster_diff_ci_low", "cluster_diff_ci_high",
-           "cluster_pvalue_holm", "cluster_cohens_dz", "drives"]].rename(columns={"drives": "cluster_drives"})
+           "cluster_pvalue_holm", "cluster_cohens_dz", "drives", "cause"]].rename(
+        columns={"drives": "cluster_drives", "cause": "cluster_cause"})
     own = insert["condition"] == "Cluster"
     out = insert.merge(k, on=["channel", "cluster"], how="left")
     for col in k.columns[2:]:
         out.loc[~own.to_numpy(), col] = np.nan
+    out["cluster_cause"] = out["cluster_cause"].astype("Int64")
     out["cluster_drives"] = out["cluster_drives"].astype("boolean")
     out.loc[~own.to_numpy(), "cluster_drives"] = pd.NA
     ch = channels.set_index("channel")
     out["n_clusters"] = out["channel"].map(ch["n_clusters"]).astype("Int64")
     out["n_driving"] = out["channel"].map(ch["n_driving"]).astype("Int64")
     out["share_driving"] = out["channel"].map(ch["share_driving"]).astype(float)
+    out["n_causes"] = out["channel"].map(ch["n_causes"]).astype("Int64")
     return out
 
 

@@ -44,16 +44,18 @@ def interventions_stage(job: Job) -> None:
     clusters = channels = None
     if "insert" in ic.protocols:
         with_emb = patches if embeddings is None else patches.assign(embedding=embeddings.to_numpy())
-        ins = run_insertions(fx, layer, psi, with_emb, dataset, geometry, ic, device, pre.input_size,
+        ins, sig = run_insertions(fx, layer, psi, with_emb, dataset, geometry, ic, device, pre.input_size,
                              pre.mean, pre.std, logger=lg)
         sizes = patches.groupby(["channel", "cluster"]).size()
-        clusters = cluster_table(ins, ic.insert.alpha, ic.insert.min_effect, ic.confidence, sizes)
+        clusters = cluster_table(ins, ic.insert.alpha, ic.insert.min_effect, ic.confidence, sizes, sig,
+                                 ic.insert.same_cause)
         channels = channel_table(ins, clusters)
         ins = attach(ins, clusters, channels)
         ins.insert(1, "protocol", "insert")
         parts.append(ins)
-        lg.info("causal polysemanticity, %d channels: n_driving counts %s", len(channels),
-                channels["n_driving"].value_counts().sort_index().to_dict())
+        lg.info("causal polysemanticity, %d channels: n_driving counts %s, n_causes counts %s", len(channels),
+                channels["n_driving"].value_counts().sort_index().to_dict(),
+                channels["n_causes"].value_counts().sort_index().to_dict())
     trials = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     write_table(trials, job.output.trials)
     lg.info("wrote %s (%d rows)", job.output.trials, len(trials))
