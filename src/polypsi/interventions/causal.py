@@ -5,8 +5,17 @@ the paired t-test of Cluster k against Random (`statistics.paired_test`: mean ra
 its CI at `confidence`, t, Cohen's d_z), its one-sided p-value (Cluster > Random), and that p
 Holm-adjusted over the channel's clusters. Cluster k *drives* the channel when the adjusted p is
 below `insert.alpha` and the mean raise above Random is at least `insert.min_effect` (of top-1).
-The channel's causal polysemanticity is the number of driving clusters (`n_driving`) and their
-share of its clusters (`share_driving`); `causal_polysemantic` means n_driving >= 2.
+The channel's causal polysemanticity is the number of driving clusters (`n_driving`), their share of
+its clusters (`share_driving`), and the number of distinct causes among them (`n_causes`).
+
+Distinct causes: every cluster of a monosemantic channel whose top patches split by context still
+carries the channel's one concept, so each drives the channel on its own; counting driving clusters
+cannot tell it from a polysemantic one. What differs is what else the insertion does: the patches of
+two clusters of one concept change the rest of the layer alike (the same other detectors fire), those
+of two concepts do not. Per cluster, `insert.signatures` averages the change of the whole layer's
+vector at the measured site (after - before, the channel itself left out); driving clusters whose
+signatures have cosine >= `insert.same_cause` (directly or through other driving clusters) form one
+cause. `causal_polysemantic` means n_causes >= 2.
 """
 
 from __future__ import annotations
