@@ -145,3 +145,30 @@ def test_replacement_alone_writes_the_table_of_before(tmp_path, monkeypatch):
     assert (table["protocol"] == "replace").all()
     pd.testing.assert_frame_equal(table.drop(columns=["protocol", "index"]), old, check_exact=True)
     assert read_table(out["causal"]).empty
+
+
+def test_summary_writes_the_causal_table_and_agreement_with_a_truth(tmp_path, monkeypatch):
+    monkeypatch.setattr(stage, "load_model", lambda cfg, device: ColourNet().eval())
+    case = dict(CASES["colour_world"])
+    case["interventions"] = dict(case["interventions"], insert=dict(images=2, donors=2, neutral_quantile=0.5))
+    cfg, files = _job_inputs(tmp_path / "in", case)
+    ran = dict(trials=tmp_path / "act.parquet", causal=tmp_path / "act_causal.parquet")
+    stage.interventions_stage(Job(cfg=cfg, input=Files(**files), output=Files(**ran), wildcards={"layer": "act"}))
+    truth = tmp_path / "units.csv"
+    pd.DataFrame(dict(layer="act", channel=[0, 1, 2], kind=["poly", "mono", "dead"],
+                      concepts=["red;yellow", "green", ""])).to_csv(truth, index=False)
+    out = {k: tmp_path / f"{k}.{ext}" for k, ext in
+           [("csv", "csv"), ("png", "png"), ("insert_png", "png"), ("causal", "csv"), ("agreement", "csv")]}
+    stage.interventions_summary_stage(Job(cfg=cfg, input=Files(trials=ran["trials"], causal=ran["causal"],
+                                                               truth=[str(truth)]), output=Files(**out)))
+    causal = pd.read_csv(out["causal"]).set_index("channel")
+    assert causal["n_driving"].to_dict() == {0: 2, 1: 1}  # red and yellow drive channel 0, green channel 1
+    assert causal.loc[0, "truth_kind"] == "poly" and causal.loc[0, "truth_n_concepts"] == 2
+    agree = pd.read_csv(out["agreement"]).set_index("statistic")
+    assert agree.loc["poly_share_ge2", "value"] == 1.0 and agree.loc["mono_share_eq1", "value"] == 1.0
+    summary = pd.read_csv(out["csv"])
+    ins = summary[summary["protocol"] == "insert"].set_index("condition")
+    # a unit is the mean of its channel's clusters: 4 units of channel 0 at (1 + 0.5) / 2, 4 of channel 1 at 1
+    assert ins.loc["Cluster", "mean_delta"] == pytest.approx((4 * 0.75 + 4 * 1.0) / 8, abs=1e-5)
+    assert ins.loc["Random", "mean_delta"] == pytest.approx(0, abs=1e-6) and ins.loc["Random", "pvalue"] < 1e-3
+    assert out["insert_png"].read_bytes()[:4] == b"\x89PNG"
