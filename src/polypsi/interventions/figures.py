@@ -70,8 +70,8 @@ def plot_message(path, title: str, message: str) -> None:
 
 def plot_insert(summary: pd.DataFrame, trials: pd.DataFrame, channels: pd.DataFrame, path,
                 confidence: float = 0.95) -> None:
-    """Insertion: mean normalised raise per condition (left) and each channel's driving clusters against
-    its index (right; coloured by the planted kind where there is a truth)."""
+    """Insertion: mean normalised raise per condition (left) and each channel's distinct causes (n_causes)
+    against its index (right; coloured by the planted kind where there is a truth)."""
     import matplotlib  # lazy: see plot_summary
 
     matplotlib.use("Agg")
@@ -101,13 +101,16 @@ def plot_insert(summary: pd.DataFrame, trials: pd.DataFrame, channels: pd.DataFr
     jitter = rng.uniform(-0.12, 0.12, len(channels))
     for kind, color in zip(sorted(kinds.unique()), sns.color_palette("colorblind", 6)):
         m = (kinds == kind).to_numpy()
-        bx.scatter(channels.loc[m, "index"], channels.loc[m, "n_driving"].to_numpy(float) + jitter[m], s=22,
+        bx.scatter(channels.loc[m, "index"], channels.loc[m, "n_causes"].to_numpy(float) + jitter[m], s=22,
                    color=color, alpha=0.8, label=f"planted {kind}" if kind else None)
     if "truth_kind" in channels:
         bx.legend(fontsize=8, loc="upper left")
     bx.set_xlabel("polysemanticity index")
-    bx.set_ylabel("driving clusters (causal polysemanticity)")
-    bx.set_title("Clusters that drive the channel on their own", fontsize=10)
+    bx.set_ylabel("distinct causes among the driving clusters")
+    drive = channels["n_driving"].to_numpy(float)
+    bx.set_title(f"Causal polysemanticity (driving clusters per channel: median {np.nanmedian(drive):g}, "
+                 f"range {np.nanmin(drive):g}-{np.nanmax(drive):g})" if len(drive) else "Causal polysemanticity",
+                 fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=130)

@@ -271,7 +271,7 @@ def channel_page(layer: str, row: dict, patches: list[dict], clusters: dict[int,
                        if bool(ins["cluster_drives"]) else "does not drive it")
             detail += (f' · inserted into neutral images: {_fmt(ins["cluster_diff_mean"])} of top-1 above Random '
                        f'[{_fmt(ins["cluster_diff_ci_low"])}, {_fmt(ins["cluster_diff_ci_high"])}], '
-                       f'Holm p {_fmt(ins["cluster_pvalue_holm"], 2)}, d_z {_fmt(ins["cluster_cohens_dz"], 2)}: {verdict}')
+                       f'Holm p {_pval(ins["cluster_pvalue_holm"])}, d_z {_fmt(ins["cluster_cohens_dz"], 2)}: {verdict}')
         figs = _figures(members, sprite, sprite_cols, thumb, class_names)
         sections.append(
             f'<section class="cluster{" same-name" if mark else ""}" data-cluster="{cl}"><h3>'
@@ -325,6 +325,11 @@ def _neuron_view(patches: list[dict], sprite: str, sprite_cols: int, thumb: int,
         )
     return ('<details class="neuron-view"><summary>Clustered on the model\'s neuron embeddings '
             "(its own view of each patch, docs/neuron_embeddings.md)</summary>" + "".join(parts) + "</details>")
+
+
+def _pval(p) -> str:
+    """A p-value with two significant digits (scientific when small); an em dash when missing."""
+    return "—" if _num(p) is None else f"{float(p):.2g}"
 
 
 def causal_records(channels: pd.DataFrame, trials: pd.DataFrame) -> dict[int, dict]:
