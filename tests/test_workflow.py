@@ -136,7 +136,7 @@ RERUN_PROBES = {
     "validation.or_units_per_layer": [{"validation": {"or_units_per_layer": 32}}],
     "validation.bootstrap": [{"validation": {"bootstrap": 100}}],
     "interventions.*": [{"interventions": {"sites_per_channel": 3}}],
-    "interventions.test_unit": [{"interventions": {"confidence": 0.9}}],
+    "interventions.test_unit": [{"interventions": {"test_unit": "channel"}}],
     "report.k_values": [{"report": {"k_sensitivity_draws": 4}}],
     "report.thumb_size": [{"report": {"thumb_size": 48}}],
     "report.high_psi_quantile": [{"report": {"gallery_patches": 4}}],

@@ -349,8 +349,49 @@ class ShardConfig(_Section):
     )
 
 
+class InsertConfig(_Section):
+    """The insertion protocol: a channel's cluster patches pasted into images where it is silent."""
+
+    channels: Optional[int] = Field(
+        64, ge=1,
+        description="Live channels tested, evenly spread over the index ranking (so the rank correlation with "
+        "the index spans its range); null = every live channel of the layer.",
+    )
+    images: int = Field(3, ge=1, description="Neutral images per channel, each with its own donors.")
+    donors: int = Field(
+        4, ge=2, description="Donor patches per cluster and per control on each neutral image (the paired units)."
+    )
+    neutral_quantile: float = Field(
+        0.25, gt=0.0, lt=1.0,
+        description="A neutral image's largest activation of the channel over all sites is at most this quantile "
+        "of those maxima over the scanned images.",
+    )
+    scan_images: Optional[int] = Field(
+        1000, ge=1, description="Images scanned (a seeded subset) to find neutral images; null = the whole dataset."
+    )
+    alpha: float = Field(
+        0.05, gt=0.0, lt=1.0, description="A cluster drives the channel when its Holm-adjusted one-sided paired p-value "
+        "against Random is below alpha and its mean raise above Random reaches min_effect."
+    )
+    min_effect: float = Field(
+        0.1, ge=0.0, description="Smallest mean raise above Random, as a fraction of the channel's top-1 activation, "
+        "for a cluster to count as driving the channel."
+    )
+    same_cause: float = Field(
+        0.8, ge=-1.0, le=1.0,
+        description="Driving clusters whose insertions change the rest of the layer alike (cosine of the mean "
+        "change vectors at the measured site >= this) count as one cause (n_causes).",
+    )
+
+
 class InterventionConfig(_Section):
     enabled: bool = Field(True, description="Run the patch-swap interventions.")
+    protocols: list[Literal["replace", "insert"]] = Field(
+        ["replace", "insert"], min_length=1,
+        description="replace: a top site's patch swapped (paper 5.3); insert: cluster patches pasted into neutral "
+        "images (causal polysemanticity).",
+    )
+    insert: InsertConfig = InsertConfig()
     layer: Optional[str] = Field(None, description="Layer to intervene on; null = the deepest analysed layer.")
     n_channels: int = Field(10, ge=1, description="Highest-index channels tested (status ok, k_hat >= 2).")
     sites_per_channel: int = Field(5, ge=1, description="Top sites (by rank) intervened on per channel.")

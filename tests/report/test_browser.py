@@ -307,3 +307,28 @@ def test_channel_page_shows_the_neuron_view_beside_the_clip_clusters():
                            [{k: v for k, v in p.items() if k != "ne_cluster"} for p in patches], clusters, 10, 64,
                            None, None, {0: "cat"})
     assert "neuron-view" not in without and "neuron view" not in without
+
+
+def test_channel_page_shows_causal_polysemanticity():
+    """A channel the insertion protocol tested shows its driving clusters and each cluster's test."""
+    import pandas as pd
+
+    from polypsi.report.browser import causal_records, channel_page
+
+    row = {"channel": 3, "index": 0.2, "psi": 0.5, "status": "ok", "k_hat": 2}
+    patches = [{"rank": r, "activation": 1.0 - r / 10, "cluster": r % 2, "label": 0} for r in range(4)]
+    clusters = {c: {"concept_1": f"concept {c}", "size": 2, "silhouette": 0.5, "gap": 0.1, "similarity_1": 0.3,
+                    "concept_2": "x"} for c in (0, 1)}
+    channels = pd.DataFrame(dict(channel=[3], n_clusters=[2], n_driving=[1], n_causes=[1]))
+    trials = pd.DataFrame(dict(protocol="insert", condition=["Cluster", "Cluster", "Random"], channel=3,
+                               cluster=[0, 1, -1], cluster_diff_mean=[0.45, 0.02, None],
+                               cluster_diff_ci_low=[0.3, -0.05, None], cluster_diff_ci_high=[0.6, 0.09, None],
+                               cluster_pvalue_holm=[0.001, 0.4, None], cluster_cohens_dz=[2.0, 0.1, None],
+                               cluster_drives=[True, False, None], cluster_cause=[0, -1, None]))
+    causal = causal_records(channels, trials)
+    page = channel_page("layer4", row, patches, clusters, 10, 64, None, None, {0: "cat"}, causal[3])
+    assert "1 of 2 clusters drive it on their own, 1 distinct cause(s)" in page
+    assert page.count("drives it (cause 0)") == 1 and page.count("does not drive it") == 1
+    assert "0.450 of top-1 above Random [0.300, 0.600]" in page
+    plain = channel_page("layer4", row, patches, clusters, 10, 64, None, None, {0: "cat"})
+    assert "causal polysemanticity" not in plain and "Random" not in plain

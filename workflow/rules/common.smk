@@ -175,6 +175,15 @@ extra_outputs = []
 # (columns layer, channel, kind: mono | poly | dead, concepts ';'-joined) and sets this list.
 UNIT_TRUTH = []
 OR_UNITS = cfg.validation.or_units
+# The insertion protocol's per-channel causal table and its trials, when the run has them (browser input).
+CAUSAL_TABLE, CAUSAL_TRIALS = (
+    (
+        [f"{R}/interventions/{cfg.intervention_layer}_causal.parquet"],
+        [f"{R}/interventions/{cfg.intervention_layer}.parquet"],
+    )
+    if cfg.interventions.enabled and "insert" in cfg.interventions.protocols
+    else ([], [])
+)
 
 
 # Report helpers (functions live here: the catalog's linter wants rules and functions in separate files).

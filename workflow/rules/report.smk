@@ -122,10 +122,13 @@ if cfg.report.browser:
             patches=expand(f"{R}/patches/{{layer}}.parquet", layer=LAYERS),
             dataset=f"{R}/dataset.parquet",
             geometry=f"{R}/geometry.json",
+            # the insertion protocol's causal polysemanticity, shown on the channel pages
+            causal=CAUSAL_TABLE,
+            trials=CAUSAL_TRIALS,
         output:
             browser=directory(f"{REPORT}/browser"),
         params:
-            config=settings("run_name", "report.thumb_size", "model.layers"),
+            config=settings("run_name", "report.thumb_size", "model.layers", "interventions.layer"),
             code=code("browser"),
         log:
             f"{R}/logs/report/browser.log",

@@ -13,7 +13,7 @@ from scipy import stats
 from .trial import CONDITIONS, OK
 
 SUMMARY_COLUMNS = [
-    "condition", "n", "mean_delta", "sem", "ci_low", "ci_high", "sd", "n_dropped", "dropped_reasons",
+    "protocol", "condition", "n", "mean_delta", "sem", "ci_low", "ci_high", "sd", "n_dropped", "dropped_reasons",
     "n_pairs", "diff_mean", "diff_ci_low", "diff_ci_high", "t", "pvalue", "pvalue_holm", "cohens_dz", "unit",
 ]
 
@@ -62,6 +62,18 @@ def holm(pvalues: list[float]) -> list[float]:
 
 
 def summarize(trials: pd.DataFrame, unit: str = "site", confidence: float = 0.95) -> pd.DataFrame:
+    """One row per condition of each protocol in the table: `summarize_replace`, then `summarize_insert`.
+
+    A table without a `protocol` column is a replacement table (written before insertion existed).
+    """
+    protocol = trials["protocol"] if "protocol" in trials else pd.Series("replace", index=trials.index)
+    parts = [summarize_replace(trials[protocol == "replace"], unit, confidence)]
+    if (protocol == "insert").any():
+        parts.append(summarize_insert(trials[protocol == "insert"], unit, confidence))
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def summarize_replace(trials: pd.DataFrame, unit: str = "site", confidence: float = 0.95) -> pd.DataFrame:
     """One row per condition: mean normalised delta with its CI, and Aligned-vs-control paired tests.
 
     Only trials with status "ok" enter; the others are counted in `n_dropped` with their reasons.
@@ -92,6 +104,48 @@ def summarize(trials: pd.DataFrame, unit: str = "site", confidence: float = 0.95
                    unit=unit)
         if cond != "Aligned":
             pairs = pd.concat([per["Aligned"].rename("a"), per[cond].rename("b")], axis=1, join="inner")
+            if unit == "channel":
+                pairs = pairs.groupby(level="channel").mean()
+            row.update(paired_test(pairs["a"].to_numpy(), pairs["b"].to_numpy(), confidence))
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    for col in SUMMARY_COLUMNS:
+        if col not in out:
+            out[col] = np.nan
+    out["pvalue_holm"] = holm(out["pvalue"].tolist())
+    out["n_pairs"] = out["n_pairs"].astype("Int64")
+    out["protocol"] = "replace"
+    return out[SUMMARY_COLUMNS]
+
+
+def summarize_insert(trials: pd.DataFrame, unit: str = "site", confidence: float = 0.95) -> pd.DataFrame:
+    """The insertion protocol's rows: one per condition of INSERT_CONDITIONS, in the same columns.
+
+    A unit is a (channel, site_rank) pair (neutral image x donor slot), or a channel with unit="channel".
+    Cluster is the mean over the channel's clusters within each unit; it is tested against each control
+    (paired t, Holm over the three controls), as Aligned is in the replacement protocol.
+    """
+    from .insert import INSERT_CONDITIONS  # insert imports the runner; only this function needs its names
+
+    if unit not in ("site", "channel"):
+        raise ValueError(f"unit must be 'site' or 'channel', got {unit!r}")
+    key = ["channel", "site_rank"]
+    valid = trials[trials["status"] == OK]
+    per = {c: valid[valid["condition"] == c].groupby(key)["delta_norm"].mean() for c in INSERT_CONDITIONS}
+
+    def units(s: pd.Series) -> np.ndarray:
+        return (s.groupby(level="channel").mean() if unit == "channel" else s).to_numpy(float)
+
+    rows = []
+    for cond in INSERT_CONDITIONS:
+        allc = trials[trials["condition"] == cond]
+        dropped = allc.loc[allc["status"] != OK, "status"].str.split(":").str[0].value_counts()
+        m, sd, sem, lo, hi = _mean_ci(units(per[cond]), confidence)
+        row = dict(protocol="insert", condition=cond, n=len(units(per[cond])), mean_delta=m, sem=sem, ci_low=lo,
+                   ci_high=hi, sd=sd, n_dropped=int(dropped.sum()),
+                   dropped_reasons="; ".join(f"{k}={v}" for k, v in dropped.items()), unit=unit)
+        if cond != "Cluster":
+            pairs = pd.concat([per["Cluster"].rename("a"), per[cond].rename("b")], axis=1, join="inner")
             if unit == "channel":
                 pairs = pairs.groupby(level="channel").mean()
             row.update(paired_test(pairs["a"].to_numpy(), pairs["b"].to_numpy(), confidence))

@@ -198,9 +198,12 @@ def activation_svg(ranks, acts, clusters, width: int = 420, height: int = 130) -
 
 
 def channel_page(layer: str, row: dict, patches: list[dict], clusters: dict[int, dict], sprite_cols: int,
-                 thumb: int, prev_href: str | None, next_href: str | None, class_names: dict) -> str:
+                 thumb: int, prev_href: str | None, next_href: str | None, class_names: dict,
+                 causal: dict | None = None) -> str:
     """The HTML of one channel page. `patches` are records in sprite order (thumbnail i = patches[i]);
-    `clusters` maps cluster id to its clusters/<layer>.parquet record.
+    `clusters` maps cluster id to its clusters/<layer>.parquet record. `causal` (channels the insertion
+    protocol tested): the channel's row of interventions/<layer>_causal.parquet, with its clusters' tests
+    under "clusters" ({cluster: record of the trial table's Cluster rows}).
 
     A dead channel's page has the summary and "dead: never fires" only: no clusters, names or patches.
     A channel whose clusters share a concept name gets a "same name" badge, and so do those clusters.
@@ -228,6 +231,10 @@ def channel_page(layer: str, row: dict, patches: list[dict], clusters: dict[int,
             ("neuron view: Q / ARI with CLIP", f'{_fmt(row.get("ne_Q"))} / {_fmt(row.get("ne_ari"))}'),
             ("Foote clusters", _fmt(row.get("foote_k"), 0)),
         ]
+    if causal is not None:
+        summary.append(("causal polysemanticity (insertion)",
+                        f'{int(causal["n_driving"])} of {int(causal["n_clusters"])} clusters drive it on their own, '
+                        f'{int(causal["n_causes"])} distinct cause(s)'))
     summary_html = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in summary)
     page = dict(layer=e(layer), channel=ch, up=up, nav=" · ".join(nav), summary=summary_html)
     if is_dead(row):
@@ -258,6 +265,13 @@ def channel_page(layer: str, row: dict, patches: list[dict], clusters: dict[int,
                       f'runner-up “{e(str(ci.get("concept_2") or ""))}”')
         else:
             title, detail = f"cluster {cl}", f"size {len(members)}"
+        ins = (causal or {}).get("clusters", {}).get(cl)
+        if ins is not None:
+            verdict = (f'<span class="badge drives">drives it (cause {int(ins["cluster_cause"])})</span>'
+                       if bool(ins["cluster_drives"]) else "does not drive it")
+            detail += (f' · inserted into neutral images: {_fmt(ins["cluster_diff_mean"])} of top-1 above Random '
+                       f'[{_fmt(ins["cluster_diff_ci_low"])}, {_fmt(ins["cluster_diff_ci_high"])}], '
+                       f'Holm p {_pval(ins["cluster_pvalue_holm"])}, d_z {_fmt(ins["cluster_cohens_dz"], 2)}: {verdict}')
         figs = _figures(members, sprite, sprite_cols, thumb, class_names)
         sections.append(
             f'<section class="cluster{" same-name" if mark else ""}" data-cluster="{cl}"><h3>'
@@ -313,6 +327,24 @@ def _neuron_view(patches: list[dict], sprite: str, sprite_cols: int, thumb: int,
             "(its own view of each patch, docs/neuron_embeddings.md)</summary>" + "".join(parts) + "</details>")
 
 
+def _pval(p) -> str:
+    """A p-value with two significant digits (scientific when small); an em dash when missing."""
+    return "—" if _num(p) is None else f"{float(p):.2g}"
+
+
+def causal_records(channels: pd.DataFrame, trials: pd.DataFrame) -> dict[int, dict]:
+    """{channel: its row of the per-channel causal table, with "clusters": {cluster: its insertion test}}."""
+    cols = ["channel", "cluster", "cluster_diff_mean", "cluster_diff_ci_low", "cluster_diff_ci_high",
+            "cluster_pvalue_holm", "cluster_cohens_dz", "cluster_drives", "cluster_cause"]
+    out = {int(r["channel"]): dict(r, clusters={}) for r in channels.to_dict("records")}
+    if "protocol" in trials and not channels.empty:
+        rows = trials[(trials["protocol"] == "insert") & (trials["condition"] == "Cluster")]
+        for r in rows.drop_duplicates(["channel", "cluster"])[cols].to_dict("records"):
+            if int(r["channel"]) in out:
+                out[int(r["channel"])]["clusters"][int(r["cluster"])] = r
+    return out
+
+
 def _records_by_channel(df: pd.DataFrame | None, sort: list[str]) -> dict[int, list[dict]]:
     """Plain-dict records grouped by channel (building pages from dicts is far cheaper than from frames)."""
     if df is None or df.empty:
@@ -325,8 +357,12 @@ def _records_by_channel(df: pd.DataFrame | None, sort: list[str]) -> dict[int, l
 
 def build_browser(out_dir: str | Path, psi: dict[str, pd.DataFrame], clusters: dict[str, pd.DataFrame],
                   patches: dict[str, pd.DataFrame], dataset: pd.DataFrame, input_size: int, title: str = "polypsi",
-                  thumb: int = 64, sprite_cols: int = 10, chunk: int = 128, log_file: str | None = None) -> dict:
-    """Write the browser into `out_dir`; returns counts of what was written."""
+                  thumb: int = 64, sprite_cols: int = 10, chunk: int = 128, log_file: str | None = None,
+                  causal: dict[str, dict[int, dict]] | None = None) -> dict:
+    """Write the browser into `out_dir`; returns counts of what was written.
+
+    `causal`: {layer: {channel: causal record}} for the channel pages (see channel_page).
+    """
     log = get_logger(log_file=log_file)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -371,6 +407,7 @@ def build_browser(out_dir: str | Path, psi: dict[str, pd.DataFrame], clusters: d
                     layer, r, g, cl_by.get(ch, {}), cols_used, thumb,
                     hrefs[i_global - 1] if i_global > 0 else None,
                     hrefs[i_global + 1] if i_global + 1 < len(hrefs) else None, class_names,
+                    (causal or {}).get(layer, {}).get(ch),
                 )
                 _write_text(out / channel_href(layer, ch), page)
                 n_pages += 1

@@ -16,7 +16,7 @@ from ..calibration import channels_only
 from ..io import read_json, read_table, write_csv, write_table
 from ..stats import TextBank
 from . import figures, robustness, stats
-from .browser import build_browser
+from .browser import build_browser, causal_records
 from .gallery import gallery_table, pick_channels, plot_gallery
 
 
@@ -80,10 +80,14 @@ def browser_stage(job) -> None:
     # and the neuron-view cluster of each patch where the run has one (not the embeddings: they are large)
     patches = {l: pd.read_parquet(p, columns=[*cols, *[c for c in ("ne_cluster",) if c in pq.read_schema(p).names]])
                for l, p in zip(layers, job.input.patches)}
+    causal = {}  # the insertion protocol's channels, where the run has it (interventions/<layer>_causal.parquet)
+    if "causal" in job.input and job.input.causal:
+        layer = cfg.intervention_layer
+        causal[layer] = causal_records(read_table(job.input.causal[0]), read_table(job.input.trials[0]))
     build_browser(job.output.browser, _channels_by_layer(layers, job.input.psi, ("index",)),
                   _by_layer(layers, job.input.clusters), patches,
                   read_table(job.input.dataset), int(read_json(job.input.geometry)["input_size"]),
-                  title=f"polypsi · {cfg.run_name}", thumb=cfg.report.thumb_size, log_file=job.log)
+                  title=f"polypsi · {cfg.run_name}", thumb=cfg.report.thumb_size, log_file=job.log, causal=causal)
 
 
 def report_stage(job) -> None:
