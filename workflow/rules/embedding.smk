@@ -14,7 +14,7 @@ rule embed_patches:
         code=code("embed_patches"),
     threads: 2
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         f"{R}/logs/embed_patches/{{layer}}_shard{{cshard}}.log",
     benchmark:
@@ -36,7 +36,7 @@ rule embed_prompts:
         code=code("embed_prompts"),
     threads: 2
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         f"{R}/logs/embed_prompts.log",
     conda:

@@ -19,6 +19,8 @@ rule k_sensitivity:
         config=settings("report.k_values", "report.k_sensitivity_draws", "stats", "nulls", "calibration"),
         code=code("k_sensitivity"),
     threads: 1
+    resources:
+        gpu=GPU,  # batched scoring runs on `device` (CUDA with auto when present)
     log:
         f"{R}/logs/report/k_sensitivity_{{layer}}.log",
     benchmark:
@@ -67,7 +69,7 @@ if cfg.secondary_embedder is not None:
             code=code("embed_patches"),
         threads: 2
         resources:
-            gpu=1,
+            gpu=GPU,
         log:
             f"{R}/logs/embed_patches_secondary/{{layer}}_shard{{cshard}}.log",
         conda:
@@ -86,7 +88,7 @@ if cfg.secondary_embedder is not None:
             code=code("embed_prompts"),
         threads: 2
         resources:
-            gpu=1,
+            gpu=GPU,
         log:
             f"{R}/logs/embed_prompts_secondary.log",
         conda:
