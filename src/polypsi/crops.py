@@ -9,11 +9,15 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image
 
 from .errors import DatasetError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -37,6 +41,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """An RGB image resized (bilinear, upsampled for Tiny-ImageNet) to size x size, as [3,S,S] in [0,1]."""
+    import torch  # lazy: the table stages read crop boxes from this module and need no torch
+
     try:
         with Image.open(path) as im:
             im = to_rgb(im)
@@ -72,6 +78,8 @@ def _cached_image(path: str, size: int) -> torch.Tensor:
 
 def extract_crops(paths: list[str], boxes: np.ndarray, input_size: int, out_size: int) -> torch.Tensor:
     """Crops [n,3,out,out] in [0,1]; each image is read once per call (sites come sorted by image)."""
+    import torch  # lazy: the table stages read crop boxes from this module and need no torch
+
     crops = torch.empty(len(paths), 3, out_size, out_size)
     for i, (p, (y0, x0, y1, x1)) in enumerate(zip(paths, boxes)):
         img = _cached_image(p, input_size)

@@ -107,9 +107,22 @@ def run(smk_or_job, stage: Callable[[Job], Any]) -> None:
         sys.exit(1)
 
 
+# Thread-pool sizes read once by the numerical libraries when they start (OpenMP, MKL, OpenBLAS, numexpr).
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
 def _set_threads(n: int) -> None:
-    if "torch" in sys.modules:  # only stages that compute import torch; table stages stay light
-        sys.modules["torch"].set_num_threads(max(1, n))
+    """At most the job's `threads` compute threads, whenever the stage imports torch (or numpy's BLAS).
+
+    Stages import torch lazily, often after this runs: the environment sizes its pools then (torch
+    reads OMP_NUM_THREADS when it starts); a torch imported already is set directly. Without this,
+    torch starts one thread per core in every job, and parallel jobs oversubscribe the cores.
+    """
+    n = str(max(1, int(n)))
+    for key in THREAD_ENV:
+        os.environ[key] = n
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(n))
 
 
 def mock_job(rule: str, configfile: str | Path | None = None, workdir: str | Path = ".",

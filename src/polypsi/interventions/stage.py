@@ -7,9 +7,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from ..io import read_json, read_table, write_csv, write_table
-from ..models import extractor, load_model
 from .figures import plot_message, plot_summary
-from .run import run_interventions
 from .statistics import summarize
 
 if TYPE_CHECKING:  # a stage only reads the job's attributes; polypsi.job is the workflow's side
@@ -18,6 +16,9 @@ if TYPE_CHECKING:  # a stage only reads the job's attributes; polypsi.job is the
 
 def interventions_stage(job: Job) -> None:
     """The `interventions` rule: read the tables, load the model, run the trials, write one row per trial."""
+    from ..models import extractor, load_model  # lazy: torch; the summary stage imports this module too
+    from .run import run_interventions  # lazy: torch, as above
+
     cfg, layer = job.cfg, job.wildcard("layer")
     lg = job.logger("polypsi.interventions")
     device = job.device
