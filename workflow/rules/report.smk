@@ -63,7 +63,7 @@ if cfg.secondary_embedder is not None:
             dataset=f"{R}/dataset.parquet",
             geometry=f"{R}/geometry.json",
         output:
-            embeddings=f"{R}/secondary/embeddings/{{layer}}/shard{{cshard}}.parquet",
+            crops=f"{R}/secondary/crops/{{layer}}/shard{{cshard}}.parquet",
         params:
             config=secondary_settings("shards.channels", kinds=["embedder"]),
             code=code("embed_patches"),
@@ -76,6 +76,23 @@ if cfg.secondary_embedder is not None:
             "../envs/polypsi.yaml"
         script:
             script_path("embed_patches")
+
+    rule patch_embeddings_secondary:
+        input:
+            crops=expand(f"{R}/secondary/crops/{{{{layer}}}}/shard{{cshard}}.parquet", cshard=CHANNEL_SHARDS),
+            topk=f"{R}/topk/{{layer}}.parquet",
+            geometry=f"{R}/geometry.json",
+        output:
+            embeddings=expand(f"{R}/secondary/embeddings/{{{{layer}}}}/shard{{cshard}}.parquet", cshard=CHANNEL_SHARDS),
+        params:
+            config=settings("shards.channels"),
+            code=code("patch_embeddings"),
+        log:
+            f"{R}/logs/patch_embeddings_secondary/{{layer}}.log",
+        conda:
+            "../envs/polypsi.yaml"
+        script:
+            script_path("patch_embeddings")
 
     rule embed_prompts_secondary:
         input:
