@@ -25,7 +25,7 @@ from .croptable import CROP_COLUMNS, crop_shard, distinct_crops, patch_embedding
 from .errors import EmbedderLoadError
 from .io import read_json, read_table, write_table
 from .models import host_resolves
-from .runtime import Progress, get_logger
+from .runtime import Progress, forward_pass, get_logger
 from .shards import full_batch
 
 PACKAGE_DATA = Path(__file__).parent / "data"
@@ -72,7 +72,9 @@ class Embedder:
             ).clamp_(0, 1)
         x = (x - self.mean) / self.std
         with torch.no_grad(), self._ctx():
-            return self._norm(self.model.encode_image(x))
+            with forward_pass(self.device, len(x)):
+                z = self.model.encode_image(x)
+            return self._norm(z)
 
     def encode_texts(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
         out = []
