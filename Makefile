@@ -8,7 +8,7 @@ CORES   ?= 2
 DEMO    ?= config/demo.yaml
 CONFIG  ?=
 
-.PHONY: demo smoke check test test-fast benchmark schema lint clean
+.PHONY: demo smoke check test test-fast benchmark benchmark-stats schema lint clean
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,7 +38,16 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -n $(CORES) --dist loadfile --no-loadscope-reorder -m "not slow"
 
+# The whole pipeline on a paper-shaped workload (random weights, generated images), stage by stage against bare
+# forward passes in the same run (docs/performance.md). IMAGES: generated images; CHANNELS: the first C channels
+# of each layer (empty: all). On a GPU machine, `make benchmark IMAGES=10000` is the paper's scale.
+IMAGES   ?= 500
+CHANNELS ?=
 benchmark: $(STAMP)
+	$(BIN)/python benchmarks/bench_pipeline.py --images $(IMAGES) $(if $(CHANNELS),--channels $(CHANNELS)) --cores $(CORES)
+
+# The batched scorer against the per-channel scikit-learn reference.
+benchmark-stats: $(STAMP)
 	$(BIN)/python benchmarks/bench_stats.py
 
 schema: $(STAMP)
@@ -51,4 +60,4 @@ lint: $(STAMP)
 	$(BIN)/snakefmt --check .
 
 clean:
-	rm -rf results .snakemake report.html
+	rm -rf results .snakemake report.html .bench
