@@ -64,15 +64,23 @@ def overlay(args) -> dict:
 
 def run_workflow(args, work: Path) -> float:
     (work / "bench.yaml").write_text(yaml.safe_dump(overlay(args)))
-    prof = work / "profile"
+    prof, run = work / "profile", work / "results" / RUN
+    keep = {prof / "geometry.json", run / "geometry.json"} if args.reuse_geometry else set()
     if prof.exists():
         for p in prof.glob("*.json"):
-            p.unlink()
+            if p not in keep:
+                p.unlink()
+    if run.exists():  # a fresh run, but for the layer geometry when asked to keep it (it depends on the model only)
+        for p in sorted(run.rglob("*"), reverse=True):
+            if p.is_file() and p not in keep and not (p.parent == run / "logs" and p.name == "geometry.log"):
+                p.unlink()
+            elif p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
     env = {**os.environ, "POLYPSI_PROFILE": str(prof),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(work),
            "--cores", str(args.cores), "--configfile", str(ROOT / "config" / "config.yaml"), str(work / "bench.yaml"),
-           "--forceall", "--quiet", "progress"]
+           "--quiet", "progress"]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -165,6 +173,9 @@ def main(argv=None) -> None:
     ap.add_argument("--image-shards", type=int, default=None, help="shards.images (default: config.yaml's, capped)")
     ap.add_argument("--channel-shards", type=int, default=None, help="shards.channels (default: config.yaml's)")
     ap.add_argument("--bare-items", type=int, default=512, help="images / crops of each bare pass (throughput)")
+    ap.add_argument("--reuse-geometry", action="store_true",
+                    help="keep the layer geometry of an earlier run in --workdir (same model; the probe runs on the CPU "
+                         "and costs minutes there); its time is then that earlier run's")
     ap.add_argument("--workdir", default=str(ROOT / ".bench"), help="where the workflow runs (results/bench/)")
     args = ap.parse_args(argv)
     if args.channels == 0:
@@ -178,6 +189,11 @@ def main(argv=None) -> None:
           f"--cores {args.cores}, device {args.device}; workflow in {work}", flush=True)
     wall = run_workflow(args, work)
     jobs = jobs_table(work)
+    reused = jobs[(jobs["rule"] == "geometry") & (jobs["stage_end"] < time.time() - wall)]
+    if len(reused):
+        print(f"geometry reused from an earlier run ({reused['job_s'].sum():.0f} s then): not in this run's wall time",
+              flush=True)
+        jobs = jobs.drop(reused.index)
     threads = int(jobs.loc[jobs["rule"] == "mine_topk", "threads"].max())
     bare = bare_passes(args, threads)
     embedded, distinct = crop_counts(work)
