@@ -81,7 +81,9 @@ class Embedder:
         for i in range(0, len(texts), batch_size):
             tokens = self.tokenizer(texts[i : i + batch_size]).to(self.device)
             with torch.no_grad(), self._ctx():
-                out.append(self._norm(self.model.encode_text(tokens)))
+                with forward_pass(self.device, len(tokens)):
+                    z = self.model.encode_text(tokens)
+                out.append(self._norm(z))
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
