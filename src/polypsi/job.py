@@ -115,7 +115,15 @@ def _write_profile(job: Job, t0: float, t1: float) -> None:
     """This job's timings as JSON in $POLYPSI_PROFILE (benchmarks/bench_pipeline.py): process start-up (interpreter
     and imports), the stage, the time in model forward passes, peak memory, whether torch was imported."""
     import json  # lazy: only when profiling
-    import resource  # lazy: only when profiling
+
+    # VmHWM: this process's peak resident memory (ru_maxrss would keep Snakemake's across fork and exec)
+    try:
+        peak = next(int(line.split()[1]) / 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        import resource  # lazy: only when profiling, where /proc is absent
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     try:
         import psutil  # lazy: only when profiling
@@ -130,7 +138,7 @@ def _write_profile(job: Job, t0: float, t1: float) -> None:
         "rule": job.rule, "wildcards": dict(job.wildcards), "threads": job.threads,
         "process_start": started, "stage_start": t0, "stage_end": t1, "startup_s": t0 - started, "stage_s": t1 - t0,
         "forward_s": FORWARD["seconds"], "forward_calls": FORWARD["calls"], "forward_items": FORWARD["items"],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak,
         "torch_imported": "torch" in sys.modules, "open_clip_imported": "open_clip" in sys.modules,
     }, indent=1))
 
