@@ -8,7 +8,7 @@ CORES   ?= 2
 DEMO    ?= config/demo.yaml
 CONFIG  ?=
 
-.PHONY: demo smoke check test test-fast test-slurm benchmark schema lint clean
+.PHONY: demo smoke check test test-fast test-slurm benchmark benchmark-stats schema lint clean
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,7 +43,16 @@ test-fast: $(STAMP)
 test-slurm: $(STAMP)
 	POLYPSI_TEST_SLURM=1 $(BIN)/python -m pytest -q -ra -m slurm tests/test_slurm.py
 
+# The whole pipeline on a paper-shaped workload (random weights, generated images), stage by stage against bare
+# forward passes in the same run (docs/performance.md). IMAGES: generated images; CHANNELS: the first C channels
+# of each layer (empty: all). On a GPU machine, `make benchmark IMAGES=10000` is the paper's scale.
+IMAGES   ?= 500
+CHANNELS ?=
 benchmark: $(STAMP)
+	$(BIN)/python benchmarks/bench_pipeline.py --images $(IMAGES) $(if $(CHANNELS),--channels $(CHANNELS)) --cores $(CORES)
+
+# The batched scorer against the per-channel scikit-learn reference.
+benchmark-stats: $(STAMP)
 	$(BIN)/python benchmarks/bench_stats.py
 
 schema: $(STAMP)
@@ -56,4 +65,4 @@ lint: $(STAMP)
 	$(BIN)/snakefmt --check .
 
 clean:
-	rm -rf results .snakemake report.html
+	rm -rf results .snakemake report.html .bench

@@ -34,7 +34,7 @@ def test_interventions_do_not_depend_on_the_report_code():
 
 
 def test_table_rules_and_rendering_carry_their_own_code():
-    assert "polypsi.mining" in mods("merge_topk")
+    assert "polypsi.topk" in mods("merge_topk")
     assert "polypsi.data" in mods("index_dataset")
     assert "polypsi.world.truth" in mods("ground_truth")
 

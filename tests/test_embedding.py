@@ -1,6 +1,7 @@
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -52,3 +53,70 @@ def test_bad_names():
     cfg = _cfg(checkpoint="/nonexistent/clip.pt")
     with pytest.raises(EmbedderLoadError, match="does not exist"):
         load_embedder(cfg.embedder, cfg, "cpu")
+
+
+def _crop_world(tmp_path, n_images=6, channels=6, k=8, seed=0):
+    """Images, a dataset table, a geometry and a top-K table whose sites often share a crop box."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n_images):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(paths[-1])
+    dataset = pd.DataFrame({"image_id": np.arange(n_images), "path": paths})
+    geometry = {"input_size": 64, "layers": {"l": {"crop": 40, "stride": 8, "offset": 3.5}}}
+    topk = pd.DataFrame({"channel": np.repeat(np.arange(channels), k), "rank": np.tile(np.arange(k), channels),
+                         "image_id": rng.integers(0, n_images, channels * k), "u": rng.integers(0, 8, channels * k),
+                         "v": rng.integers(0, 8, channels * k), "activation": np.float32(1.0)})
+    return dataset, geometry, topk
+
+
+def _per_channel_shard_reference(e, topk, dataset, geometry, channels, bs):
+    """The embedding as it was before crops were shared across shards: a channel shard's distinct sites, each
+    crop resized on its own, batches padded to the batch size."""
+    from polypsi.crops import _cached_image, crop_boxes
+    from polypsi.shards import full_batch
+
+    g, size = geometry["layers"]["l"], geometry["input_size"]
+    rows = topk[topk["channel"].isin(channels)].reset_index(drop=True)
+    sites = rows[["image_id", "u", "v"]].drop_duplicates().sort_values(["image_id", "u", "v"]).reset_index(drop=True)
+    paths = dataset.set_index("image_id").loc[sites["image_id"], "path"].tolist()
+    boxes = crop_boxes(sites["u"].to_numpy(), sites["v"].to_numpy(), g, size)
+    crops = torch.stack([torch.nn.functional.interpolate(
+        _cached_image(p, size)[:, y0:y1, x0:x1].unsqueeze(0), size=(e.image_size, e.image_size), mode="bilinear",
+        align_corners=False, antialias=True)[0] for p, (y0, x0, y1, x1) in zip(paths, boxes)])
+    z = np.concatenate([e.encode_images(full_batch(crops[i : i + bs], bs))[: len(crops[i : i + bs])]
+                        for i in range(0, len(crops), bs)])
+    pos = pd.Series(np.arange(len(sites)), index=pd.MultiIndex.from_frame(sites))
+    return z[pos.loc[pd.MultiIndex.from_frame(rows[["image_id", "u", "v"]])].to_numpy()]
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_each_distinct_crop_embedded_once_whatever_the_shards(tmp_path, prefetch):
+    """Crop shards cover the layer's distinct crops (image, box) exactly once for any shard count, and the
+    per-channel patch embeddings built from them equal those of embedding each channel shard on its own."""
+    from polypsi import embedding
+    from polypsi.croptable import CROP_COLUMNS, crop_shard, distinct_crops, patch_embeddings
+    from polypsi.shards import channel_shard
+
+    dataset, geometry, topk = _crop_world(tmp_path)
+    g, size = geometry["layers"]["l"], geometry["input_size"]
+    every = distinct_crops(topk, g, size)
+    n_sites = len(topk[["image_id", "u", "v"]].drop_duplicates())
+    assert len(every) < n_sites < len(topk)  # boxes shifted inside the image are shared by several sites
+    cfg = _cfg(batch_size=8)
+    e = load_embedder(cfg.embedder, cfg, "cpu")
+    paths = dataset.set_index("image_id").loc[every["image_id"], "path"].tolist()
+    z_all = embedding.embed_crops(e, paths, every[CROP_COLUMNS[1:]].to_numpy(), size, 8, prefetch=prefetch)
+    for n in (1, 2, 3, 5):
+        shards = [crop_shard(every, s, n) for s in range(n)]
+        got = pd.concat(shards, ignore_index=True)
+        assert len(got) == len(every) and not got.duplicated().any()  # each distinct crop once, in one shard
+    channels = np.unique(topk["channel"])
+    for s in range(2):
+        mine = channel_shard(channels, s, 2)
+        rows, z = patch_embeddings(topk, mine, g, size, every, z_all)
+        ref = _per_channel_shard_reference(e, topk, dataset, geometry, mine, 8)
+        assert list(rows["channel"].unique()) == list(mine) and len(rows) == len(ref)
+        np.testing.assert_array_equal(z, ref)  # the same bits as before: batched resizing, shared crops

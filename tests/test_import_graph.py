@@ -1,7 +1,12 @@
 """The package's import graph: no cycles, the core never imports the planted world, lazy imports say why."""
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from polypsi.codehash import PACKAGE, ROOT, imports_of, module_file
 
@@ -91,3 +96,22 @@ def test_module_file_resolves_packages_and_modules():
     assert module_file(PACKAGE).name == "__init__.py"
     assert module_file("polypsi.stats.score").name == "score.py"
     assert module_file("numpy") is None
+
+
+# Workflow scripts whose stage reads and writes tables only: their jobs must start without torch or open_clip
+# (2-8 s of start-up each). Heavy imports are function-local (`# lazy:`) where a module serves both kinds of job.
+TABLE_ONLY_SCRIPTS = ["merge_topk", "seed_split", "interventions_summary", "or_units", "index_dataset", "recovery",
+                      "ground_truth", "planted_units", "render_images", "download_tiny_imagenet"]
+
+
+@pytest.mark.parametrize("script", TABLE_ONLY_SCRIPTS)
+def test_table_only_jobs_import_no_torch(script):
+    path = ROOT.parents[1] / "workflow" / "scripts" / f"{script}.py"
+    mods = [n.module for n in ast.parse(path.read_text()).body if isinstance(n, ast.ImportFrom)]
+    assert mods and all(m.startswith("polypsi") for m in mods), mods
+    code = ("import importlib, sys\n"
+            f"for m in {mods!r}: importlib.import_module(m)\n"
+            "print(sorted(x for x in ('torch', 'open_clip', 'torchvision', 'timm') if x in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT.parent)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]", f"{script}: {out.stdout.strip()} imported by {mods}"

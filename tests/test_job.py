@@ -97,3 +97,24 @@ def test_mock_job_asks_the_workflow_for_a_rule(tmp_path):
         mock_job("calibrate", root / "config" / "smoke.yaml", workdir=tmp_path)
     with pytest.raises(PolypsiError, match="no rule 'calibrat'"):
         mock_job("calibrat", root / "config" / "smoke.yaml", workdir=tmp_path, layer="layer3")
+
+
+def test_profiled_jobs_write_their_timings(tmp_path, monkeypatch):
+    """With POLYPSI_PROFILE set (benchmarks/bench_pipeline.py), a job writes start-up, stage and forward seconds."""
+    import json
+
+    from polypsi.config import load_config
+    from polypsi.job import Job, run
+    from polypsi.runtime import FORWARD, forward_pass
+
+    monkeypatch.setenv("POLYPSI_PROFILE", str(tmp_path / "profile"))
+    monkeypatch.setitem(FORWARD, "seconds", 0.0)
+
+    def stage(job):
+        with forward_pass("cpu", 3):
+            sum(range(1000))
+
+    run(Job(cfg=load_config({}), rule="score", wildcards={"layer": "l", "cshard": "0"}), stage)
+    rec = json.loads((tmp_path / "profile" / "score_cshard0_layerl.json").read_text())
+    assert rec["rule"] == "score" and rec["stage_s"] >= 0 and rec["startup_s"] >= 0 and rec["peak_rss_mb"] > 0
+    assert 0 < rec["forward_s"] <= rec["stage_s"] and rec["forward_items"] >= 3

@@ -83,3 +83,51 @@ def test_python_entry_plans_from_its_own_file(tmp_path):
     p = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"), str(tmp_path / "bad.yaml"),
                   check=False)
     assert p.returncode != 0 and "'stage3' is not a module of the model; close names" in p.stderr
+
+
+def _stages_on_the_device():
+    """Stage functions of the library that read `job.device` (found in the source, nothing imported)."""
+    import ast
+    found = set()
+    for path in (ROOT / "src" / "polypsi").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and any(
+                    isinstance(n, ast.Attribute) and n.attr == "device" and isinstance(n.value, ast.Name)
+                    and n.value.id == "job" for n in ast.walk(node)):
+                found.add(node.name)
+    return found
+
+
+def _rules_on_the_device():
+    """Rules whose script runs a stage that reads `job.device` (from workflow/rules and workflow/scripts)."""
+    import re
+    stages = _stages_on_the_device()
+    rules = set()
+    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
+        for name, body in re.findall(r"^\s*rule (\w+):\n(.*?)(?=^\s*rule \w+:|\Z)", smk.read_text(), re.M | re.S):
+            script = re.search(r'script_path\("(\w+)"\)', body)
+            if script:
+                text = (ROOT / "workflow" / "scripts" / f"{script.group(1)}.py").read_text()
+                if any(f"import {s}" in text for s in stages):
+                    rules.add(name)
+    return rules
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda", "cpu"])
+def test_jobs_that_may_use_cuda_declare_the_gpu(tmp_path, device):
+    """Every job that may run on CUDA declares gpu=1 (device auto or cuda); with device cpu no job declares it."""
+    may_use_cuda = _rules_on_the_device()
+    assert {"mine_topk", "embed_patches", "embed_prompts", "score", "score_or_units", "k_sensitivity",
+            "neuron_embeddings", "interventions"} <= may_use_cuda
+    p = snakemake(tmp_path, "-n", "--config", f"device={device}")  # the paper's setup: every rule but text_head
+    gpu, rule = {}, None
+    for line in p.stdout.splitlines():
+        if line.startswith("rule "):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and rule:
+            res = dict(kv.split("=", 1) for kv in line.split(":", 1)[1].replace(" ", "").split(","))
+            gpu.setdefault(rule, set()).add(int(res.get("gpu", 0)))
+    assert len(gpu) > 15, p.stdout[-2000:]
+    for name, values in gpu.items():
+        want = 1 if device != "cpu" and name in may_use_cuda else 0
+        assert values == {want}, (name, values)

@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "workflow" / "rules"
 SCRIPTS = ROOT / "workflow" / "scripts"
 # Rules that reuse another rule's script with other settings.
-REUSES = {"embed_patches_secondary": "embed_patches", "embed_prompts_secondary": "embed_prompts", "score_or_units": "score"}
+REUSES = {"embed_patches_secondary": "embed_patches", "patch_embeddings_secondary": "patch_embeddings",
+          "embed_prompts_secondary": "embed_prompts", "score_or_units": "score"}
 
 
 def rule_scripts() -> dict[str, str]:

@@ -9,6 +9,7 @@ Weights that are not on disk fail within seconds with the file to place and wher
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,12 +20,13 @@ import torch
 
 from . import sources
 from .config import Config, EmbedderConfig
-from .crops import crop_boxes, extract_crops
-from .errors import EmbedderLoadError, StageError
+from .crops import extract_crops
+from .croptable import CROP_COLUMNS, crop_shard, distinct_crops, patch_embeddings
+from .errors import EmbedderLoadError
 from .io import read_json, read_table, write_table
 from .models import host_resolves
-from .runtime import Progress, get_logger
-from .shards import channel_shard, full_batch
+from .runtime import Progress, forward_pass, get_logger
+from .shards import full_batch
 
 PACKAGE_DATA = Path(__file__).parent / "data"
 
@@ -70,14 +72,18 @@ class Embedder:
             ).clamp_(0, 1)
         x = (x - self.mean) / self.std
         with torch.no_grad(), self._ctx():
-            return self._norm(self.model.encode_image(x))
+            with forward_pass(self.device, len(x)):
+                z = self.model.encode_image(x)
+            return self._norm(z)
 
     def encode_texts(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
         out = []
         for i in range(0, len(texts), batch_size):
             tokens = self.tokenizer(texts[i : i + batch_size]).to(self.device)
             with torch.no_grad(), self._ctx():
-                out.append(self._norm(self.model.encode_text(tokens)))
+                with forward_pass(self.device, len(tokens)):
+                    z = self.model.encode_text(tokens)
+                out.append(self._norm(z))
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -161,46 +167,90 @@ def load_embedder(emb: EmbedderConfig, cfg: Config, device: torch.device | str =
 # ---------------------------------------------------------------- stages
 
 
+def embed_crops(embedder: Embedder, paths: list[str], boxes: np.ndarray, input_size: int, batch_size: int,
+                log=None, prefetch: bool | None = None) -> np.ndarray:
+    """Embeddings [n, d] of the crops boxes[i] of images paths[i] (sorted by image: each is read once).
+
+    Crops are cut and resized in batches (`extract_crops`, on the embedder's device); with
+    `prefetch` (default: on CUDA) the next batch is built in a thread while this one is encoded, so
+    the GPU does not wait for the CPU. Every batch is encoded at the full `batch_size` (the last is
+    padded): a crop's embedding does not depend on which other crops share its job.
+    """
+    n, bs = len(paths), int(batch_size)
+    if prefetch is None:
+        prefetch = embedder.device.type == "cuda"
+    prog = Progress(n, "crops", log)
+
+    def build(i):
+        return extract_crops(paths[i : i + bs], boxes[i : i + bs], input_size, embedder.image_size, embedder.device)
+
+    embs = []
+    starts = list(range(0, n, bs))
+    with (ThreadPoolExecutor(max_workers=1) if prefetch else nullcontext()) as pool:
+        nxt = pool.submit(build, starts[0]) if pool and starts else None
+        for j, i in enumerate(starts):
+            if pool:
+                crops = nxt.result()
+                nxt = pool.submit(build, starts[j + 1]) if j + 1 < len(starts) else None
+            else:
+                crops = build(i)
+            embs.append(embedder.encode_images(full_batch(crops, bs))[: len(crops)])
+            prog.update(len(crops))
+    return np.concatenate(embs) if embs else np.zeros((0, 1), np.float32)
+
+
+def _image_paths(dataset: pd.DataFrame, image_ids) -> list[str]:
+    return dataset.set_index("image_id").loc[np.asarray(image_ids), "path"].tolist()
+
+
 def embed_patches(emb_cfg: EmbedderConfig, cfg: Config, topk: pd.DataFrame, dataset: pd.DataFrame,
                   geometry: dict, layer: str, channels: np.ndarray, device, log=None) -> tuple[pd.DataFrame, np.ndarray]:
-    """CLIP embeddings of the crops of `channels`' top-K sites; a site shared by channels is embedded once.
+    """CLIP embeddings of the crops of `channels`' top-K sites in one call; each distinct crop is embedded once.
 
-    Returns the (channel, rank) rows and their embeddings [n, d].
+    Returns the (channel, rank) rows and their embeddings [n, d]. The workflow splits the same work
+    into jobs by distinct crops (`embed_crop_shard`, then `polypsi.croptable.patch_embeddings`).
     """
     log = log or get_logger("polypsi.embed")
     geom, size = geometry["layers"][layer], geometry["input_size"]
-    rows = topk[topk["channel"].isin(channels)].reset_index(drop=True)
-    sites = rows[["image_id", "u", "v"]].drop_duplicates().sort_values(["image_id", "u", "v"]).reset_index(drop=True)
+    rows = topk[topk["channel"].isin(channels)]
+    crops = distinct_crops(rows, geom, size)
     log.info("layer %s: %d channels, %d patches, %d distinct crops (side %d px)",
-             layer, len(channels), len(rows), len(sites), geom["crop"])
+             layer, len(channels), len(rows), len(crops), geom["crop"])
     embedder = load_embedder(emb_cfg, cfg, device)
-    paths = dataset.set_index("image_id").loc[sites["image_id"], "path"].tolist()
-    boxes = crop_boxes(sites["u"].to_numpy(), sites["v"].to_numpy(), geom, size)
-    bs = emb_cfg.batch_size
-    embs = []
-    prog = Progress(len(sites), "crops", log)
-    for i in range(0, len(sites), bs):
-        crops = extract_crops(paths[i : i + bs], boxes[i : i + bs], size, embedder.image_size)
-        embs.append(embedder.encode_images(full_batch(crops, bs))[: len(crops)])
-        prog.update(len(crops))
-    z = np.concatenate(embs) if embs else np.zeros((0, 1), np.float32)
-    site_pos = pd.Series(np.arange(len(sites)), index=pd.MultiIndex.from_frame(sites))
-    pos = site_pos.loc[pd.MultiIndex.from_frame(rows[["image_id", "u", "v"]])].to_numpy()
-    return rows[["channel", "rank"]].copy(), z[pos]
+    z = embed_crops(embedder, _image_paths(dataset, crops["image_id"]), crops[CROP_COLUMNS[1:]].to_numpy(), size,
+                    emb_cfg.batch_size, log)
+    return patch_embeddings(topk, channels, geom, size, crops, z)
+
+
+def embed_crop_shard(emb_cfg: EmbedderConfig, cfg: Config, topk: pd.DataFrame, dataset: pd.DataFrame,
+                     geometry: dict, layer: str, shard: int, n_shards: int, device,
+                     log=None) -> tuple[pd.DataFrame, np.ndarray]:
+    """Crop shard `shard` of `n_shards` of the layer's distinct crops (over all channels) and their embeddings."""
+    log = log or get_logger("polypsi.embed")
+    geom, size = geometry["layers"][layer], geometry["input_size"]
+    every = distinct_crops(topk, geom, size)
+    crops = crop_shard(every, shard, n_shards)
+    n_sites = len(topk[["image_id", "u", "v"]].drop_duplicates())
+    log.info("layer %s, crop shard %d of %d: %d of the layer's %d distinct crops (%d patches at %d distinct sites, "
+             "%d channels; side %d px)", layer, shard, n_shards, len(crops), len(every), len(topk), n_sites,
+             topk["channel"].nunique(), geom["crop"])
+    if len(crops) == 0:
+        return crops, np.zeros((0, 1), np.float32)
+    embedder = load_embedder(emb_cfg, cfg, device)
+    z = embed_crops(embedder, _image_paths(dataset, crops["image_id"]), crops[CROP_COLUMNS[1:]].to_numpy(), size,
+                    emb_cfg.batch_size, log)
+    return crops, z
 
 
 def embed_patches_stage(job) -> None:
-    """Rule embed_patches (and embed_patches_secondary): one layer's channel shard."""
-    cfg, log = job.cfg, job.logger("polypsi.embed")
-    topk = read_table(job.input.topk)
-    layer_channels = np.unique(topk["channel"].to_numpy())
-    channels = channel_shard(layer_channels, int(job.wildcard("cshard")), cfg.shards.channels)
-    if len(channels) == 0:  # the plan refuses this when it can probe the model
-        raise StageError(f"layer {job.wildcard('layer')} has {len(layer_channels)} channels, fewer than shards.channels "
-                         f"({cfg.shards.channels}): channel shard {job.wildcard('cshard')} is empty; set shards.channels "
-                         f"to at most {len(layer_channels)}")
-    rows, z = embed_patches(cfg.embedder, cfg, topk, read_table(job.input.dataset), read_json(job.input.geometry),
-                        job.wildcard("layer"), channels, job.device, log)
-    write_table(rows, job.output.embeddings, embeddings={"embedding": z})
-    log.info("done")
+    """Rule embed_patches (and embed_patches_secondary): one crop shard of a layer's distinct crops.
 
+    `shards.channels` sets how many jobs share a layer's crops; rule patch_embeddings then writes
+    the per-channel-shard patch tables from them.
+    """
+    cfg, log = job.cfg, job.logger("polypsi.embed")
+    crops, z = embed_crop_shard(cfg.embedder, cfg, read_table(job.input.topk), read_table(job.input.dataset),
+                                read_json(job.input.geometry), job.wildcard("layer"), int(job.wildcard("cshard")),
+                                cfg.shards.channels, job.device, log)
+    write_table(crops, job.output.crops, embeddings={"embedding": z})
+    log.info("done: %d crops embedded", len(crops))

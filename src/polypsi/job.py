@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .config import Config, config_for_rule
 from .errors import PolypsiError
-from .runtime import get_logger, resolve_device
+from .runtime import FORWARD, PROFILE_ENV, get_logger, resolve_device
 
 
 class Files:
@@ -100,16 +101,64 @@ def run(smk_or_job, stage: Callable[[Job], Any]) -> None:
         Path(job.log).parent.mkdir(parents=True, exist_ok=True)
         open(job.log, "w").close()  # a rerun's log starts empty
     _set_threads(job.threads)
+    t0 = time.time()
     try:
         stage(job)
     except (PolypsiError, FileNotFoundError) as e:
         job.logger().error("polypsi error: %s", e)
         sys.exit(1)
+    if os.environ.get(PROFILE_ENV):
+        _write_profile(job, t0, time.time())
+
+
+def _write_profile(job: Job, t0: float, t1: float) -> None:
+    """This job's timings as JSON in $POLYPSI_PROFILE (benchmarks/bench_pipeline.py): process start-up (interpreter
+    and imports), the stage, the time in model forward passes, peak memory, whether torch was imported."""
+    import json  # lazy: only when profiling
+
+    # VmHWM: this process's peak resident memory (ru_maxrss would keep Snakemake's across fork and exec)
+    try:
+        peak = next(int(line.split()[1]) / 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        import resource  # lazy: only when profiling, where /proc is absent
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    try:
+        import psutil  # lazy: only when profiling
+
+        started = psutil.Process().create_time()
+    except ImportError:
+        started = t0
+    wild = "_".join(f"{k}{v}" for k, v in sorted(job.wildcards.items()))
+    out = Path(os.environ[PROFILE_ENV]) / f"{job.rule or 'job'}{'_' + wild if wild else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "rule": job.rule, "wildcards": dict(job.wildcards), "threads": job.threads,
+        "process_start": started, "stage_start": t0, "stage_end": t1, "startup_s": t0 - started, "stage_s": t1 - t0,
+        "forward_s": FORWARD["seconds"], "forward_calls": FORWARD["calls"], "forward_items": FORWARD["items"],
+        "peak_rss_mb": peak,
+        "torch_imported": "torch" in sys.modules, "open_clip_imported": "open_clip" in sys.modules,
+    }, indent=1))
+
+
+# Thread-pool sizes read once by the numerical libraries when they start (OpenMP, MKL, OpenBLAS, numexpr).
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def _set_threads(n: int) -> None:
-    if "torch" in sys.modules:  # only stages that compute import torch; table stages stay light
-        sys.modules["torch"].set_num_threads(max(1, n))
+    """At most the job's `threads` compute threads, whenever the stage imports torch (or numpy's BLAS).
+
+    Stages import torch lazily, often after this runs: the environment sizes its pools then (torch
+    reads OMP_NUM_THREADS when it starts); a torch imported already is set directly. Without this,
+    torch starts one thread per core in every job, and parallel jobs oversubscribe the cores.
+    """
+    n = str(max(1, int(n)))
+    for key in THREAD_ENV:
+        os.environ[key] = n
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(n))
 
 
 def mock_job(rule: str, configfile: str | Path | None = None, workdir: str | Path = ".",

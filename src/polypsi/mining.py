@@ -20,8 +20,8 @@ from .io import read_table, write_table
 from .models import extractor, load_model
 from .runtime import Progress, get_logger
 from .shards import full_batch, shard_rows
+from .topk import TOPK_COLUMNS, merge_topk, merge_topk_stage  # noqa: F401  (the merge lives there: no torch)
 
-TOPK_COLUMNS = ["channel", "rank", "image_id", "u", "v", "activation"]
 
 
 def _lex_topk(vals: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,18 +161,3 @@ def mine_topk_stage(job) -> None:
     for layer, path in zip(cfg.model.layers, job.output.tables, strict=True):
         write_table(tables[layer], path)
     log.info("done")
-
-
-def merge_topk(shard_tables: list[pd.DataFrame], k: int) -> pd.DataFrame:
-    """Exact global top-K from per-shard top-K tables (associative: any shard split gives the same)."""
-    df = pd.concat(shard_tables, ignore_index=True)
-    df = df.sort_values(["channel", "activation", "image_id", "u", "v"],
-                        ascending=[True, False, True, True, True], kind="stable")
-    df = df.groupby("channel", sort=True).head(k).copy()
-    df["rank"] = df.groupby("channel").cumcount().astype(np.int64)
-    return df[TOPK_COLUMNS].reset_index(drop=True)
-
-
-def merge_topk_stage(job) -> None:
-    """Rule merge_topk: the exact top-K of one layer from its image shards' tables."""
-    write_table(merge_topk([read_table(p) for p in job.input.shards], job.cfg.mining.topk), job.output.topk)

@@ -21,6 +21,7 @@ from . import sources
 from .config import IMAGENET_MEAN, IMAGENET_STD, Config
 from .errors import ModelLoadError, StageError
 from .modelfit import check_names
+from .runtime import forward_pass
 
 DEFAULT_INPUT_SIZE = 224
 
@@ -192,7 +193,7 @@ class FeatureExtractor:
             if self.precision == "bf16"
             else nullcontext()
         )
-        with torch.no_grad(), ctx:
+        with torch.no_grad(), ctx, forward_pass(self.device, len(x)):
             self.model(x)
         missing = [n for n in self.layers if n not in self._out]
         if missing:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from contextlib import contextmanager
 
 from .errors import ConfigError
 
@@ -18,6 +20,31 @@ def resolve_device(device: str = "auto"):
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda was requested but no CUDA device is available; set `device: auto` or `cpu`")
     return torch.device(device)
+
+
+# Set to a folder, every workflow job writes its timings there (benchmarks/bench_pipeline.py reads them).
+PROFILE_ENV = "POLYPSI_PROFILE"
+# Seconds spent in model forward passes (a model's forward, an embedder's encode_image) by this process.
+FORWARD = {"seconds": 0.0, "calls": 0, "items": 0}
+
+
+@contextmanager
+def forward_pass(device, items: int):
+    """Count the time of one forward pass in FORWARD (waiting for the GPU to finish when profiling)."""
+    sync = os.environ.get(PROFILE_ENV) and getattr(device, "type", str(device)) == "cuda"
+    if sync:
+        import torch  # lazy: only profiled CUDA runs wait for the device
+
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        if sync:
+            torch.cuda.synchronize(device)
+        FORWARD["seconds"] += time.perf_counter() - t0
+        FORWARD["calls"] += 1
+        FORWARD["items"] += int(items)
 
 
 def get_logger(name: str = "polypsi", log_file: str | None = None) -> logging.Logger:

@@ -15,9 +15,7 @@ from .crops import crop_boxes
 from .errors import StageError
 from .io import read_json, read_table, write_table
 from .shards import draws_of
-from .stats import SCORE_COLUMNS, TextBank, score_channels
-from .stats.neuron import NEURON_COLUMNS, neuron_scores
-from .stats.peers import pach_polysemanticity, semanticlens_polysemanticity
+from .stats import SCORE_COLUMNS, TextBank
 from .validation.or_units import build_or_units
 
 
@@ -66,6 +64,8 @@ def score_stage(job) -> None:
     log.info("layer %s, channel shard %s: %d channels x %d patches x %d dims; draws %s; S-null %s, D-null %s",
              layer, cshard, z.shape[0], z.shape[1], z.shape[2], draws, cfg.nulls.s_null, cfg.nulls.d_null)
     # One call for all draws: the real clustering is computed once and shared by the null draws.
+    from .stats import score_channels  # lazy: torch; or_units and calibrate import this module too
+
     scores = score_channels(z, labels, channels, text, draws, cfg.stats, cfg.nulls, layer, job.device, progress=True,
                             activations=top_activations(topk, channels, z.shape[1]))
     write_table(scores, job.output.scores)
@@ -74,6 +74,8 @@ def score_stage(job) -> None:
 
 def _with_peers(psi: pd.DataFrame, channels: np.ndarray, z: np.ndarray, topk: pd.DataFrame) -> pd.DataFrame:
     """psi with the peers' scores of each unit (NaN for dead channels), from its top patches and activations."""
+    from .stats.peers import pach_polysemanticity, semanticlens_polysemanticity  # lazy: torch (or_units needs none)
+
     act = top_activations(topk, channels, z.shape[1])
     peers = pd.DataFrame({
         "channel": channels,
@@ -136,6 +138,8 @@ def _neuron_view(job, psi: pd.DataFrame, scores: pd.DataFrame, topk: pd.DataFram
 
     OR-units reuse their parts' neuron embeddings, row for row, as they reuse their parts' crops.
     """
+    from .stats.neuron import NEURON_COLUMNS, neuron_scores  # lazy: torch and scikit-learn (or_units needs neither)
+
     cfg, layer = job.cfg, job.wildcard("layer")
     ne_table, ne = read_table(job.input.neuron_embeddings, embedding="embedding")
     units, Z, labels, clip = [], [], [], []

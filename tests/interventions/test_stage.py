@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import polypsi.interventions.stage as stage
+import polypsi.models as models
 from polypsi.config import Config
 from polypsi.io import read_table, write_table
 from polypsi.job import Files, Job
@@ -73,7 +74,7 @@ def _job_inputs(folder: Path, case: dict) -> tuple[Config, dict]:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_stages_write_the_tables_of_before(tmp_path, monkeypatch, name):
-    monkeypatch.setattr(stage, "load_model", lambda cfg, device: ColourNet().eval())
+    monkeypatch.setattr(models, "load_model", lambda cfg, device: ColourNet().eval())  # imported by the stage
     cfg, files = _job_inputs(tmp_path / "in", CASES[name])
     trials = tmp_path / "act.parquet"
     stage.interventions_stage(Job(cfg=cfg, input=Files(**files), output=Files(trials=trials),
@@ -112,7 +113,7 @@ def test_stages_write_the_tables_of_before(tmp_path, monkeypatch, name):
 
 def test_no_eligible_channel_gives_an_empty_table_and_says_why(tmp_path, monkeypatch):
     """One-class data or no split channel: no trials, the run goes on, the summary and figure give the reason."""
-    monkeypatch.setattr(stage, "load_model", lambda cfg, device: ColourNet().eval())
+    monkeypatch.setattr(models, "load_model", lambda cfg, device: ColourNet().eval())  # imported by the stage
     cfg, files = _job_inputs(tmp_path / "in", CASES["colour_world"])
     psi = read_table(files["psi"]).assign(k_hat=1)  # no channel split into clusters
     write_table(psi, files["psi"])

@@ -69,6 +69,10 @@ IMAGE_SHARDS = list(range(cfg.shards.images))
 CHANNEL_SHARDS = list(range(cfg.shards.channels))
 DRAW_SHARDS = list(range(cfg.shards.draws))
 SCRIPTS = POLYPSI_ROOT / "workflow" / "scripts"
+# The GPU resource of every job that may run on CUDA (models, embedders, batched scoring): with `device: auto` or
+# `cuda` it declares gpu=1, so `--resources gpu=1` (profiles/workstation) never lets two of them share the GPU
+# unannounced; with `device: cpu` none declares it (they then share the cores like any CPU job).
+GPU = 0 if cfg.device == "cpu" else 1
 
 
 wildcard_constraints:

@@ -1,4 +1,6 @@
-# CLIP embeddings of the mined crops (per layer x channel shard) and of the prompt sets.
+# CLIP embeddings of the mined crops and of the prompt sets. A layer's distinct crops (by image and crop box,
+# over all its channels) are split into shards.channels embedding jobs, so each is embedded once whatever the
+# sharding; patch_embeddings (tables only) then writes every channel shard's (channel, rank) embeddings.
 
 
 rule embed_patches:
@@ -8,13 +10,13 @@ rule embed_patches:
         dataset=f"{R}/dataset.parquet",
         geometry=f"{R}/geometry.json",
     output:
-        embeddings=f"{R}/embeddings/{{layer}}/shard{{cshard}}.parquet",
+        crops=f"{R}/crops/{{layer}}/shard{{cshard}}.parquet",
     params:
         config=settings("embedder", "shards.channels", kinds=["embedder"]),
         code=code("embed_patches"),
     threads: 2
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         f"{R}/logs/embed_patches/{{layer}}_shard{{cshard}}.log",
     benchmark:
@@ -23,6 +25,24 @@ rule embed_patches:
         "../envs/polypsi.yaml"
     script:
         script_path("embed_patches")
+
+
+rule patch_embeddings:
+    input:
+        crops=expand(f"{R}/crops/{{{{layer}}}}/shard{{cshard}}.parquet", cshard=CHANNEL_SHARDS),
+        topk=f"{R}/topk/{{layer}}.parquet",
+        geometry=f"{R}/geometry.json",
+    output:
+        embeddings=expand(f"{R}/embeddings/{{{{layer}}}}/shard{{cshard}}.parquet", cshard=CHANNEL_SHARDS),
+    params:
+        config=settings("shards.channels"),
+        code=code("patch_embeddings"),
+    log:
+        f"{R}/logs/patch_embeddings/{{layer}}.log",
+    conda:
+        "../envs/polypsi.yaml"
+    script:
+        script_path("patch_embeddings")
 
 
 rule embed_prompts:
@@ -36,7 +56,7 @@ rule embed_prompts:
         code=code("embed_prompts"),
     threads: 2
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         f"{R}/logs/embed_prompts.log",
     conda:

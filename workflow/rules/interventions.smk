@@ -28,7 +28,7 @@ rule interventions:
         code=code("interventions"),
     threads: 2
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         f"{R}/logs/interventions/{{layer}}.log",
     benchmark:

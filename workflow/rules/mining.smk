@@ -29,7 +29,7 @@ rule mine_topk:
         code=code("mine_topk"),
     threads: 2
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         f"{R}/logs/mine_topk/shard{{shard}}.log",
     benchmark:

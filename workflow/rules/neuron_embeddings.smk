@@ -22,7 +22,7 @@ rule neuron_embeddings:
         code=code("neuron_embeddings"),
     threads: 2
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         f"{R}/logs/neuron_embeddings/{{layer}}.log",
     benchmark:

@@ -19,6 +19,8 @@ rule k_sensitivity:
         config=settings("report.k_values", "report.k_sensitivity_draws", "stats", "nulls", "calibration"),
         code=code("k_sensitivity"),
     threads: 1
+    resources:
+        gpu=GPU,  # batched scoring runs on `device` (CUDA with auto when present)
     log:
         f"{R}/logs/report/k_sensitivity_{{layer}}.log",
     benchmark:
@@ -61,19 +63,36 @@ if cfg.secondary_embedder is not None:
             dataset=f"{R}/dataset.parquet",
             geometry=f"{R}/geometry.json",
         output:
-            embeddings=f"{R}/secondary/embeddings/{{layer}}/shard{{cshard}}.parquet",
+            crops=f"{R}/secondary/crops/{{layer}}/shard{{cshard}}.parquet",
         params:
             config=secondary_settings("shards.channels", kinds=["embedder"]),
             code=code("embed_patches"),
         threads: 2
         resources:
-            gpu=1,
+            gpu=GPU,
         log:
             f"{R}/logs/embed_patches_secondary/{{layer}}_shard{{cshard}}.log",
         conda:
             "../envs/polypsi.yaml"
         script:
             script_path("embed_patches")
+
+    rule patch_embeddings_secondary:
+        input:
+            crops=expand(f"{R}/secondary/crops/{{{{layer}}}}/shard{{cshard}}.parquet", cshard=CHANNEL_SHARDS),
+            topk=f"{R}/topk/{{layer}}.parquet",
+            geometry=f"{R}/geometry.json",
+        output:
+            embeddings=expand(f"{R}/secondary/embeddings/{{{{layer}}}}/shard{{cshard}}.parquet", cshard=CHANNEL_SHARDS),
+        params:
+            config=settings("shards.channels"),
+            code=code("patch_embeddings"),
+        log:
+            f"{R}/logs/patch_embeddings_secondary/{{layer}}.log",
+        conda:
+            "../envs/polypsi.yaml"
+        script:
+            script_path("patch_embeddings")
 
     rule embed_prompts_secondary:
         input:
@@ -86,7 +105,7 @@ if cfg.secondary_embedder is not None:
             code=code("embed_prompts"),
         threads: 2
         resources:
-            gpu=1,
+            gpu=GPU,
         log:
             f"{R}/logs/embed_prompts_secondary.log",
         conda:

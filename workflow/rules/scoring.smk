@@ -13,6 +13,8 @@ rule score:
         config=settings("stats", "nulls", "shards.draws"),
         code=code("score"),
     threads: 1
+    resources:
+        gpu=GPU,  # batched scoring runs on `device` (CUDA with auto when present)
     log:
         f"{R}/logs/score/{{layer}}_shard{{cshard}}_draws{{dshard}}.log",
     benchmark:

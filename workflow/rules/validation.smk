@@ -39,6 +39,8 @@ if OR_UNITS:
             config=settings("stats", "nulls", "shards.draws"),
             code=code("score"),
         threads: 1
+        resources:
+            gpu=GPU,  # batched scoring runs on `device` (CUDA with auto when present)
         log:
             f"{R}/logs/score_or_units/{{layer}}_draws{{dshard}}.log",
         conda:

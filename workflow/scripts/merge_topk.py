@@ -1,4 +1,4 @@
 from polypsi.job import run
-from polypsi.mining import merge_topk_stage
+from polypsi.topk import merge_topk_stage
 
 run(snakemake, merge_topk_stage)  # noqa: F821

@@ -25,7 +25,6 @@ forward passes), statistics (paired tests), figures (the bar chart), stage (the 
 
 from .figures import plot_summary
 from .plan import plan_trials, select_channels
-from .run import run_interventions
 from .stage import interventions_stage, interventions_summary_stage
 from .statistics import SUMMARY_COLUMNS, summarize
 from .trial import CONDITIONS, Trial
@@ -34,3 +33,12 @@ __all__ = [
     "CONDITIONS", "SUMMARY_COLUMNS", "Trial", "interventions_stage", "plan_trials", "plot_summary",
     "run_interventions", "select_channels", "summarize", "interventions_summary_stage",
 ]
+
+
+def __getattr__(name):
+    """`run_interventions` on first use: the summary stage (tables only) imports this package without torch."""
+    if name == "run_interventions":
+        from .run import run_interventions  # lazy: imports torch and the model code
+
+        return run_interventions
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

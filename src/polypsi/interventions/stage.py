@@ -7,11 +7,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from ..io import read_json, read_table, write_csv, write_table
-from ..models import extractor, load_model
 from .figures import plot_insert, plot_message, plot_summary
 from .causal import CHANNEL_COLUMNS, agreement, attach, channel_table, cluster_table, with_truth
-from .insert import run_insertions
-from .run import run_interventions
 from .statistics import summarize
 
 if TYPE_CHECKING:  # a stage only reads the job's attributes; polypsi.job is the workflow's side
@@ -24,6 +21,10 @@ def interventions_stage(job: Job) -> None:
     Rows of the two protocols share the table (`protocol`: replace, insert); the insertion rows carry their
     cluster's test and their channel's causal polysemanticity, also written per channel (`output.causal`).
     """
+    from ..models import extractor, load_model  # lazy: torch; the summary stage imports this module too
+    from .insert import run_insertions  # lazy: torch, as above
+    from .run import run_interventions  # lazy: torch, as above
+
     cfg, layer = job.cfg, job.wildcard("layer")
     ic = cfg.interventions
     lg = job.logger("polypsi.interventions")

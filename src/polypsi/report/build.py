@@ -15,9 +15,8 @@ import pyarrow.parquet as pq
 from ..calibration import channels_only
 from ..io import read_json, read_table, write_csv, write_table
 from ..stats import TextBank
-from . import figures, robustness, stats
+from . import robustness, stats
 from .browser import build_browser, causal_records
-from .gallery import gallery_table, pick_channels, plot_gallery
 
 
 def _by_layer(layers: list[str], paths) -> dict[str, pd.DataFrame]:
@@ -96,6 +95,9 @@ def report_stage(job) -> None:
     Inputs psi, null_psi, clusters, patches, k_sensitivity, seed_split (lists in layer order),
     text_head (empty when no second embedder), dataset, geometry; the outputs name every file.
     """
+    from . import figures  # lazy: matplotlib and seaborn, for this stage only (the other report stages draw nothing)
+    from .gallery import gallery_table, pick_channels, plot_gallery  # lazy: matplotlib, as above
+
     cfg, inp, out, log = job.cfg, job.input, job.output, job.logger("polypsi.report")
     layers = list(cfg.model.layers)
     rep = cfg.report

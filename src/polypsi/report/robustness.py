@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..calibration import calibrate
 from ..config import CalibrationConfig, NullConfig, StatsConfig
 from ..runtime import get_logger
-from ..stats import score_channels
-from ..stats.metrics import top2_gaps
 from .stats import ok_rows, spearman
 
 ROBUSTNESS_COLUMNS = ["analysis", "layer", "setting", "reference", "rho", "pvalue", "n", "note"]
@@ -56,6 +53,8 @@ def _no_holdout(cal: CalibrationConfig) -> CalibrationConfig:
 def subset_psi(patches: pd.DataFrame, emb: np.ndarray, text, k: int, stats_cfg: StatsConfig, nulls: NullConfig,
                cal: CalibrationConfig, m: int, layer: str, device="cpu") -> pd.DataFrame:
     """Calibrated scores of every channel from its first k patches, against m null draws."""
+    from ..stats import score_channels  # lazy: torch; the null-seed split (tables only) imports this module too
+
     channels, z, labels, _ = patch_arrays(patches, emb, k)
     scores = score_channels(z, labels, channels, text, list(range(m + 1)), stats_cfg, nulls, layer, device)
     psi, _ = calibrate(scores, m, _no_holdout(cal))
@@ -149,6 +148,10 @@ def cluster_d(patches: pd.DataFrame, emb: np.ndarray, text, gap_level: str, k_ma
     Prototype = unit mean of the members' embeddings; gap = top-1 minus top-2 similarity to the
     concepts (or prompts); D = mean gap over the channel's clusters, as the scorer defines it.
     """
+    import torch  # lazy: the null-seed split (tables only) imports this module too
+
+    from ..stats.metrics import top2_gaps  # lazy: imports torch
+
     channels, z, _, cl = patch_arrays(patches, emb)
     if text.dim != z.shape[-1]:
         raise ValueError(f"patch embeddings have d={z.shape[-1]} but prompt embeddings d={text.dim}; "

@@ -4,8 +4,16 @@
 batched torch scorer or the per-channel scikit-learn reference.
 """
 
-from .score import score_channels
 from .table import CLUSTER_COLUMNS, SCORE_COLUMNS
 from .text import TextBank
 
 __all__ = ["TextBank", "score_channels", "SCORE_COLUMNS", "CLUSTER_COLUMNS"]
+
+
+def __getattr__(name):
+    """`score_channels` on first use: the table stages import TextBank and the columns from here without torch."""
+    if name == "score_channels":
+        from .score import score_channels  # lazy: imports torch, which table-only jobs never need
+
+        return score_channels
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
