@@ -153,7 +153,7 @@ def bare_passes(args, threads: int) -> dict:
             model(x.contiguous(memory_format=torch.channels_last) if fmt else x)
 
     out["forward_per_s"] = n / _timed(forward, batches, device)
-    del model
+    model = None  # freed before the embedder loads (forward is done with it)
 
     cfg = load_config({"embedder": {"name": "ViT-B-32", "pretrained": None}, "device": args.device})
     emb = load_embedder(cfg.embedder, cfg, device)
