@@ -329,7 +329,9 @@ def test_report_files_and_html_report(smoke, tmp_path):
     rob = pd.read_csv(rep / "robustness.csv")
     assert {"k_sensitivity", "null_seeds", "text_head"} <= set(rob["analysis"])
     iv = pd.read_csv(rep / "interventions.csv")
-    assert iv["condition"].tolist() == ["Aligned", "Non-aligned", "Random", "Shuffled-position", "Ablate-elsewhere"]
+    assert iv["protocol"].tolist() == ["replace"] * 5 + ["insert"] * 4
+    assert iv["condition"].tolist() == ["Aligned", "Non-aligned", "Random", "Shuffled-position", "Ablate-elsewhere",
+                                        "Cluster", "Random", "Off-RF", "Ablate"]
     rec = pd.read_csv(rep / "recovery.csv")  # no planted truth in the smoke run: OR-units only
     assert set(rec["truth"]) == {"or_units"} and set(rec["layer"]) == {"layer3", "layer4", "all"}
     assert {"index", "psi", "semanticlens", "monosemanticity"} <= set(rec["score"])

@@ -136,7 +136,7 @@ def test_no_eligible_channel_gives_an_empty_table_and_says_why(tmp_path, monkeyp
 
 def test_replacement_alone_writes_the_table_of_before(tmp_path, monkeypatch):
     """interventions.protocols: [replace] gives the replacement rows only, with the protocol column."""
-    monkeypatch.setattr(stage, "load_model", lambda cfg, device: ColourNet().eval())
+    monkeypatch.setattr(models, "load_model", lambda cfg, device: ColourNet().eval())  # imported by the stage
     case = dict(CASES["colour_world"])
     case["interventions"] = dict(case["interventions"], protocols=["replace"])
     cfg, files = _job_inputs(tmp_path / "in", case)
@@ -149,7 +149,7 @@ def test_replacement_alone_writes_the_table_of_before(tmp_path, monkeypatch):
 
 
 def test_summary_writes_the_causal_table_and_agreement_with_a_truth(tmp_path, monkeypatch):
-    monkeypatch.setattr(stage, "load_model", lambda cfg, device: ColourNet().eval())
+    monkeypatch.setattr(models, "load_model", lambda cfg, device: ColourNet().eval())  # imported by the stage
     case = dict(CASES["colour_world"])
     case["interventions"] = dict(case["interventions"], insert=dict(images=2, donors=2, neutral_quantile=0.5))
     cfg, files = _job_inputs(tmp_path / "in", case)

@@ -19,7 +19,7 @@ def top_list(act: np.ndarray, sites: pd.DataFrame, K: int) -> pd.DataFrame:
 @pytest.mark.parametrize("one_site", [False, True])
 def test_interleave_is_the_top_k_of_the_max_of_quantiles(one_site):
     rng = np.random.default_rng(0)
-    n_img, hw, K = 40, 9, 12
+    n_img, K = 40, 12
     sites = pd.DataFrame([(i, u, v) for i in range(n_img) for u in range(3) for v in range(3)],
                          columns=["image_id", "u", "v"])
     for trial in range(20):

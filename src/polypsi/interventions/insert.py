@@ -47,7 +47,6 @@ from .trial import OK, Donor, Site, Trial, trials_table
 
 log = logging.getLogger("polypsi.interventions")
 
-INSERT_CONDITIONS = ("Cluster", "Random", "Off-RF", "Ablate")
 INSERT_STREAM = 1_000_003  # seeds the insertion's generators apart from the replacement's (seed, channel, rank)
 
 # --------------------------------------------------------------------------- channels, site, images

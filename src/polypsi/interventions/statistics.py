@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .trial import CONDITIONS, OK
+from .trial import CONDITIONS, INSERT_CONDITIONS, OK
 
 SUMMARY_COLUMNS = [
     "protocol", "condition", "n", "mean_delta", "sem", "ci_low", "ci_high", "sd", "n_dropped", "dropped_reasons",
@@ -125,8 +125,6 @@ def summarize_insert(trials: pd.DataFrame, unit: str = "site", confidence: float
     Cluster is the mean over the channel's clusters within each unit; it is tested against each control
     (paired t, Holm over the three controls), as Aligned is in the replacement protocol.
     """
-    from .insert import INSERT_CONDITIONS  # insert imports the runner; only this function needs its names
-
     if unit not in ("site", "channel"):
         raise ValueError(f"unit must be 'site' or 'channel', got {unit!r}")
     key = ["channel", "site_rank"]

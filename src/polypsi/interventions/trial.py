@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 CONDITIONS = ("Aligned", "Non-aligned", "Random", "Shuffled-position", "Ablate-elsewhere")
+INSERT_CONDITIONS = ("Cluster", "Random", "Off-RF", "Ablate")  # the insertion protocol's, in table order
 OK = "ok"
 
 Box = tuple[int, int, int, int]  # y0, x0, y1, x1 in input pixels
