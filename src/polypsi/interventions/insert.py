@@ -42,7 +42,7 @@ from ..config import InterventionConfig
 from ..crops import crop_box, load_image
 from ..runtime import Progress
 from .plan import _donor, _donor_pool, _pick, _unrelated_channels, free_position, region_box, resolve_region_scale
-from .run import _as_extractor, fill_patch, paste
+from .run import _as_extractor, trial_image
 from .trial import OK, Donor, Site, Trial, trials_table
 
 log = logging.getLogger("polypsi.interventions")
@@ -292,13 +292,7 @@ def run_insert(extract: Callable, layer: str, chosen: pd.DataFrame, patches: pd.
             planned[0].site.box if planned else None, len(planned))
 
     def build(t: Trial) -> torch.Tensor:
-        y0, x0, y1, x1 = t.region
-        if t.fill:
-            patch = fill_patch(t.fill, y1 - y0, x1 - x0, mean, t.noise_seed)
-        else:
-            dy0, dx0, dy1, dx1 = t.donor.box
-            patch = image(t.donor.image_id)[:, dy0:dy1, dx0:dx1]
-        return paste(image(t.site.image_id), patch, t.region, cfg.blend_px)
+        return trial_image(t, image, mean, cfg.blend_px)
 
     def key(t: Trial) -> tuple:
         d = t.donor

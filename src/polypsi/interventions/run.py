@@ -68,6 +68,17 @@ def fill_patch(kind: str, h: int, w: int, mean, seed: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- forward passes
 
 
+def trial_image(t: Trial, image: Callable[[int], torch.Tensor], mean, blend_px: int) -> torch.Tensor:
+    """A trial's input: its site's image with the donor's patch (or a fill) pasted over the trial's region."""
+    y0, x0, y1, x1 = t.region
+    if t.fill:
+        patch = fill_patch(t.fill, y1 - y0, x1 - x0, mean, t.noise_seed)
+    else:
+        dy0, dx0, dy1, dx1 = t.donor.box
+        patch = image(t.donor.image_id)[:, dy0:dy1, dx0:dx1]
+    return paste(image(t.site.image_id), patch, t.region, blend_px)
+
+
 def _as_extractor(model_or_extractor, layer: str, mean, std) -> Callable[[torch.Tensor], dict]:
     if isinstance(model_or_extractor, torch.nn.Module):
         return FeatureExtractor(model_or_extractor, [layer], mean, std)
@@ -165,13 +176,7 @@ def run_interventions(model_or_extractor, layer: str, psi: pd.DataFrame, patches
         return load_image(paths[i], input_size)
 
     def build(t: Trial) -> torch.Tensor:
-        y0, x0, y1, x1 = t.region
-        if t.fill:
-            patch = fill_patch(t.fill, y1 - y0, x1 - x0, mean, t.noise_seed)
-        else:
-            dy0, dx0, dy1, dx1 = t.donor.box
-            patch = image(t.donor.image_id)[:, dy0:dy1, dx0:dx1]
-        return paste(image(t.site.image_id), patch, t.region, cfg.blend_px)
+        return trial_image(t, image, mean, cfg.blend_px)
 
     # Jobs: one unmodified image per site ("before"), then one per feasible trial ("after").
     sites: dict[tuple[int, int], Site] = {}

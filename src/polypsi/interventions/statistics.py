@@ -90,32 +90,7 @@ def summarize_replace(trials: pd.DataFrame, unit: str = "site", confidence: floa
         raise ValueError("the trials table has more than one trial per (channel, site_rank, condition)")
     valid = trials[trials["status"] == OK]
     per = {c: valid[valid["condition"] == c].set_index(key)["delta_norm"] for c in CONDITIONS}
-
-    def units(s: pd.Series) -> np.ndarray:
-        return (s.groupby(level="channel").mean() if unit == "channel" else s).to_numpy(float)
-
-    rows = []
-    for cond in CONDITIONS:
-        allc = trials[trials["condition"] == cond]
-        dropped = allc.loc[allc["status"] != OK, "status"].str.split(":").str[0].value_counts()
-        m, sd, sem, lo, hi = _mean_ci(units(per[cond]), confidence)
-        row = dict(condition=cond, n=len(units(per[cond])), mean_delta=m, sem=sem, ci_low=lo, ci_high=hi, sd=sd,
-                   n_dropped=int(dropped.sum()), dropped_reasons="; ".join(f"{k}={v}" for k, v in dropped.items()),
-                   unit=unit)
-        if cond != "Aligned":
-            pairs = pd.concat([per["Aligned"].rename("a"), per[cond].rename("b")], axis=1, join="inner")
-            if unit == "channel":
-                pairs = pairs.groupby(level="channel").mean()
-            row.update(paired_test(pairs["a"].to_numpy(), pairs["b"].to_numpy(), confidence))
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    for col in SUMMARY_COLUMNS:
-        if col not in out:
-            out[col] = np.nan
-    out["pvalue_holm"] = holm(out["pvalue"].tolist())
-    out["n_pairs"] = out["n_pairs"].astype("Int64")
-    out["protocol"] = "replace"
-    return out[SUMMARY_COLUMNS]
+    return _summary_rows(trials, per, CONDITIONS, "Aligned", "replace", unit, confidence)
 
 
 def summarize_insert(trials: pd.DataFrame, unit: str = "site", confidence: float = 0.95) -> pd.DataFrame:
@@ -130,20 +105,28 @@ def summarize_insert(trials: pd.DataFrame, unit: str = "site", confidence: float
     key = ["channel", "site_rank"]
     valid = trials[trials["status"] == OK]
     per = {c: valid[valid["condition"] == c].groupby(key)["delta_norm"].mean() for c in INSERT_CONDITIONS}
+    return _summary_rows(trials, per, INSERT_CONDITIONS, "Cluster", "insert", unit, confidence)
+
+
+def _summary_rows(trials: pd.DataFrame, per: dict[str, pd.Series], conditions, reference: str, protocol: str,
+                  unit: str, confidence: float) -> pd.DataFrame:
+    """One row per condition: mean normalised delta with its CI, dropped trials with their reasons, and the
+    paired test of `reference` against every other condition (Holm over them). per: condition -> the
+    (channel, site_rank)-indexed deltas of its valid trials."""
 
     def units(s: pd.Series) -> np.ndarray:
         return (s.groupby(level="channel").mean() if unit == "channel" else s).to_numpy(float)
 
     rows = []
-    for cond in INSERT_CONDITIONS:
+    for cond in conditions:
         allc = trials[trials["condition"] == cond]
         dropped = allc.loc[allc["status"] != OK, "status"].str.split(":").str[0].value_counts()
         m, sd, sem, lo, hi = _mean_ci(units(per[cond]), confidence)
-        row = dict(protocol="insert", condition=cond, n=len(units(per[cond])), mean_delta=m, sem=sem, ci_low=lo,
+        row = dict(protocol=protocol, condition=cond, n=len(units(per[cond])), mean_delta=m, sem=sem, ci_low=lo,
                    ci_high=hi, sd=sd, n_dropped=int(dropped.sum()),
                    dropped_reasons="; ".join(f"{k}={v}" for k, v in dropped.items()), unit=unit)
-        if cond != "Cluster":
-            pairs = pd.concat([per["Cluster"].rename("a"), per[cond].rename("b")], axis=1, join="inner")
+        if cond != reference:
+            pairs = pd.concat([per[reference].rename("a"), per[cond].rename("b")], axis=1, join="inner")
             if unit == "channel":
                 pairs = pairs.groupby(level="channel").mean()
             row.update(paired_test(pairs["a"].to_numpy(), pairs["b"].to_numpy(), confidence))
