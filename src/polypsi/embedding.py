@@ -21,7 +21,7 @@ import torch
 from . import sources
 from .config import Config, EmbedderConfig
 from .crops import extract_crops
-from .croptable import CROP_COLUMNS, crop_shard, distinct_crops, patch_embeddings
+from .croptable import CROP_COLUMNS, crop_shard, distinct_crops
 from .errors import EmbedderLoadError
 from .io import read_json, read_table, write_table
 from .models import host_resolves
@@ -201,25 +201,6 @@ def embed_crops(embedder: Embedder, paths: list[str], boxes: np.ndarray, input_s
 
 def _image_paths(dataset: pd.DataFrame, image_ids) -> list[str]:
     return dataset.set_index("image_id").loc[np.asarray(image_ids), "path"].tolist()
-
-
-def embed_patches(emb_cfg: EmbedderConfig, cfg: Config, topk: pd.DataFrame, dataset: pd.DataFrame,
-                  geometry: dict, layer: str, channels: np.ndarray, device, log=None) -> tuple[pd.DataFrame, np.ndarray]:
-    """CLIP embeddings of the crops of `channels`' top-K sites in one call; each distinct crop is embedded once.
-
-    Returns the (channel, rank) rows and their embeddings [n, d]. The workflow splits the same work
-    into jobs by distinct crops (`embed_crop_shard`, then `polypsi.croptable.patch_embeddings`).
-    """
-    log = log or get_logger("polypsi.embed")
-    geom, size = geometry["layers"][layer], geometry["input_size"]
-    rows = topk[topk["channel"].isin(channels)]
-    crops = distinct_crops(rows, geom, size)
-    log.info("layer %s: %d channels, %d patches, %d distinct crops (side %d px)",
-             layer, len(channels), len(rows), len(crops), geom["crop"])
-    embedder = load_embedder(emb_cfg, cfg, device)
-    z = embed_crops(embedder, _image_paths(dataset, crops["image_id"]), crops[CROP_COLUMNS[1:]].to_numpy(), size,
-                    emb_cfg.batch_size, log)
-    return patch_embeddings(topk, channels, geom, size, crops, z)
 
 
 def embed_crop_shard(emb_cfg: EmbedderConfig, cfg: Config, topk: pd.DataFrame, dataset: pd.DataFrame,

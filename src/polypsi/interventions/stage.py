@@ -9,7 +9,7 @@ import pandas as pd
 from ..io import read_json, read_table, write_csv, write_table
 from .figures import plot_insert, plot_message, plot_summary
 from .causal import CHANNEL_COLUMNS, agreement, attach, channel_table, cluster_table, with_truth
-from .statistics import summarize
+from .statistics import protocol_of, summarize
 
 if TYPE_CHECKING:  # a stage only reads the job's attributes; polypsi.job is the workflow's side
     from ..job import Job
@@ -29,9 +29,8 @@ def interventions_stage(job: Job) -> None:
     ic = cfg.interventions
     lg = job.logger("polypsi.interventions")
     device = job.device
-    patches = read_table(job.input.patches)
-    embeddings = patches["embedding"] if "embedding" in patches else None
-    patches = patches.drop(columns=[c for c in ("embedding",) if c in patches])  # not needed by replacement
+    with_emb = read_table(job.input.patches)  # insertion picks donors near the clusters' prototypes
+    patches = with_emb.drop(columns=["embedding"], errors="ignore")  # not needed by replacement
     model = load_model(cfg, device)
     fx, pre = extractor(model, cfg, [layer], precision="fp32")  # interventions measure small changes: fp32
     lg.info("model loaded on %s; layer %s; settings %s", device, layer, ic.model_dump())
@@ -44,7 +43,6 @@ def interventions_stage(job: Job) -> None:
         parts.append(trials)
     clusters = channels = None
     if "insert" in ic.protocols:
-        with_emb = patches if embeddings is None else patches.assign(embedding=embeddings.to_numpy())
         ins, sig = run_insertions(fx, layer, psi, with_emb, dataset, geometry, ic, device, pre.input_size,
                              pre.mean, pre.std, logger=lg)
         sizes = patches.groupby(["channel", "cluster"]).size()
@@ -77,7 +75,7 @@ def interventions_summary_stage(job: Job) -> None:
     lg = job.logger("polypsi.interventions")
     trials = read_table(job.input.trials)
     summary = summarize(trials, unit=unit, confidence=confidence)
-    protocol = trials["protocol"] if "protocol" in trials else pd.Series("replace", index=trials.index)
+    protocol = protocol_of(trials)
     replace, insert = trials[protocol == "replace"], trials[protocol == "insert"]
     if replace.empty:
         reason = NO_TRIALS if "replace" in job.cfg.interventions.protocols else NOT_RUN.format("replace")

@@ -61,12 +61,17 @@ def holm(pvalues: list[float]) -> list[float]:
     return out.tolist()
 
 
+def protocol_of(trials: pd.DataFrame) -> pd.Series:
+    """Each trial's protocol; a table without a `protocol` column is a replacement table (written before insertion)."""
+    return trials["protocol"] if "protocol" in trials else pd.Series("replace", index=trials.index)
+
+
 def summarize(trials: pd.DataFrame, unit: str = "site", confidence: float = 0.95) -> pd.DataFrame:
     """One row per condition of each protocol in the table: `summarize_replace`, then `summarize_insert`.
 
     A table without a `protocol` column is a replacement table (written before insertion existed).
     """
-    protocol = trials["protocol"] if "protocol" in trials else pd.Series("replace", index=trials.index)
+    protocol = protocol_of(trials)
     parts = [summarize_replace(trials[protocol == "replace"], unit, confidence)]
     if (protocol == "insert").any():
         parts.append(summarize_insert(trials[protocol == "insert"], unit, confidence))
