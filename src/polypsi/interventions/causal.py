@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy import stats
+from scipy.sparse.csgraph import connected_components
 
 from .statistics import holm, paired_test
 from .trial import OK
@@ -94,20 +95,11 @@ def cluster_table(insert: pd.DataFrame, alpha: float, min_effect: float, confide
                 b = int(np.nanargmax(cos[a]))
                 out.loc[i, ["similar_cluster", "similarity"]] = [ks[b], cos[a, b]]
         # causes: connected components of the driving clusters linked by cosine >= same_cause
-        drive = [a for a, i in enumerate(g.index) if out.at[i, "drives"]]
-        label: dict[int, int] = {}
-        for a in drive:
-            if a in label:
-                continue
-            label[a], stack = len(set(label.values())), [a]
-            while stack:
-                x = stack.pop()
-                for y in drive:
-                    if y not in label and np.isfinite(cos[x, y]) and cos[x, y] >= same_cause:
-                        label[y] = label[a]
-                        stack.append(y)
-        for a, lab in label.items():
-            out.loc[g.index[a], "cause"] = lab
+        drive = np.flatnonzero(out.loc[g.index, "drives"].to_numpy())
+        if len(drive):
+            linked = np.nan_to_num(cos[np.ix_(drive, drive)], nan=-np.inf) >= same_cause
+            _, label = connected_components(linked, directed=False)  # numbered in order of their first cluster
+            out.loc[g.index[drive], "cause"] = label
     out["similar_cluster"] = out["similar_cluster"].astype(int)
     return out[CLUSTER_COLUMNS].reset_index(drop=True)
 
