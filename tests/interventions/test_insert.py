@@ -101,3 +101,17 @@ def test_select_insert_channels_spreads_over_the_index():
     patches = pd.DataFrame(dict(channel=range(10)))
     assert select_insert_channels(psi, patches, 4)["channel"].tolist() == [9, 6, 3, 0]
     assert len(select_insert_channels(psi, patches, None)) == 10
+
+
+def test_prototype_order_puts_shifted_donors_last():
+    """Members nearest the prototype come first, but one whose square must be shifted at its image border
+    (its content would land away from the measured site) goes after every aligned member."""
+    from polypsi.interventions.insert import prototype_order
+
+    emb = [np.array([1.0, 0.0]), np.array([0.9, 0.1]), np.array([0.0, 1.0]), np.array([0.95, 0.05])]
+    members = pd.DataFrame({"rank": [0, 1, 2, 3], "embedding": emb})
+    assert prototype_order(members)["rank"].tolist() == [1, 3, 0, 2]
+    shifted = np.array([False, True, False, False])
+    assert prototype_order(members, shifted)["rank"].tolist() == [3, 0, 2, 1]
+    # without embeddings: by rank, shifted members last
+    assert prototype_order(members.drop(columns="embedding"), shifted)["rank"].tolist() == [0, 2, 3, 1]
