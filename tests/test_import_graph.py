@@ -100,8 +100,8 @@ def test_module_file_resolves_packages_and_modules():
 
 # Workflow scripts whose stage reads and writes tables only: their jobs must start without torch or open_clip
 # (2-8 s of start-up each). Heavy imports are function-local (`# lazy:`) where a module serves both kinds of job.
-TABLE_ONLY_SCRIPTS = ["merge_topk", "seed_split", "interventions_summary", "or_units", "index_dataset", "recovery",
-                      "ground_truth", "planted_units", "render_images", "download_tiny_imagenet"]
+TABLE_ONLY_SCRIPTS = ["merge_topk", "seed_split", "k_sensitivity", "interventions_summary", "or_units", "index_dataset",
+                      "recovery", "ground_truth", "planted_units", "render_images", "download_tiny_imagenet"]
 
 
 @pytest.mark.parametrize("script", TABLE_ONLY_SCRIPTS)

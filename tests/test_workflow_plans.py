@@ -57,8 +57,43 @@ def test_paper_setup_plans_every_rule_over_its_shards(tmp_path, overlay):
     shards = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["shards"]
     assert counts["download_tiny_imagenet"] == 1 and counts["mine_topk"] == shards["images"]
     assert counts["embed_patches"] == 2 * shards["channels"] and counts["score"] == 2 * shards["channels"] * shards["draws"]
+    assert counts["k_scores"] == counts["score"] and counts["k_sensitivity"] == 2
     for rule in ("geometry", "index_dataset", "embed_prompts", "merge_topk", "calibrate", "report", "interventions"):
         assert counts.get(rule, 0) >= 1, rule
+
+
+def test_k_scores_are_sharded_like_the_scoring(tmp_path):
+    """k_scores plans one job per score job (layer x channel shard x draw shard) with the same inputs; k_sensitivity
+    reads all of its layer's k_scores and scores, and needs no calibrate."""
+    (tmp_path / "shards.yaml").write_text(yaml.safe_dump({"shards": {"channels": 2, "draws": 3},
+                                                          "report": {"k_sensitivity_draws": 4}}))
+    layers = ["layer3", "layer4"]
+    p = snakemake(tmp_path, "-n", *[f"results/smoke/report/robustness/k_sensitivity_{l}.parquet" for l in layers],
+                  "--configfile", str(ROOT / "config" / "smoke.yaml"), str(tmp_path / "shards.yaml"))
+    jobs, job = {}, None
+    for line in p.stdout.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            job = {"rule": line.split()[-1].rstrip(":")}
+        elif job is not None and line.strip().startswith(("input:", "output:")):
+            key, value = line.strip().split(":", 1)
+            job[key] = [f.strip() for f in value.split(",")]
+            if key == "output":
+                jobs[job["output"][0]] = job
+    by_rule = {}
+    for j in jobs.values():
+        by_rule.setdefault(j["rule"], []).append(j)
+    shards = [(l, c, d) for l in layers for c in range(2) for d in range(3)]
+    want = {f"results/smoke/k_scores/{l}/shard{c}/draws{d}.parquet" for l, c, d in shards}
+    assert {j["output"][0] for j in by_rule["k_scores"]} == want
+    for l, c, d in shards:
+        score = jobs[f"results/smoke/scores/{l}/shard{c}/draws{d}.parquet"]
+        assert jobs[f"results/smoke/k_scores/{l}/shard{c}/draws{d}.parquet"]["input"] == score["input"]
+    for l in layers:
+        (ks,) = [j for j in by_rule["k_sensitivity"] if j["output"] == [f"results/smoke/report/robustness/"
+                                                                        f"k_sensitivity_{l}.parquet"]]
+        mine = {f for f in want | {f.replace("/k_scores/", "/scores/") for f in want} if f"/{l}/" in f}
+        assert mine <= set(ks["input"]) and not [f for f in ks["input"] if "/k_scores/" in f and f not in mine]
+    assert "calibrate" not in by_rule
 
 
 def test_unknown_layer_is_rejected_by_name_before_any_job(tmp_path):
@@ -117,8 +152,9 @@ def _rules_on_the_device():
 def test_jobs_that_may_use_cuda_declare_the_gpu(tmp_path, device):
     """Every job that may run on CUDA declares gpu=1 (device auto or cuda); with device cpu no job declares it."""
     may_use_cuda = _rules_on_the_device()
-    assert {"mine_topk", "embed_patches", "embed_prompts", "score", "score_or_units", "k_sensitivity",
+    assert {"mine_topk", "embed_patches", "embed_prompts", "score", "score_or_units", "k_scores",
             "neuron_embeddings", "interventions"} <= may_use_cuda
+    assert "k_sensitivity" not in may_use_cuda  # tables only since its scoring moved to k_scores
     p = snakemake(tmp_path, "-n", "--config", f"device={device}")  # the paper's setup: every rule but text_head
     gpu, rule = {}, None
     for line in p.stdout.splitlines():

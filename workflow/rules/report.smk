@@ -1,6 +1,7 @@
 # Report: the paper's tables and figures (results/<run>/report/), robustness analyses and the neuron browser.
 # Every figure and table is marked with report(...) so `snakemake --report report.html` collects it.
-# The costly re-scoring (K sensitivity) and the null-seed split run per layer in their own jobs.
+# The costly re-scoring of K sensitivity runs in shards like the scoring (k_scores); its calibration and the
+# null-seed split are table-only jobs per layer.
 
 REPORT = f"{R}/report"
 
@@ -8,19 +9,51 @@ REPORT = f"{R}/report"
 report: f"{CAPTIONS}/workflow.rst"
 
 
-rule k_sensitivity:
+rule k_scores:
+    # Raw scores of each channel's first k patches, sharded like rule score (k < K: k = K is the run's own scores).
     input:
-        patches=f"{R}/patches/{{layer}}.parquet",
+        topk=f"{R}/topk/{{layer}}.parquet",
+        embeddings=f"{R}/embeddings/{{layer}}/shard{{cshard}}.parquet",
+        dataset=f"{R}/dataset.parquet",
         prompts=f"{R}/prompts/text.parquet",
     output:
-        table=f"{REPORT}/robustness/k_sensitivity_{{layer}}.parquet",
+        scores=f"{R}/k_scores/{{layer}}/shard{{cshard}}/draws{{dshard}}.parquet",
     params:
-        # Only the two report keys it uses: a gallery or browser setting must not redo this costly job.
-        config=settings("report.k_values", "report.k_sensitivity_draws", "stats", "nulls", "calibration"),
-        code=code("k_sensitivity"),
+        # Only the report keys it uses: a gallery or browser setting must not redo this costly job.
+        config=settings("report.k_values", "report.k_sensitivity_draws", "stats", "nulls", "shards.draws"),
+        code=code("k_scores"),
     threads: 1
     resources:
         gpu=GPU,  # batched scoring runs on `device` (CUDA with auto when present)
+    log:
+        f"{R}/logs/k_scores/{{layer}}_shard{{cshard}}_draws{{dshard}}.log",
+    benchmark:
+        f"{R}/benchmarks/k_scores/{{layer}}_shard{{cshard}}_draws{{dshard}}.tsv"
+    conda:
+        "../envs/polypsi.yaml"
+    script:
+        script_path("k_scores")
+
+
+rule k_sensitivity:
+    # Tables only: calibrates the k_scores shards, and the run's own scores at the mined K.
+    input:
+        k_scores=expand(
+            f"{R}/k_scores/{{{{layer}}}}/shard{{cshard}}/draws{{dshard}}.parquet",
+            cshard=CHANNEL_SHARDS,
+            dshard=DRAW_SHARDS,
+        ),
+        scores=expand(
+            f"{R}/scores/{{{{layer}}}}/shard{{cshard}}/draws{{dshard}}.parquet",
+            cshard=CHANNEL_SHARDS,
+            dshard=DRAW_SHARDS,
+        ),
+        topk=f"{R}/topk/{{layer}}.parquet",
+    output:
+        table=f"{REPORT}/robustness/k_sensitivity_{{layer}}.parquet",
+    params:
+        config=settings("report.k_values", "report.k_sensitivity_draws", "stats.k_max", "nulls.m", "calibration"),
+        code=code("k_sensitivity"),
     log:
         f"{R}/logs/report/k_sensitivity_{{layer}}.log",
     benchmark:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from ..calibration import channels_only
 from ..io import read_json, read_table, write_csv, write_table
-from ..stats import TextBank
+from ..stats import SCORE_COLUMNS, TextBank
 from . import robustness, stats
 from .browser import build_browser, causal_records
 
@@ -43,14 +43,32 @@ def _text_bank(path):
     return TextBank.from_table(*read_table(path, embedding="embedding"))
 
 
+def _raw_scores(paths) -> pd.DataFrame | None:
+    """The score columns calibration reads (and `k` where present) of score tables, empty ones left out."""
+    parts = []
+    for p in paths:
+        names = pq.read_schema(p).names
+        t = pd.read_parquet(p, columns=[c for c in [*SCORE_COLUMNS, "k"] if c in names])
+        if len(t):  # an empty shard's float columns would turn the others' integer ones to float
+            parts.append(t)
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
 def k_sensitivity_stage(job) -> None:
-    """Rule k_sensitivity: PSI of every channel from its first k patches, for each k in report.k_values."""
-    cfg, layer = job.cfg, job.wildcard("layer")
-    patches, emb = read_table(job.input.patches, embedding="embedding")
-    res = robustness.k_sensitivity(patches, emb, _text_bank(job.input.prompts), list(cfg.report.k_values), cfg.stats,
-                                   cfg.nulls, cfg.calibration, cfg.report.k_sensitivity_draws, layer, job.device,
-                                   job.logger("polypsi.report"))
-    write_table(res, job.output.table)
+    """Rule k_sensitivity: PSI of every channel from its first k patches, for each k in report.k_values.
+
+    Tables only: the raw scores of k < K come from the k_scores shards; those at the mined K (in
+    report.k_values, or the control when m < nulls.m) are the run's own scores of draws 0..m, the
+    same numbers a re-scoring would give (every draw is seeded per channel and draw).
+    """
+    cfg, layer, log = job.cfg, job.wildcard("layer"), job.logger("polypsi.report")
+    m = robustness.k_draws(cfg.report.k_sensitivity_draws, cfg.nulls)
+    K = robustness.mined_k(pd.read_parquet(job.input.topk, columns=["channel"]))
+    ks = robustness.k_table_ks(cfg.report.k_values, K, cfg.stats, cfg.nulls, m, layer, log)
+    subsets = _raw_scores(job.input.k_scores) if any(k < K for k in ks) else None
+    full = _raw_scores(job.input.scores) if K in ks else None
+    log.info("layer %s: k %s (mined K=%d) calibrated against %d null draws", layer, ks, K, m)
+    write_table(robustness.k_sensitivity_table(subsets, full, ks, K, m, cfg.calibration), job.output.table)
 
 
 def seed_split_stage(job) -> None:

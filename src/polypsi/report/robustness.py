@@ -16,6 +16,7 @@ import pandas as pd
 from ..calibration import calibrate
 from ..config import CalibrationConfig, NullConfig, StatsConfig
 from ..runtime import get_logger
+from ..stats import SCORE_COLUMNS
 from .stats import ok_rows, spearman
 
 ROBUSTNESS_COLUMNS = ["analysis", "layer", "setting", "reference", "rho", "pvalue", "n", "note"]
@@ -61,32 +62,101 @@ def subset_psi(patches: pd.DataFrame, emb: np.ndarray, text, k: int, stats_cfg: 
     return psi
 
 
-def k_sensitivity(patches: pd.DataFrame, emb: np.ndarray, text, k_values: list[int], stats_cfg: StatsConfig,
-                  nulls: NullConfig, cal: CalibrationConfig, m: int | None, layer: str, device="cpu",
-                  log=None) -> pd.DataFrame:
-    """Long table (k, m, channel, psi, hats, status) of the re-scored subsets.
+def mined_k(topk: pd.DataFrame) -> int:
+    """K: the patches mined per channel (rows per channel of the top-K or patches table)."""
+    return int(topk.groupby("channel").size().max()) if len(topk) else 0
 
-    When m < nulls.m, the full K is also re-scored with m draws: comparing it with the run's own
-    PSI shows how much of the rank change comes from the smaller null sample rather than from k.
-    """
-    log = log or get_logger("polypsi.report")
+
+def k_draws(m: int | None, nulls: NullConfig) -> int:
+    """The null draws of the K-sensitivity analysis: report.k_sensitivity_draws, or nulls.m when unset."""
     m = nulls.m if m is None else int(m)
     if not 3 <= m <= nulls.m:
         raise ValueError(f"report.k_sensitivity_draws={m} must lie in 3..nulls.m ({nulls.m})")
-    K = int(patches.groupby("channel").size().max())
+    return m
+
+
+def k_table_ks(k_values: list[int], K: int, stats_cfg: StatsConfig, nulls: NullConfig, m: int, layer: str = "",
+               log=None) -> list[int]:
+    """The k of the K-sensitivity table's rows, ascending: report.k_values, plus the mined K (the control)
+    when m < nulls.m, without the k that cannot be clustered (k <= stats.k_max)."""
     ks = sorted(set(int(k) for k in k_values) | ({K} if m < nulls.m else set()))
+    over = [k for k in ks if k > K]
+    if over:
+        raise ValueError(f"K-sensitivity k={over[0]} exceeds the {K} mined patches per channel; lower report.k_values")
+    for k in ks:
+        if k <= stats_cfg.k_max and log is not None:
+            log.info("layer %s: k=%d skipped (needs k > stats.k_max=%d)", layer, k, stats_cfg.k_max)
+    return [k for k in ks if k > stats_cfg.k_max]
+
+
+def k_subset_scores(z: np.ndarray, labels: np.ndarray, channels: np.ndarray, text, ks: list[int], draws: list[int],
+                    stats_cfg: StatsConfig, nulls: NullConfig, layer: str, device="cpu", activations=None,
+                    log=None, progress: bool = False) -> pd.DataFrame:
+    """Raw scores (score_channels' rows plus `k`) of every channel's first k patches, for each k and the given draws.
+
+    z [n, K, d], labels [n, K] and activations [n, K] (optional: they only weigh the index's contrast)
+    hold each channel's patches in rank order, so its first k patches are ranks 0..k-1. Draws are
+    seeded per (nulls.seed, layer, channel, draw): any split of channels or draws gives the same rows.
+    """
+    if not (ks and draws and len(channels)):  # e.g. a draw shard with no draw up to m
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in [*SCORE_COLUMNS, "k"]})
+    from ..stats import score_channels  # lazy: torch; the null-seed split (tables only) imports this module too
+
     frames = []
     for k in ks:
-        if k <= stats_cfg.k_max:
-            log.info("layer %s: k=%d skipped (needs k > stats.k_max=%d)", layer, k, stats_cfg.k_max)
-            continue
-        log.info("layer %s: scoring the first %d patches of every channel, %d null draws", layer, k, m)
-        psi = subset_psi(patches, emb, text, k, stats_cfg, nulls, cal, m, layer, device)
+        if log is not None:
+            log.info("layer %s: scoring the first %d patches of %d channels, draws %s", layer, k, len(channels), draws)
+        act = None if activations is None else np.ascontiguousarray(activations[:, :k])
+        s = score_channels(np.ascontiguousarray(z[:, :k]), np.ascontiguousarray(labels[:, :k]), channels, text, draws,
+                           stats_cfg, nulls, layer, device, progress=progress, activations=act)
+        frames.append(s.assign(k=k))
+    return pd.concat(frames, ignore_index=True)
+
+
+def k_sensitivity_table(subsets: pd.DataFrame | None, full: pd.DataFrame | None, ks: list[int], K: int, m: int,
+                        cal: CalibrationConfig) -> pd.DataFrame:
+    """Long table (k, m, channel, psi, hats, status): for each k of `ks`, PSI calibrated against null draws 1..m.
+
+    subsets: raw scores with a `k` column (k_subset_scores) of every k < K; full: raw scores at the
+    mined K (the run's own scores/ hold them), needed when K is in ks. Rows of draws above m are ignored.
+    """
+    frames = []
+    for k in ks:
+        raw = full if k == K else (subsets[subsets["k"] == k] if subsets is not None else None)
+        if raw is None or raw.empty:
+            raise ValueError(f"K-sensitivity: no raw scores for k={k}" + ("" if k == K else "; rerun k_scores"))
+        psi, _ = calibrate(raw[raw["draw"] <= m], m, _no_holdout(cal))
         cols = [c for c in ["channel", "S", "Q", "D", "S_hat", "Q_hat", "D_hat", "psi", "log_psi", "k_hat", "status"]
                 if c in psi.columns]
         frames.append(psi[cols].assign(k=k, m=m))
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["k", "m", "channel", "psi"])
-    return out
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["k", "m", "channel", "psi"])
+
+
+def k_sensitivity(patches: pd.DataFrame, emb: np.ndarray, text, k_values: list[int], stats_cfg: StatsConfig,
+                  nulls: NullConfig, cal: CalibrationConfig, m: int | None, layer: str, device="cpu",
+                  log=None) -> pd.DataFrame:
+    """Long table (k, m, channel, psi, hats, status) of the re-scored subsets, in one process.
+
+    When m < nulls.m, the full K is also re-scored with m draws: comparing it with the run's own
+    PSI shows how much of the rank change comes from the smaller null sample rather than from k.
+    The workflow computes the same table in shards (rules k_scores and k_sensitivity), taking the
+    rows at the mined K from the run's own scores.
+    """
+    from ..stats import score_channels  # lazy: torch; the null-seed split (tables only) imports this module too
+
+    log = log or get_logger("polypsi.report")
+    m = k_draws(m, nulls)
+    channels, z, labels, _ = patch_arrays(patches, emb)
+    K = z.shape[1]
+    ks = k_table_ks(k_values, K, stats_cfg, nulls, m, layer, log)
+    draws = list(range(m + 1))
+    subsets = k_subset_scores(z, labels, channels, text, [k for k in ks if k < K], draws, stats_cfg, nulls, layer,
+                              device, log=log)
+    full = None
+    if K in ks:
+        log.info("layer %s: scoring all %d patches of every channel, %d null draws", layer, K, m)
+        full = score_channels(z, labels, channels, text, draws, stats_cfg, nulls, layer, device)
+    return k_sensitivity_table(subsets, full, ks, K, m, cal)
 
 
 def k_sensitivity_rows(layer: str, subsets: pd.DataFrame, psi: pd.DataFrame, k_values: list[int], K: int,
