@@ -162,11 +162,15 @@ def test_key_table_shows_the_values_a_run_gets():
 def test_image_shards_fit_the_number_of_images():
     from polypsi.config import fit_image_shards, planned_images
 
-    small = load_config({"data": {"source": "synthetic", "synthetic": {"n_images": 48}}, "shards": {"images": 8}})
+    small = load_config({"data": {"source": "synthetic", "synthetic": {"n_images": 48}},
+                         "shards": {"images": 8, "min_images": 16}})
     fitted, note = fit_image_shards(small)
     assert fitted.shards.images == 3 and small.shards.images == 8  # 48 // 16; the input is left alone
     assert "shards.images 8 -> 3" in note and "shards.min_images = 16" in note and "48 images" in note
     assert fit_image_shards(load_config({"shards": {"images": 8}}))[1] is None  # Tiny-ImageNet val: 10,000
+    # by default a shard holds at least 256 images (a few mining batches per model load)
+    assert fit_image_shards(load_config({"data": {"source": "synthetic", "synthetic": {"n_images": 600}},
+                                         "shards": {"images": 8}}))[0].shards.images == 2
     assert planned_images(load_config({"data": {"source": "imagefolder"}})) is None  # not counted when planning
     folder, _ = fit_image_shards(
         load_config({"data": {"source": "imagefolder", "max_images": 40}, "shards": {"images": 8, "min_images": 10}})

@@ -15,6 +15,17 @@ def test_every_item_is_in_exactly_one_shard():
     assert sorted(sum((draws_of(s, 4, 6) for s in range(4)), [])) == list(range(7))
 
 
+def test_shards_of_whole_batches():
+    """With a batch size, every block but the last holds whole batches (no job pads a short batch but the last)."""
+    df = pd.DataFrame({"image_id": range(23)})
+    for n in (1, 2, 3, 5, 8):
+        parts = [shard_rows(df, s, n, 4) for s in range(n)]
+        assert pd.concat(parts).equals(df)
+        assert all(len(p) % 4 == 0 for p in parts[:-1]) and sum(map(len, parts)) == 23
+    assert [len(shard_rows(df, s, 3, 4)) for s in range(3)] == [8, 8, 7]
+    assert [len(shard_rows(df, s, 3)) for s in range(3)] == [8, 7, 8]  # unit 1: as before
+
+
 def test_a_short_batch_is_padded_with_its_last_row():
     x = torch.arange(6.0).view(3, 2)
     padded = full_batch(x, 5)

@@ -343,9 +343,10 @@ class ShardConfig(_Section):
     )
     draws: int = Field(1, ge=1, description="Jobs the M+1 scoring draws (real + nulls) are split into.")
     min_images: int = Field(
-        16, ge=1,
+        256, ge=1,
         description="Image shards are capped so that each holds at least this many images, where the image count "
-        "is known when the run is planned (generated data, the planted world, Tiny-ImageNet, data.max_images).",
+        "is known when the run is planned (generated data, the planted world, Tiny-ImageNet, data.max_images): "
+        "a mining job pays a process start, a model load and a warm-up pass, worth it for a few batches at least.",
     )
 
 

@@ -37,9 +37,10 @@ def distinct_crops(topk: pd.DataFrame, geom: dict, input_size: int) -> pd.DataFr
     return site_crops(topk, geom, input_size).drop_duplicates().sort_values(CROP_COLUMNS).reset_index(drop=True)
 
 
-def crop_shard(crops: pd.DataFrame, shard: int, n_shards: int) -> pd.DataFrame:
-    """Contiguous block `shard` of `n_shards` of the distinct crops (an image's crops stay mostly in one job)."""
-    return shard_rows(crops, shard, n_shards).reset_index(drop=True)
+def crop_shard(crops: pd.DataFrame, shard: int, n_shards: int, batch_size: int = 1) -> pd.DataFrame:
+    """Contiguous block `shard` of `n_shards` of the distinct crops (an image's crops stay mostly in one job),
+    of whole embedder batches but for the last block."""
+    return shard_rows(crops, shard, n_shards, batch_size).reset_index(drop=True)
 
 
 def patch_embeddings(topk: pd.DataFrame, channels: np.ndarray, geom: dict, input_size: int,

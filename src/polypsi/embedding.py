@@ -210,7 +210,7 @@ def embed_crop_shard(emb_cfg: EmbedderConfig, cfg: Config, topk: pd.DataFrame, d
     log = log or get_logger("polypsi.embed")
     geom, size = geometry["layers"][layer], geometry["input_size"]
     every = distinct_crops(topk, geom, size)
-    crops = crop_shard(every, shard, n_shards)
+    crops = crop_shard(every, shard, n_shards, emb_cfg.batch_size)
     n_sites = len(topk[["image_id", "u", "v"]].drop_duplicates())
     log.info("layer %s, crop shard %d of %d: %d of the layer's %d distinct crops (%d patches at %d distinct sites, "
              "%d channels; side %d px)", layer, shard, n_shards, len(crops), len(every), len(topk), n_sites,

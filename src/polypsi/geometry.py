@@ -709,4 +709,5 @@ def _fmt(x) -> str:
 
 def geometry_stage(job) -> None:
     """Rule geometry: stride, centre offset and crop side of every analysed layer, and whether to trust them."""
-    write_json(measure_geometry(build_model(job.cfg), job.cfg, logger=job.logger()), job.output.geometry)
+    write_json(measure_geometry(build_model(job.cfg).to(job.device), job.cfg, logger=job.logger()),
+               job.output.geometry)

@@ -121,7 +121,7 @@ def mine_shard(cfg: Config, dataset: pd.DataFrame, shard: int, device, workers: 
     if why:
         raise StageError(why)
     n_shards = cfg.shards.images
-    rows = shard_rows(dataset, shard, n_shards)
+    rows = shard_rows(dataset, shard, n_shards, cfg.mining.batch_size)
     model = load_model(cfg, device)
     fx, pre = extractor(model, cfg)
     loader = torch.utils.data.DataLoader(

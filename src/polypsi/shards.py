@@ -9,9 +9,14 @@ import numpy as np
 import pandas as pd
 
 
-def shard_rows(df: pd.DataFrame, shard: int, n_shards: int) -> pd.DataFrame:
-    """Contiguous block `shard` of `n_shards` (image ids stay ascending inside a shard)."""
-    bounds = np.linspace(0, len(df), n_shards + 1).round().astype(int)
+def shard_rows(df: pd.DataFrame, shard: int, n_shards: int, unit: int = 1) -> pd.DataFrame:
+    """Contiguous block `shard` of `n_shards` (image ids stay ascending inside a shard).
+
+    With `unit` (a job's batch size), blocks hold whole units but for the last one: every batch runs padded
+    to full size (`full_batch`), so a block ending in a short batch would pay for rows it does not use.
+    """
+    units = -(-len(df) // max(1, unit))
+    bounds = np.minimum(np.linspace(0, units, n_shards + 1).round().astype(int) * max(1, unit), len(df))
     return df.iloc[bounds[shard] : bounds[shard + 1]]
 
 

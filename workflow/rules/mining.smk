@@ -9,6 +9,11 @@ rule geometry:
     params:
         config=settings("model", "crops", kinds=["model"]),
         code=code("geometry"),
+    # Gradients through the model for a few hundred probe images: on the run's device, with the cores of a
+    # mining job (embedding waits for it).
+    threads: 2
+    resources:
+        gpu=GPU,
     log:
         f"{R}/logs/geometry.log",
     conda:
