@@ -427,7 +427,7 @@ class ReportConfig(_Section):
         None,
         ge=3,
         description="Null draws per component when re-scoring the top-k subsets; null = nulls.m. Fewer draws "
-        "bound the cost; the mined K is then re-scored with as many draws as a control.",
+        "bound the cost; the mined K is then calibrated with as many of the run's draws as a control.",
     )
     high_psi_quantile: float = Field(
         0.95, gt=0.0, lt=1.0, description="High-PSI channels (K-hat histogram) beat this quantile of the null neurons."

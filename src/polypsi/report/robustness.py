@@ -51,17 +51,6 @@ def _no_holdout(cal: CalibrationConfig) -> CalibrationConfig:
     return cal.model_copy(update={"holdout_null_neurons": False})
 
 
-def subset_psi(patches: pd.DataFrame, emb: np.ndarray, text, k: int, stats_cfg: StatsConfig, nulls: NullConfig,
-               cal: CalibrationConfig, m: int, layer: str, device="cpu") -> pd.DataFrame:
-    """Calibrated scores of every channel from its first k patches, against m null draws."""
-    from ..stats import score_channels  # lazy: torch; the null-seed split (tables only) imports this module too
-
-    channels, z, labels, _ = patch_arrays(patches, emb, k)
-    scores = score_channels(z, labels, channels, text, list(range(m + 1)), stats_cfg, nulls, layer, device)
-    psi, _ = calibrate(scores, m, _no_holdout(cal))
-    return psi
-
-
 def mined_k(topk: pd.DataFrame) -> int:
     """K: the patches mined per channel (rows per channel of the top-K or patches table)."""
     return int(topk.groupby("channel").size().max()) if len(topk) else 0
