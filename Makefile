@@ -8,7 +8,7 @@ CORES   ?= 2
 DEMO    ?= config/demo.yaml
 CONFIG  ?=
 
-.PHONY: demo smoke check test test-fast test-slurm benchmark benchmark-stats schema lint clean
+.PHONY: demo smoke check test test-fast test-slurm benchmark benchmark-stats benchmark-scoring-k schema lint clean
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -54,6 +54,10 @@ benchmark: $(STAMP)
 # The batched scorer against the per-channel scikit-learn reference.
 benchmark-stats: $(STAMP)
 	$(BIN)/python benchmarks/bench_stats.py
+
+# The batched scorer's time per channel at K = 25..200 top patches, part by part, with growth exponents.
+benchmark-scoring-k: $(STAMP)
+	$(BIN)/python benchmarks/bench_scoring_k.py
 
 schema: $(STAMP)
 	$(BIN)/python -m polypsi.config config/schema.json
