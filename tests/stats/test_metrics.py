@@ -7,8 +7,16 @@ from scipy.stats import special_ortho_group
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score, silhouette_samples
 
-from polypsi.stats.kmeans import cluster_search, kmeanspp, lloyd
-from polypsi.stats.metrics import canonical_labels, dense_labels, nmi, silhouette_gram, top2_gaps
+from polypsi.stats.kmeans import cluster_search, kmeanspp, lloyd, sq_distances
+from polypsi.stats.metrics import (
+    canonical_labels,
+    cosine_distances,
+    dense_labels,
+    nmi,
+    silhouette_distances,
+    silhouette_gram,
+    top2_gaps,
+)
 from polypsi.stats.nulls import (
     TANGENT_MIN_COS,
     helmert_basis,
@@ -178,6 +186,21 @@ def test_kmeanspp_picks_distinct_centres_and_recovers_planted(planted):
     assert (res.silhouette.argmax(1) == 1).all()  # K' = 3
     for i in range(len(Z)):
         assert normalized_mutual_info_score(truth[i], res.labels[i, 1].numpy()) == 1.0
+
+
+def test_distances_shared_by_every_k_give_the_same_numbers(planted):
+    """cluster_search builds each distance matrix once for all K': bit for bit what each K' built on its own."""
+    rng = np.random.default_rng(10)
+    G = gram(np.concatenate([planted[0], unit(rng.standard_normal((6, 50, 64))).astype(np.float32)]))
+    diag = G.diagonal(dim1=1, dim2=2)
+    assert torch.equal(sq_distances(G), (diag.unsqueeze(2) + diag.unsqueeze(1) - 2 * G).clamp_min(0))
+    u = torch.from_numpy(np.stack([kmeans_uniforms(rng, 4, 10, 5) for _ in G])).float()
+    D2, D = sq_distances(G), cosine_distances(G)
+    for a, k in enumerate((2, 3, 4, 5)):
+        lab = kmeanspp(G, k, u[:, a], D2)
+        assert torch.equal(lab, kmeanspp(G, k, u[:, a]))
+        for got, want in zip(silhouette_distances(D, lab[:, 0], k), silhouette_gram(G, lab[:, 0], k)):
+            assert torch.equal(got, want)
 
 
 def test_gaussian_null_keeps_mean_and_spectrum_and_gram_version_is_exact():

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .metrics import silhouette_gram
+from .metrics import cosine_distances, silhouette_distances
 from .nulls import n_local_trials
 
 
@@ -23,15 +23,23 @@ def _gather_rows(D2: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return D2.gather(2, idx.unsqueeze(-1).expand(U, R, idx.shape[-1], K))
 
 
-def kmeanspp(G: torch.Tensor, k: int, u: torch.Tensor) -> torch.Tensor:
+def sq_distances(G: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances [U, K, K] from Gram matrices (clipped at 0): (G_ii + G_jj) - 2 G_ij."""
+    diag = G.diagonal(dim1=1, dim2=2)
+    # In place: fresh K x K buffers per operation cost more than the arithmetic at large K. 2 G_ij is
+    # exact, so subtracting it fused (alpha=2) rounds as the separate product and difference did.
+    return (diag.unsqueeze(2) + diag.unsqueeze(1)).sub_(G, alpha=2).clamp_min_(0)
+
+
+def kmeanspp(G: torch.Tensor, k: int, u: torch.Tensor, D2: torch.Tensor | None = None) -> torch.Tensor:
     """Greedy k-means++ seeding (scikit-learn's variant) for R restarts: initial labels [U, R, K].
 
     u: [U, R, k_max, trials + 1] uniforms; step 0 uses u[..., 0, 0], step t uses u[..., t, 1:].
+    D2: sq_distances(G), when the caller seeds several K' from one matrix.
     """
     U, K, _ = G.shape
     R = u.shape[1]
-    diag = G.diagonal(dim1=1, dim2=2)
-    D2 = (diag.unsqueeze(2) + diag.unsqueeze(1) - 2 * G).clamp_min(0).unsqueeze(1).expand(U, R, K, K)
+    D2 = (sq_distances(G) if D2 is None else D2).unsqueeze(1).expand(U, R, K, K)
     first = (u[:, :, 0, 0] * K).long().clamp_max(K - 1)
     closest = _gather_rows(D2, first.unsqueeze(-1)).squeeze(2)  # [U, R, K]
     centers = [first]
@@ -198,14 +206,18 @@ def cluster_search(
     U, K, _ = G.shape
     R, nk = u.shape[2], len(ks)
     lay = _Layout(ks, R, G.device)
-    init = torch.cat([kmeanspp(G, k, u[:, a]).transpose(1, 2) for a, k in enumerate(ks)], 2)  # [U, K, B]
+    # Once for every K'. Seeding reads only some rows, but building just those (R restarts x L trials per
+    # step) measured no faster than the whole K x K matrix up to K = 200.
+    D2 = sq_distances(G)
+    init = torch.cat([kmeanspp(G, k, u[:, a], D2).transpose(1, 2) for a, k in enumerate(ks)], 2)  # [U, K, B]
     out, it = _lloyd_points(G, init, lay, max_iter, spherical)
     obj = objective(G, out, lay, spherical)  # [U, nk, R]
     best = obj.argmax(-1)  # first best restart on ties
     labels = out.view(U, K, nk, R).gather(3, best.view(U, 1, nk, 1).expand(U, K, nk, 1)).squeeze(3).transpose(1, 2)
     sil, samples = [], []
+    D = cosine_distances(G)  # the K^2 distances, once for every K'
     for a, k in enumerate(ks):
-        m, s = silhouette_gram(G, labels[:, a].contiguous(), k)
+        m, s = silhouette_distances(D, labels[:, a].contiguous(), k)
         sil.append(m)
         samples.append(s)
     return SearchResult(

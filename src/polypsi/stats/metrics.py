@@ -8,7 +8,7 @@ import torch
 
 def cosine_distances(G: torch.Tensor) -> torch.Tensor:
     """1 - cosine from a Gram matrix of unit vectors, clipped to [0, 2] with a zero diagonal (as scikit-learn)."""
-    D = (1.0 - G).clamp(0.0, 2.0)
+    D = (1.0 - G).clamp_(0.0, 2.0)
     D.diagonal(dim1=-2, dim2=-1).zero_()
     return D
 
@@ -19,8 +19,12 @@ def silhouette_gram(G: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torc
     G: [U, K, K] Gram matrices; labels: [U, K] in 0..k-1. Same conventions as
     sklearn.metrics.silhouette_samples: a point alone in its cluster scores 0.
     """
-    D = cosine_distances(G)
-    A = torch.nn.functional.one_hot(labels, k).to(G.dtype)  # [U, K, k]
+    return silhouette_distances(cosine_distances(G), labels, k)
+
+
+def silhouette_distances(D: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """silhouette_gram from the distance matrices D = cosine_distances(G), which several k can share."""
+    A = torch.nn.functional.one_hot(labels, k).to(D.dtype)  # [U, K, k]
     DA = torch.bmm(D, A)  # summed distance of each point to each cluster
     n = A.sum(1)  # [U, k]
     own_n = n.gather(1, labels)  # [U, K]
