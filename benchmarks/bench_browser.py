@@ -48,10 +48,12 @@ def make_world(work: Path, images: int, size: int, layers: int, channels: int, t
     for i in range(images):
         p = img_dir / f"{i:06d}.jpg"
         if not p.exists():
-            # Smooth colour fields with noise: JPEG sizes and decoding costs close to a photo's.
-            base = rng.uniform(0, 255, (8, 8, 3)).astype(np.uint8)
+            # Smooth colour fields with noise: JPEG sizes and decoding costs close to a photo's. Each image
+            # from its own seed, so the tables below are the same whether the images exist already or not.
+            img_rng = np.random.default_rng([seed, i])
+            base = img_rng.uniform(0, 255, (8, 8, 3)).astype(np.uint8)
             arr = np.asarray(Image.fromarray(base).resize((size, size), Image.BICUBIC), np.int16)
-            arr = np.clip(arr + rng.normal(0, 12, arr.shape), 0, 255).astype(np.uint8)
+            arr = np.clip(arr + img_rng.normal(0, 12, arr.shape), 0, 255).astype(np.uint8)
             Image.fromarray(arr).save(p, quality=90)
         paths.append(str(p))
     dataset = pd.DataFrame({"image_id": np.arange(images), "path": paths, "label": np.arange(images) % len(classes),
