@@ -1,17 +1,25 @@
 """The neuron browser in a real headless Chromium: the table loads ranked by the index, sorts by PSI,
 filters; a channel page shows its patches; a channel whose clusters share a name is marked, a dead
 channel shows no clusters or names; OR-units never appear. Needs Debian's chromium + chromium-driver
-and selenium (see docs/report.md); skipped with the install lines when they are missing."""
+and selenium (see docs/report.md); skipped with the install lines when they are missing. Then, without a
+browser: the table rows, sprites and pages, and building in threads (the same files as in one thread,
+each image decoded once per layer, failures naming their layer and channel)."""
 
 import os
 import shutil
+import threading
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from .fixtures import K, LAYERS, SAME_NAME_CHANNEL, load_run, make_run
 
-from polypsi.report.browser import INDEX_COLUMNS, build_browser, index_rows
+from polypsi import crops
+from polypsi.errors import DatasetError
+from polypsi.report import browser
+from polypsi.report.browser import INDEX_COLUMNS, build_browser, channel_href, index_rows, slug
+from polypsi.report.thumbs import thumbnails, write_sprite
 
 pytestmark = pytest.mark.browser
 
@@ -263,7 +271,6 @@ def test_sprite_tiles_and_thumbnails_match_the_crops(tmp_path):
 
     from polypsi.crops import load_image
     from polypsi.io import read_table
-    from polypsi.report.thumbs import thumbnails, write_sprite
 
     root = make_run(tmp_path)
     ds = read_table(root / "dataset.parquet")
@@ -332,3 +339,97 @@ def test_channel_page_shows_causal_polysemanticity():
     assert "0.450 of top-1 above Random [0.300, 0.600]" in page
     plain = channel_page("layer4", row, patches, clusters, 10, 64, None, None, {0: "cat"})
     assert "causal polysemanticity" not in plain and "Random" not in plain
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A generated run's browser inputs: psi (OR-unit rows included: the builder drops them), clusters, patches,
+    dataset, input size."""
+    root = make_run(tmp_path_factory.mktemp("run"))
+    psi, _, clusters, patches, ds, geom = load_run(root, raw=True)
+    return psi, clusters, patches, ds, geom["input_size"]
+
+
+def _build(out, inputs, workers, monkeypatch, part=16):
+    # Blocks of 2 channels and parts of about 16 crops: several of each per layer, as at scale.
+    monkeypatch.setattr(browser, "CUT_PART", part)
+    psi, clusters, patches, ds, size = inputs
+    return build_browser(out, psi, clusters, patches, ds, size, title="t", chunk=2, workers=workers)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_threads_write_the_same_files_as_one(world, tmp_path, monkeypatch):
+    one = _build(tmp_path / "one", world, 1, monkeypatch)
+    two = _build(tmp_path / "two", world, 2, monkeypatch)
+    assert one == two and one["pages"] == sum(len(df[df.unit_kind == "channel"]) for df in world[0].values())
+    serial, parallel = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert serial == parallel  # byte for byte, every page, sprite and script
+    assert not [f for f in serial if ".thumbs-" in f]  # the tile files are gone
+    # A sprite is what the per-channel way writes: the channel's thumbnails in rank order, tiled.
+    psi, clusters, patches, ds, size = world
+    for layer in LAYERS:
+        p = patches[layer][patches[layer].channel == 0].sort_values("rank")
+        write_sprite(thumbnails(p, ds, size), tmp_path / "ref.jpg")
+        assert (tmp_path / "ref.jpg").read_bytes() == serial[f"sprites/{slug(layer)}/0.jpg"]
+        assert channel_href(layer, 0) in serial
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_image_is_decoded_once_per_layer(world, tmp_path, monkeypatch, workers):
+    """Counted with a one-image cache per thread (the real cache holds 256 images, which would hide a
+    second decoding on a small run): an image decoded twice in a layer had its crops in two runs."""
+    layer_no, decoded, last = [0], Counter(), threading.local()
+    load, layer_crops = crops.load_image, browser._layer_crops
+
+    def cached(path, size):
+        key = (layer_no[0], path, size)
+        if getattr(last, "key", None) != key:
+            last.key, last.image = key, load(path, size)
+            decoded[key[:2]] += 1
+        return last.image
+
+    def counting_layer_crops(*a):
+        layer_no[0] += 1  # layers are cut one after another
+        return layer_crops(*a)
+
+    monkeypatch.setattr(crops, "_cached_image", cached)
+    monkeypatch.setattr(browser, "_layer_crops", counting_layer_crops)
+    _build(tmp_path / "out", world, workers, monkeypatch, part=8)
+    psi, clusters, patches, ds, size = world
+    expect = set()
+    for i, layer in enumerate(LAYERS, 1):
+        live = psi[layer][~psi[layer].status.str.startswith("dead") & (psi[layer].unit_kind == "channel")].channel
+        expect |= {(i, ds.path[j]) for j in patches[layer][patches[layer].channel.isin(live)].image_id.unique()}
+    assert set(decoded) == expect and set(decoded.values()) == {1}
+
+
+def test_an_unreadable_image_names_its_layer_and_channel(tmp_path, monkeypatch):
+    root = make_run(tmp_path / "run")
+    psi, _, clusters, patches, ds, geom = load_run(root)
+    bad = int(patches["layer4"].image_id.iloc[0])
+    Path(ds.path[bad]).write_bytes(b"not an image")
+    shown = patches["layer3"][patches["layer3"].channel < LAYERS["layer3"]["channels"] - 1]  # the last is dead
+    users = set(shown[shown.image_id == bad].channel)
+    assert users
+    crops._cached_image.cache_clear()
+    with pytest.raises(DatasetError, match=r"browser thumbnails, layer 'layer3', channel (\d+): cannot read image") as e:
+        _build(tmp_path / "out", (psi, clusters, patches, ds, geom["input_size"]), 2, monkeypatch)
+    assert int(e.value.args[0].split("channel ")[1].split(":")[0]) in users
+    assert not list((tmp_path / "out").glob(".thumbs-*"))
+
+
+def test_a_failing_page_names_its_layer_and_channel(world, tmp_path, monkeypatch):
+    page = browser.channel_page
+
+    def failing(layer, row, *a):
+        if layer == "layer4" and int(row["channel"]) == 3:
+            raise ValueError("bad record")
+        return page(layer, row, *a)
+
+    monkeypatch.setattr(browser, "channel_page", failing)
+    with pytest.raises(RuntimeError, match=r"browser page, layer 'layer4', channel 3: ValueError: bad record"):
+        _build(tmp_path / "out", world, 2, monkeypatch)
+    assert not list((tmp_path / "out").glob(".thumbs-*"))

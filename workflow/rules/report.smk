@@ -182,6 +182,10 @@ if cfg.report.browser:
         params:
             config=settings("run_name", "report.thumb_size", "model.layers", "interventions.layer"),
             code=code("browser"),
+        # Thumbnails and pages in this many threads (fewer when --cores is lower). The work is decoding,
+        # resizing and JPEG encoding, outside Python's lock; the page HTML is not, a tenth of the time, so
+        # threads beyond a few gain little while the report's other jobs want cores too.
+        threads: 4
         log:
             f"{R}/logs/report/browser.log",
         benchmark:

@@ -24,6 +24,13 @@ def image_paths(patches: pd.DataFrame, dataset: pd.DataFrame) -> list[str]:
     return path_of.loc[ids].astype(str).tolist()
 
 
+def crop_thumbnails(paths: list[str], boxes: np.ndarray, input_size: int, size: int = 64) -> np.ndarray:
+    """uint8 [n, size, size, 3] thumbnails of crop boxes of images; each image is read once when its crops
+    are consecutive. A thumbnail depends only on its image and box, never on the other crops of the call."""
+    crops = extract_crops(paths, boxes, input_size, size)
+    return crops.clamp_(0, 1).mul_(255).round_().byte().permute(0, 2, 3, 1).numpy()
+
+
 def thumbnails(patches: pd.DataFrame, dataset: pd.DataFrame, input_size: int, size: int = 64,
                batch: int = 512) -> np.ndarray:
     """uint8 [n, size, size, 3] thumbnails of the patch rows, in row order."""
@@ -38,8 +45,7 @@ def thumbnails(patches: pd.DataFrame, dataset: pd.DataFrame, input_size: int, si
     out = np.empty((n, size, size, 3), np.uint8)
     for s in range(0, n, batch):
         idx = order[s : s + batch]
-        crops = extract_crops([paths[i] for i in idx], boxes[idx], input_size, size)
-        out[idx] = crops.clamp_(0, 1).mul_(255).round_().byte().permute(0, 2, 3, 1).numpy()
+        out[idx] = crop_thumbnails([paths[i] for i in idx], boxes[idx], input_size, size)
     return out
 
 
