@@ -21,9 +21,14 @@ def test_shards_of_whole_batches():
     for n in (1, 2, 3, 5, 8):
         parts = [shard_rows(df, s, n, 4) for s in range(n)]
         assert pd.concat(parts).equals(df)
-        assert all(len(p) % 4 == 0 for p in parts[:-1]) and sum(map(len, parts)) == 23
+        filled = [len(p) for p in parts if len(p)]
+        assert all(k % 4 == 0 for k in filled[:-1]) and sum(filled) == 23
     assert [len(shard_rows(df, s, 3, 4)) for s in range(3)] == [8, 8, 7]
     assert [len(shard_rows(df, s, 3)) for s in range(3)] == [8, 7, 8]  # unit 1: as before
+    # at least 2 units a block: 6 units go to 3 blocks of 4 requested, the 4th is empty
+    parts = [shard_rows(df, s, 4, 4, min_units=2) for s in range(4)]
+    assert [len(p) for p in parts] == [8, 8, 7, 0] and pd.concat(parts).equals(df)
+    assert [len(shard_rows(df, s, 2, 4, min_units=10)) for s in range(2)] == [23, 0]  # too few for one: all in one
 
 
 def test_a_short_batch_is_padded_with_its_last_row():

@@ -37,10 +37,17 @@ def distinct_crops(topk: pd.DataFrame, geom: dict, input_size: int) -> pd.DataFr
     return site_crops(topk, geom, input_size).drop_duplicates().sort_values(CROP_COLUMNS).reset_index(drop=True)
 
 
+# An embedding job loads its embedder (open_clip's import and the model: several seconds on a CPU) before
+# its first batch: a layer's crops go to fewer jobs when they fill fewer than this many batches each.
+MIN_BATCHES_PER_JOB = 4
+
+
 def crop_shard(crops: pd.DataFrame, shard: int, n_shards: int, batch_size: int = 1) -> pd.DataFrame:
     """Contiguous block `shard` of `n_shards` of the distinct crops (an image's crops stay mostly in one job),
-    of whole embedder batches but for the last block."""
-    return shard_rows(crops, shard, n_shards, batch_size).reset_index(drop=True)
+    of whole embedder batches but for the last block, and at least MIN_BATCHES_PER_JOB batches per block
+    (later blocks empty: their jobs load no embedder)."""
+    min_units = MIN_BATCHES_PER_JOB if batch_size > 1 else 1
+    return shard_rows(crops, shard, n_shards, batch_size, min_units).reset_index(drop=True)
 
 
 def patch_embeddings(topk: pd.DataFrame, channels: np.ndarray, geom: dict, input_size: int,

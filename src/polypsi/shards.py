@@ -9,14 +9,20 @@ import numpy as np
 import pandas as pd
 
 
-def shard_rows(df: pd.DataFrame, shard: int, n_shards: int, unit: int = 1) -> pd.DataFrame:
+def shard_rows(df: pd.DataFrame, shard: int, n_shards: int, unit: int = 1, min_units: int = 1) -> pd.DataFrame:
     """Contiguous block `shard` of `n_shards` (image ids stay ascending inside a shard).
 
     With `unit` (a job's batch size), blocks hold whole units but for the last one: every batch runs padded
     to full size (`full_batch`), so a block ending in a short batch would pay for rows it does not use.
+    With `min_units`, the rows go to fewer blocks when there are too few for `min_units` units each (the
+    later blocks are empty): each block pays a model load, worth it only for several batches.
     """
-    units = -(-len(df) // max(1, unit))
-    bounds = np.minimum(np.linspace(0, units, n_shards + 1).round().astype(int) * max(1, unit), len(df))
+    unit = max(1, unit)
+    units = -(-len(df) // unit)
+    used = min(n_shards, max(1, units // max(1, min_units)))
+    bounds = np.minimum(np.linspace(0, units, used + 1).round().astype(int) * unit, len(df))
+    if shard >= used:
+        return df.iloc[:0]
     return df.iloc[bounds[shard] : bounds[shard + 1]]
 
 
