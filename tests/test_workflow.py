@@ -106,7 +106,7 @@ def test_top_k_identical_for_two_and_three_image_shards(smoke, tmp_path):
     (tests/test_mining.py), and every later stage is seeded per channel, whatever the channel shards.
     """
     cfg = _smoke_cfg()
-    cfg.update(run_name="shards3", shards={"images": 3, "channels": 1, "draws": 1})
+    cfg.update(run_name="shards3", shards={"images": 3, "min_images": 16, "channels": 1, "draws": 1})
     cfg["model"]["layers"] = ["layer4"]
     cfg["crops"]["size"] = {"layer4": cfg["crops"]["size"]["layer4"]}
     (tmp_path / "c3.yaml").write_text(yaml.safe_dump(cfg))
