@@ -33,7 +33,6 @@ def main(argv=None) -> None:
     from polypsi.config import load_config
     from polypsi.croptable import CROP_COLUMNS, distinct_crops
     from polypsi.embedding import embed_crops, load_embedder
-    from polypsi.shards import full_batch
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", help="a finished run's results folder (results/<run_name>)")
@@ -42,6 +41,7 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=0, help="threads cutting crops ahead (embed_crops' workers)")
     ap.add_argument("--model", default="ViT-B-32")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -64,7 +64,7 @@ def main(argv=None) -> None:
 
     def new():
         crops_mod._cached_image.cache_clear()
-        return embed_crops(emb, paths, boxes, size, bs, prefetch=False)
+        return embed_crops(emb, paths, boxes, size, bs, workers=args.workers)
 
     def per_crop():
         crops_mod._cached_image.cache_clear()
@@ -74,14 +74,13 @@ def main(argv=None) -> None:
                 crops_mod._cached_image(p, size)[:, y0:y1, x0:x1].unsqueeze(0), size=(emb.image_size,) * 2,
                 mode="bilinear", align_corners=False, antialias=True)[0]
                 for p, (y0, x0, y1, x1) in zip(paths[i : i + bs], boxes[i : i + bs])])
-            out.append(emb.encode_images(full_batch(c, bs))[: len(c)])
+            out.append(emb.encode_images(c))
         return np.concatenate(out)
 
     x = torch.rand(n, 3, emb.image_size, emb.image_size, generator=torch.Generator().manual_seed(0))
 
     def bare():
-        return np.concatenate([emb.encode_images(full_batch(x[i : i + bs], bs))[: len(x[i : i + bs])]
-                               for i in range(0, n, bs)])
+        return np.concatenate([emb.encode_images(x[i : i + bs]) for i in range(0, n, bs)])
 
     emb.encode_images(x[:4])  # warm-up
     times = {"embed_crops": [], "per-crop": [], "bare": []}

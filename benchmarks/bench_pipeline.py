@@ -10,10 +10,11 @@ of 96 / 160 px, open_clip ViT-B/32, M = 20 null draws, every report stage. The n
 is off (its module would have all of the layer's channels, not the first C).
 
 The workflow runs under Snakemake with --cores (default: all), every job writing its timings
-(POLYPSI_PROFILE). Then, in this process, with the same device and the jobs' thread count: a bare
-ResNet-50 forward pass (the mining settings: batch size, channels_last, fp32) over random images, and
-a bare ViT-B/32 `encode_image` over random crops (embedder batch size), each on up to --bare-items
-items. Printed per stage (rule): jobs, wall time (the jobs' durations summed, process start to end),
+(POLYPSI_PROFILE). Before and after it, in this process, with the same device and the mining job's
+thread count: a bare ResNet-50 forward pass (the mining settings: batch size, channels_last, fp32) over
+random images, and a bare ViT-B/32 `encode_image` over random crops (embedder batch size), each on up to
+--bare-items items. The ratios use the mean of the two measurements, so that a machine whose speed
+drifts during the run (a busy neighbour, clock changes) is compared with its average; both are printed. Printed per stage (rule): jobs, wall time (the jobs' durations summed, process start to end),
 start-up (interpreter and imports, before the stage runs), the share of the stage's time in model
 forward passes, throughput of the stage against the bare pass, peak memory; then the whole run's
 forward share (forward seconds of all jobs / the workflow's wall time). The last line is for machines:
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -107,6 +109,15 @@ def crop_counts(work: Path) -> tuple[int, int]:
     for layer, g in geometry["layers"].items():
         distinct += len(distinct_crops(pd.read_parquet(run / "topk" / f"{layer}.parquet"), g, geometry["input_size"]))
     return embedded, distinct
+
+
+def rule_threads(rule: str, cores: int) -> int:
+    """The `threads:` of a workflow rule (read from its rule file), capped by --cores as Snakemake does."""
+    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
+        m = re.search(rf"^rule {rule}:\n(?:    .*\n|\s*\n)*?    threads: (\d+)", smk.read_text(), re.M)
+        if m:
+            return min(int(m.group(1)), cores)
+    sys.exit(f"no `threads:` found for rule {rule} in workflow/rules/")
 
 
 def _timed(fn, batches, device) -> float:
@@ -187,6 +198,8 @@ def main(argv=None) -> None:
     print(f"workload: {args.images} images at 224 px, ResNet-50 layer3+layer4 "
           f"({args.channels or 'all'} channels each), ViT-B/32, K=50, M=20, random weights; "
           f"--cores {args.cores}, device {args.device}; workflow in {work}", flush=True)
+    threads = rule_threads("mine_topk", args.cores)
+    before = bare_passes(args, threads)
     wall = run_workflow(args, work)
     jobs = jobs_table(work)
     reused = jobs[(jobs["rule"] == "geometry") & (jobs["stage_end"] < time.time() - wall)]
@@ -194,8 +207,10 @@ def main(argv=None) -> None:
         print(f"geometry reused from an earlier run ({reused['job_s'].sum():.0f} s then): not in this run's wall time",
               flush=True)
         jobs = jobs.drop(reused.index)
-    threads = int(jobs.loc[jobs["rule"] == "mine_topk", "threads"].max())
-    bare = bare_passes(args, threads)
+    if int(jobs.loc[jobs["rule"] == "mine_topk", "threads"].max()) != threads:
+        sys.exit(f"mine_topk ran with other threads than {threads} (workflow/rules/mining.smk): fix rule_threads")
+    after = bare_passes(args, threads)
+    bare = {**after, **{k: (before[k] + after[k]) / 2 for k in ("forward_per_s", "encode_per_s")}}
     embedded, distinct = crop_counts(work)
 
     g = jobs.groupby("rule")
@@ -216,8 +231,10 @@ def main(argv=None) -> None:
     forward_share = jobs["forward_s"].sum() / wall
 
     pd.set_option("display.width", 160)
-    print(f"\nbare passes ({bare['device']}, {bare['threads']} threads): ResNet-50 forward "
-          f"{bare['forward_per_s']:.2f} img/s, ViT-B/32 encode_image {bare['encode_per_s']:.2f} crops/s")
+    print(f"\nbare passes ({bare['device']}, {bare['threads']} threads), before / after the workflow / mean: "
+          f"ResNet-50 forward {before['forward_per_s']:.2f} / {after['forward_per_s']:.2f} / "
+          f"{bare['forward_per_s']:.2f} img/s, ViT-B/32 encode_image {before['encode_per_s']:.2f} / "
+          f"{after['encode_per_s']:.2f} / {bare['encode_per_s']:.2f} crops/s")
     print(f"workflow wall time {wall:.1f} s ({len(jobs)} jobs); job wall times summed {jobs['job_s'].sum():.1f} s, "
           f"of which start-up {jobs['startup_s'].sum():.1f} s; forward passes {jobs['forward_s'].sum():.1f} s\n")
     print(per.to_string(float_format=lambda x: f"{x:.2f}"))

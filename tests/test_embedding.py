@@ -92,13 +92,14 @@ def _per_channel_shard_reference(e, topk, dataset, geometry, channels, bs):
     return z[pos.loc[pd.MultiIndex.from_frame(rows[["image_id", "u", "v"]])].to_numpy()]
 
 
-@pytest.mark.parametrize("prefetch", [False, True])
-def test_each_distinct_crop_embedded_once_whatever_the_shards(tmp_path, prefetch):
-    """Crop shards cover the layer's distinct crops (image, box) exactly once for any shard count, and the
-    per-channel patch embeddings built from them equal those of embedding each channel shard on its own."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_each_distinct_crop_embedded_once_whatever_the_shards(tmp_path, workers):
+    """Crop shards cover the layer's distinct crops (image, box) exactly once for any shard count; embedded
+    shard by shard (whole batches, the last one short and unpadded) they give the bits of one job; and the
+    per-channel patch embeddings built from them are those of embedding each channel shard on its own."""
     from polypsi import embedding
     from polypsi.croptable import CROP_COLUMNS, crop_shard, distinct_crops, patch_embeddings
-    from polypsi.shards import channel_shard
+    from polypsi.shards import channel_shard, shard_rows
 
     dataset, geometry, topk = _crop_world(tmp_path)
     g, size = geometry["layers"]["l"], geometry["input_size"]
@@ -107,16 +108,29 @@ def test_each_distinct_crop_embedded_once_whatever_the_shards(tmp_path, prefetch
     assert len(every) < n_sites < len(topk)  # boxes shifted inside the image are shared by several sites
     cfg = _cfg(batch_size=8)
     e = load_embedder(cfg.embedder, cfg, "cpu")
-    paths = dataset.set_index("image_id").loc[every["image_id"], "path"].tolist()
-    z_all = embedding.embed_crops(e, paths, every[CROP_COLUMNS[1:]].to_numpy(), size, 8, prefetch=prefetch)
+
+    def embed(crops, bs):
+        paths = dataset.set_index("image_id").loc[crops["image_id"], "path"].tolist()
+        return embedding.embed_crops(e, paths, crops[CROP_COLUMNS[1:]].to_numpy(), size, bs, workers=workers)
+
+    z_all = embed(every, 8)
     for n in (1, 2, 3, 5):
         shards = [crop_shard(every, s, n) for s in range(n)]
         got = pd.concat(shards, ignore_index=True)
         assert len(got) == len(every) and not got.duplicated().any()  # each distinct crop once, in one shard
+    bs = 5
+    assert len(every) % bs  # the layer's last batch is short
+    z_one = embed(every, bs)
+    for n in (2, 3):
+        parts = [shard_rows(every, s, n, bs) for s in range(n)]
+        assert sum(len(p) > 0 for p in parts) > 1
+        assert all(len(p) % bs == 0 for p in parts[:-1])  # whole batches but for the last block
+        np.testing.assert_array_equal(np.concatenate([embed(p, bs) for p in parts if len(p)]), z_one)
     channels = np.unique(topk["channel"])
     for s in range(2):
         mine = channel_shard(channels, s, 2)
         rows, z = patch_embeddings(topk, mine, g, size, every, z_all)
         ref = _per_channel_shard_reference(e, topk, dataset, geometry, mine, 8)
         assert list(rows["channel"].unique()) == list(mine) and len(rows) == len(ref)
-        np.testing.assert_array_equal(z, ref)  # the same bits as before: batched resizing, shared crops
+        # the same crops (other batch mates and sizes: equal up to rounding)
+        np.testing.assert_allclose(z, ref, rtol=0, atol=1e-6)

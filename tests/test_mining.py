@@ -82,7 +82,8 @@ def test_nan_activation_never_wins():
 
 
 def test_mined_top_k_is_the_same_to_the_bit_for_any_image_shards(tmp_path, monkeypatch):
-    """Each shard's last batch is padded to the batch size: a batch of one image would round differently."""
+    """Shards hold whole batches, so each image is computed in the same batch for any shard count (a batch of
+    another size would round differently); the data's short last batch is not padded."""
     from PIL import Image
 
     from polypsi import mining
@@ -91,17 +92,19 @@ def test_mined_top_k_is_the_same_to_the_bit_for_any_image_shards(tmp_path, monke
 
     rng = np.random.default_rng(0)
     paths = []
-    for i in range(4):
+    for i in range(10):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(paths[-1])
-    dataset = pd.DataFrame({"image_id": range(4), "path": [str(p) for p in paths], "label": 0, "class_name": "x"})
+    dataset = pd.DataFrame({"image_id": range(10), "path": [str(p) for p in paths], "label": 0, "class_name": "x"})
+    batch = 3  # 10 images: three whole batches and one of a single image
 
     def config(n_shards):
         return load_config({"model": {"name": "resnet18", "weights": None, "layers": ["layer2"], "input_size": 32},
-                            "crops": {"size": {"layer2": 16}}, "mining": {"topk": 6, "batch_size": 4,
+                            "crops": {"size": {"layer2": 16}}, "mining": {"topk": 6, "batch_size": batch,
                                                                          "one_site_per_image": False},
                             "report": {"k_values": [6]}, "shards": {"images": n_shards}})
 
+    site = mining.site_candidates
     model = mining.load_model(config(1), "cpu")
     monkeypatch.setattr(mining, "load_model", lambda cfg, device: model)  # built once
 
@@ -109,6 +112,11 @@ def test_mined_top_k_is_the_same_to_the_bit_for_any_image_shards(tmp_path, monke
         parts = [mine_shard(config(n_shards), dataset, s, "cpu")["layer2"] for s in range(n_shards)]
         return merge_topk(parts, 6)
 
+    sizes = []
+    monkeypatch.setattr(mining, "site_candidates", lambda a, ids, one: sizes.append(len(a)) or site(a, ids, one))
     whole = mined(1)
-    for n in (4,):  # every batch holds one image
+    assert sorted(sizes) == [1, 3, 3, 3]
+    for n in (2, 3, 4):
+        sizes.clear()
         pd.testing.assert_frame_equal(mined(n), whole, check_exact=True)
+        assert sorted(sizes) == [1, 3, 3, 3]  # the same batches in whichever shards

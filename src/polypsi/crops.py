@@ -76,6 +76,37 @@ def _cached_image(path: str, size: int) -> torch.Tensor:
     return load_image(path, size)
 
 
+def cut_crops(paths: list[str], boxes: np.ndarray, input_size: int) -> list[tuple[np.ndarray, torch.Tensor]]:
+    """Crops at input resolution, one stack per crop side: [(indices into paths, [m,3,h,w])].
+
+    Each image is read once per call when sites come sorted by image. CPU work only (decoding and
+    slicing): it can run in threads ahead of the model, before the output size is known.
+    """
+    import torch  # lazy: the table stages read crop boxes from this module and need no torch
+
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    sides = boxes[:, 2:] - boxes[:, :2]
+    groups = []
+    for hw in np.unique(sides, axis=0):
+        idx = np.flatnonzero((sides == hw).all(1))
+        groups.append((idx, torch.stack([_cached_image(paths[i], input_size)[:, y0:y1, x0:x1]
+                                         for i, (y0, x0, y1, x1) in zip(idx, boxes[idx])])))
+    return groups
+
+
+def resize_crops(groups: list[tuple[np.ndarray, torch.Tensor]], n: int, out_size: int, device=None) -> torch.Tensor:
+    """The `cut_crops` of n crops as [n,3,out,out]: one batched resize per crop side (on `device` when given)."""
+    import torch  # lazy: the table stages read crop boxes from this module and need no torch
+
+    crops = torch.empty(n, 3, out_size, out_size, device=device)
+    for idx, patch in groups:
+        if device is not None:
+            patch = patch.to(device, non_blocking=True)
+        crops[torch.as_tensor(idx, device=crops.device)] = torch.nn.functional.interpolate(
+            patch, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True)
+    return crops
+
+
 def extract_crops(paths: list[str], boxes: np.ndarray, input_size: int, out_size: int, device=None) -> torch.Tensor:
     """Crops [n,3,out,out] in [0,1]; each image is read once per call (sites come sorted by image).
 
@@ -83,17 +114,4 @@ def extract_crops(paths: list[str], boxes: np.ndarray, input_size: int, out_size
     `device` when given, else on the CPU): the same values, to the bit, as resizing them one at a
     time (tests/test_crops.py), at a fraction of the per-call overhead.
     """
-    import torch  # lazy: the table stages read crop boxes from this module and need no torch
-
-    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-    crops = torch.empty(len(paths), 3, out_size, out_size, device=device)
-    sides = boxes[:, 2:] - boxes[:, :2]
-    for hw in np.unique(sides, axis=0):
-        idx = np.flatnonzero((sides == hw).all(1))
-        patch = torch.stack([_cached_image(paths[i], input_size)[:, y0:y1, x0:x1]
-                             for i, (y0, x0, y1, x1) in zip(idx, boxes[idx])])
-        if device is not None:
-            patch = patch.to(device, non_blocking=True)
-        crops[torch.as_tensor(idx, device=crops.device)] = torch.nn.functional.interpolate(
-            patch, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True)
-    return crops
+    return resize_crops(cut_crops(paths, boxes, input_size), len(paths), out_size, device)

@@ -37,9 +37,10 @@ def distinct_crops(topk: pd.DataFrame, geom: dict, input_size: int) -> pd.DataFr
     return site_crops(topk, geom, input_size).drop_duplicates().sort_values(CROP_COLUMNS).reset_index(drop=True)
 
 
-# An embedding job loads its embedder (open_clip's import and the model: several seconds on a CPU) before
-# its first batch: a layer's crops go to fewer jobs when they fill fewer than this many batches each.
-MIN_BATCHES_PER_JOB = 4
+# An embedding job loads its embedder (open_clip's import and the model: about 6 s on a 2-core CPU) before
+# its first batch: a layer's crops go to fewer jobs when they fill fewer than this many batches each
+# (8 batches of 256 crops of ViT-B/32 take about 3 minutes there, so the load stays near 3% of a job).
+MIN_BATCHES_PER_JOB = 8
 
 
 def crop_shard(crops: pd.DataFrame, shard: int, n_shards: int, batch_size: int = 1) -> pd.DataFrame:

@@ -9,6 +9,7 @@ Weights that are not on disk fail within seconds with the file to place and wher
 from __future__ import annotations
 
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
@@ -20,13 +21,12 @@ import torch
 
 from . import sources
 from .config import Config, EmbedderConfig
-from .crops import extract_crops
+from .crops import cut_crops, resize_crops
 from .croptable import CROP_COLUMNS, crop_shard, distinct_crops
 from .errors import EmbedderLoadError
 from .io import read_json, read_table, write_table
 from .models import host_resolves
 from .runtime import Progress, forward_pass, get_logger
-from .shards import full_batch
 
 PACKAGE_DATA = Path(__file__).parent / "data"
 
@@ -167,34 +167,39 @@ def load_embedder(emb: EmbedderConfig, cfg: Config, device: torch.device | str =
 # ---------------------------------------------------------------- stages
 
 
-def embed_crops(embedder: Embedder, paths: list[str], boxes: np.ndarray, input_size: int, batch_size: int,
-                log=None, prefetch: bool | None = None) -> np.ndarray:
+def embed_crops(embedder, paths: list[str], boxes: np.ndarray, input_size: int, batch_size: int,
+                log=None, workers: int = 0) -> np.ndarray:
     """Embeddings [n, d] of the crops boxes[i] of images paths[i] (sorted by image: each is read once).
 
-    Crops are cut and resized in batches (`extract_crops`, on the embedder's device); with
-    `prefetch` (default: on CUDA) the next batch is built in a thread while this one is encoded, so
-    the GPU does not wait for the CPU. Every batch is encoded at the full `batch_size` (the last is
-    padded): a crop's embedding does not depend on which other crops share its job.
+    Crops are cut in batches (`cut_crops`) and resized in one call per crop side on the embedder's
+    device (`resize_crops`). With `workers` > 0, that many threads cut the next batches (up to
+    workers + 1 ahead) while this one is encoded, so a GPU does not wait for image decoding; and
+    `embedder` may then be a function that loads the embedder, called once the first batches are
+    being cut, so that reading images overlaps the model load. A crop's embedding does not depend on
+    the sharding: crop shards hold whole batches (`crop_shard`), so each crop is encoded in the same
+    batch for any shard count.
     """
     n, bs = len(paths), int(batch_size)
-    if prefetch is None:
-        prefetch = embedder.device.type == "cuda"
     prog = Progress(n, "crops", log)
+    starts = list(range(0, n, bs))
 
-    def build(i):
-        return extract_crops(paths[i : i + bs], boxes[i : i + bs], input_size, embedder.image_size, embedder.device)
+    def cut(i):
+        return cut_crops(paths[i : i + bs], boxes[i : i + bs], input_size)
 
     embs = []
-    starts = list(range(0, n, bs))
-    with (ThreadPoolExecutor(max_workers=1) if prefetch else nullcontext()) as pool:
-        nxt = pool.submit(build, starts[0]) if pool and starts else None
+    with (ThreadPoolExecutor(max_workers=workers) if workers > 0 else nullcontext()) as pool:
+        ahead = deque(pool.submit(cut, i) for i in starts[: workers + 1]) if pool else deque()
+        if not isinstance(embedder, Embedder):
+            embedder = embedder()
         for j, i in enumerate(starts):
             if pool:
-                crops = nxt.result()
-                nxt = pool.submit(build, starts[j + 1]) if j + 1 < len(starts) else None
+                groups = ahead.popleft().result()
+                if j + workers + 1 < len(starts):
+                    ahead.append(pool.submit(cut, starts[j + workers + 1]))
             else:
-                crops = build(i)
-            embs.append(embedder.encode_images(full_batch(crops, bs))[: len(crops)])
+                groups = cut(i)
+            crops = resize_crops(groups, min(bs, n - i), embedder.image_size, embedder.device)
+            embs.append(embedder.encode_images(crops))
             prog.update(len(crops))
     return np.concatenate(embs) if embs else np.zeros((0, 1), np.float32)
 
@@ -205,7 +210,7 @@ def _image_paths(dataset: pd.DataFrame, image_ids) -> list[str]:
 
 def embed_crop_shard(emb_cfg: EmbedderConfig, cfg: Config, topk: pd.DataFrame, dataset: pd.DataFrame,
                      geometry: dict, layer: str, shard: int, n_shards: int, device,
-                     log=None) -> tuple[pd.DataFrame, np.ndarray]:
+                     log=None, workers: int = 1) -> tuple[pd.DataFrame, np.ndarray]:
     """Crop shard `shard` of `n_shards` of the layer's distinct crops (over all channels) and their embeddings."""
     log = log or get_logger("polypsi.embed")
     geom, size = geometry["layers"][layer], geometry["input_size"]
@@ -217,10 +222,16 @@ def embed_crop_shard(emb_cfg: EmbedderConfig, cfg: Config, topk: pd.DataFrame, d
              topk["channel"].nunique(), geom["crop"])
     if len(crops) == 0:
         return crops, np.zeros((0, 1), np.float32)
-    embedder = load_embedder(emb_cfg, cfg, device)
-    z = embed_crops(embedder, _image_paths(dataset, crops["image_id"]), crops[CROP_COLUMNS[1:]].to_numpy(), size,
-                    emb_cfg.batch_size, log)
+    z = embed_crops(lambda: load_embedder(emb_cfg, cfg, device), _image_paths(dataset, crops["image_id"]),
+                    crops[CROP_COLUMNS[1:]].to_numpy(), size, emb_cfg.batch_size, log, workers)
     return crops, z
+
+
+def cut_workers(device, threads: int) -> int:
+    """Threads that cut crops ahead of the encoder: all of the job's on a GPU (the encoder needs none of
+    them), one on a CPU (the encoder uses the job's threads; one cutter still hides most of the image
+    reading: 1-2% faster than cutting in between batches, measured with ViT-B/32 on 2 cores)."""
+    return max(1, threads) if torch.device(device).type == "cuda" else 1
 
 
 def embed_patches_stage(job) -> None:
@@ -232,6 +243,6 @@ def embed_patches_stage(job) -> None:
     cfg, log = job.cfg, job.logger("polypsi.embed")
     crops, z = embed_crop_shard(cfg.embedder, cfg, read_table(job.input.topk), read_table(job.input.dataset),
                                 read_json(job.input.geometry), job.wildcard("layer"), int(job.wildcard("cshard")),
-                                cfg.shards.channels, job.device, log)
+                                cfg.shards.channels, job.device, log, cut_workers(job.device, job.threads))
     write_table(crops, job.output.crops, embeddings={"embedding": z})
     log.info("done: %d crops embedded", len(crops))

@@ -19,7 +19,7 @@ from .errors import StageError
 from .io import read_table, write_table
 from .models import extractor, load_model
 from .runtime import Progress, get_logger
-from .shards import full_batch, shard_rows
+from .shards import shard_rows
 from .topk import TOPK_COLUMNS, merge_topk, merge_topk_stage  # noqa: F401  (the merge lives there: no torch)
 
 
@@ -134,8 +134,9 @@ def mine_shard(cfg: Config, dataset: pd.DataFrame, shard: int, device, workers: 
     shapes: dict[str, tuple[int, int]] = {}
     prog = Progress(len(rows), "images", log)
     for images, ids in loader:
-        acts = {layer: a[: len(ids)] for layer, a in fx(full_batch(images, cfg.mining.batch_size)).items()}
-        for layer, a in acts.items():
+        # No padding of the short last batch: shards hold whole batches (shard_rows), so every image is
+        # computed in the same batch, of the same size, for any shard count.
+        for layer, a in fx(images).items():
             if layer not in topk:
                 topk[layer] = StreamingTopK(a.shape[1], cfg.mining.topk, a.device)
                 shapes[layer] = tuple(a.shape[2:])

@@ -12,8 +12,9 @@ import pandas as pd
 def shard_rows(df: pd.DataFrame, shard: int, n_shards: int, unit: int = 1, min_units: int = 1) -> pd.DataFrame:
     """Contiguous block `shard` of `n_shards` (image ids stay ascending inside a shard).
 
-    With `unit` (a job's batch size), blocks hold whole units but for the last one: every batch runs padded
-    to full size (`full_batch`), so a block ending in a short batch would pay for rows it does not use.
+    With `unit` (a job's batch size), blocks hold whole units but for the last one, so the batches are the
+    same for any `n_shards` (kernels round differently for other batch sizes, and a row's result must
+    not depend on the sharding) and only the data's last batch is short.
     With `min_units`, the rows go to fewer blocks when there are too few for `min_units` units each (the
     later blocks are empty): each block pays a model load, worth it only for several batches.
     """
@@ -39,10 +40,10 @@ def draws_of(shard: int, n_shards: int, m: int) -> list[int]:
 def full_batch(x, size: int):
     """Batch `x` (a tensor, first dimension the batch) padded to `size` rows by repeating its last row.
 
-    A shard's last batch is short, and kernels round differently for small batches (a batch of one
-    image through a convolution, of 1-3 crops through a ViT, on a CPU): computing every row in a
-    batch of the configured size keeps results the same to the bit whatever the sharding. Use the
-    first len(x) rows of the output.
+    For work whose blocks do not hold whole batches: kernels round differently for small batches (a
+    batch of one image through a convolution, of 1-3 crops through a ViT, on a CPU), so computing
+    every row in a batch of the configured size keeps results the same to the bit whatever the
+    split. Use the first len(x) rows of the output.
     """
     n = len(x)
     return x if n >= size or n == 0 else x[list(range(n)) + [n - 1] * (size - n)]
