@@ -45,11 +45,12 @@ test-slurm: $(STAMP)
 
 # The whole pipeline on a paper-shaped workload (random weights, generated images), stage by stage against bare
 # forward passes in the same run (docs/performance.md). IMAGES: generated images; CHANNELS: the first C channels
-# of each layer (empty: all). On a GPU machine, `make benchmark IMAGES=10000` is the paper's scale.
+# of each layer (empty: all). On a GPU machine, `make benchmark IMAGES=10000` is the paper's scale; BENCH_ARGS passes
+# more options, e.g. BENCH_ARGS="--profile profiles/workstation --image-shards 1 --channel-shards 1 --draw-shards 1".
 IMAGES   ?= 500
 CHANNELS ?=
 benchmark: $(STAMP)
-	$(BIN)/python benchmarks/bench_pipeline.py --images $(IMAGES) $(if $(CHANNELS),--channels $(CHANNELS)) --cores $(CORES)
+	$(BIN)/python benchmarks/bench_pipeline.py --images $(IMAGES) $(if $(CHANNELS),--channels $(CHANNELS)) --cores $(CORES) $(BENCH_ARGS)
 
 # The batched scorer against the per-channel scikit-learn reference.
 benchmark-stats: $(STAMP)

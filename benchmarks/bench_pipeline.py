@@ -2,6 +2,8 @@
 
     make benchmark IMAGES=500 CHANNELS=128          # python benchmarks/bench_pipeline.py --images 500 --channels 128
     python benchmarks/bench_pipeline.py --images 10000                  # the paper's scale (all channels), on a GPU
+    python benchmarks/bench_pipeline.py --images 10000 --cores 16 --profile profiles/workstation \
+        --image-shards 1 --channel-shards 1 --draw-shards 1             # one GPU, as docs/performance.md estimates
 
 The workload is the paper's setup (config/config.yaml) with random weights and generated images, so it
 needs no download: N generated 224 px images (12 classes), ResNet-50 layer3 and layer4 (the first C
@@ -58,7 +60,8 @@ def overlay(args) -> dict:
         "embedder": {"name": "ViT-B-32", "pretrained": None},
         "neuron_embeddings": {"enabled": False},
     }
-    shards = {k: v for k, v in (("images", args.image_shards), ("channels", args.channel_shards)) if v}
+    shards = {k: v for k, v in (("images", args.image_shards), ("channels", args.channel_shards),
+                                ("draws", args.draw_shards)) if v}
     if shards:
         cfg["shards"] = shards
     return cfg
@@ -82,7 +85,7 @@ def run_workflow(args, work: Path) -> float:
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(work),
            "--cores", str(args.cores), "--configfile", str(ROOT / "config" / "config.yaml"), str(work / "bench.yaml"),
-           "--quiet", "progress"]
+           "--quiet", "progress"] + (["--profile", str(Path(args.profile).resolve())] if args.profile else [])
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -111,8 +114,13 @@ def crop_counts(work: Path) -> tuple[int, int]:
     return embedded, distinct
 
 
-def rule_threads(rule: str, cores: int) -> int:
-    """The `threads:` of a workflow rule (read from its rule file), capped by --cores as Snakemake does."""
+def rule_threads(rule: str, cores: int, profile: str | None = None) -> int:
+    """The `threads:` of a workflow rule (the profile's set-threads, else its rule file), capped by --cores as
+    Snakemake does."""
+    if profile:
+        set_threads = yaml.safe_load((Path(profile) / "config.yaml").read_text()).get("set-threads") or {}
+        if rule in set_threads:
+            return min(int(set_threads[rule]), cores)
     for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
         m = re.search(rf"^rule {rule}:\n(?:    .*\n|\s*\n)*?    threads: (\d+)", smk.read_text(), re.M)
         if m:
@@ -183,6 +191,10 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--image-shards", type=int, default=None, help="shards.images (default: config.yaml's, capped)")
     ap.add_argument("--channel-shards", type=int, default=None, help="shards.channels (default: config.yaml's)")
+    ap.add_argument("--draw-shards", type=int, default=None, help="shards.draws (default: config.yaml's)")
+    ap.add_argument("--profile", default=None,
+                    help="a Snakemake profile for the workflow, e.g. profiles/workstation (its GPU jobs at once and "
+                         "threads; --cores still applies)")
     ap.add_argument("--bare-items", type=int, default=512, help="images / crops of each bare pass (throughput)")
     ap.add_argument("--reuse-geometry", action="store_true",
                     help="keep the layer geometry of an earlier run in --workdir (same model; the probe runs on the CPU "
@@ -198,7 +210,7 @@ def main(argv=None) -> None:
     print(f"workload: {args.images} images at 224 px, ResNet-50 layer3+layer4 "
           f"({args.channels or 'all'} channels each), ViT-B/32, K=50, M=20, random weights; "
           f"--cores {args.cores}, device {args.device}; workflow in {work}", flush=True)
-    threads = rule_threads("mine_topk", args.cores)
+    threads = rule_threads("mine_topk", args.cores, args.profile)
     before = bare_passes(args, threads)
     wall = run_workflow(args, work)
     jobs = jobs_table(work)

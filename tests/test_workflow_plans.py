@@ -62,6 +62,22 @@ def test_paper_setup_plans_every_rule_over_its_shards(tmp_path, overlay):
         assert counts.get(rule, 0) >= 1, rule
 
 
+def test_one_gpu_workstation_plans_few_fat_jobs(tmp_path):
+    """The workstation profile with config/one_gpu.yaml: one job of each GPU stage per layer, three GPU jobs admitted."""
+    profile = yaml.safe_load((ROOT / "profiles" / "workstation" / "config.yaml").read_text())
+    assert profile["resources"] == ["gpu=3"] and profile["cores"] == 16
+    p = snakemake(tmp_path, "-n", "--profile", str(ROOT / "profiles" / "workstation"),
+                  "--configfile", str(ROOT / "config" / "one_gpu.yaml"))
+    counts = {}
+    for line in p.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    assert counts["mine_topk"] == 1 and counts["geometry"] == 1
+    for rule in ("embed_patches", "score", "k_scores", "score_or_units", "patch_embeddings"):
+        assert counts[rule] == 2, rule  # layer3 and layer4
+
+
 def test_k_scores_are_sharded_like_the_scoring(tmp_path):
     """k_scores plans one job per score job (layer x channel shard x draw shard) with the same inputs; k_sensitivity
     reads all of its layer's k_scores and scores, and needs no calibrate."""
