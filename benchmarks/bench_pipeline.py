@@ -97,7 +97,7 @@ def run_workflow(args, work: Path) -> float:
 def jobs_table(work: Path) -> pd.DataFrame:
     rows = [json.loads(p.read_text()) for p in sorted((work / "profile").glob("*.json"))]
     df = pd.DataFrame(rows)
-    df["job_s"] = df["stage_end"] - df["process_start"]
+    df["job_s"] = df["startup_s"] + df["stage_s"]
     return df
 
 

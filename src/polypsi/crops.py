@@ -98,12 +98,17 @@ def resize_crops(groups: list[tuple[np.ndarray, torch.Tensor]], n: int, out_size
     """The `cut_crops` of n crops as [n,3,out,out]: one batched resize per crop side (on `device` when given)."""
     import torch  # lazy: the table stages read crop boxes from this module and need no torch
 
-    crops = torch.empty(n, 3, out_size, out_size, device=device)
-    for idx, patch in groups:
+    def resize(patch):
         if device is not None:
             patch = patch.to(device, non_blocking=True)
-        crops[torch.as_tensor(idx, device=crops.device)] = torch.nn.functional.interpolate(
-            patch, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True)
+        return torch.nn.functional.interpolate(patch, size=(out_size, out_size), mode="bilinear",
+                                               align_corners=False, antialias=True)
+
+    if len(groups) == 1 and len(groups[0][0]) == n:  # one crop side (the usual case): no scatter needed
+        return resize(groups[0][1])
+    crops = torch.empty(n, 3, out_size, out_size, device=device)
+    for idx, patch in groups:
+        crops[torch.as_tensor(idx, device=crops.device)] = resize(patch)
     return crops
 
 

@@ -70,7 +70,7 @@ class Embedder:
             x = torch.nn.functional.interpolate(
                 x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False, antialias=True
             ).clamp_(0, 1)
-        x = (x - self.mean) / self.std
+        x = (x - self.mean).div_(self.std)  # one temporary, not two (the caller's x is left as it was)
         with torch.no_grad(), self._ctx():
             with forward_pass(self.device, len(x)):
                 z = self.model.encode_image(x)

@@ -101,19 +101,35 @@ def run(smk_or_job, stage: Callable[[Job], Any]) -> None:
         Path(job.log).parent.mkdir(parents=True, exist_ok=True)
         open(job.log, "w").close()  # a rerun's log starts empty
     _set_threads(job.threads)
-    t0 = time.time()
+    profiling = bool(os.environ.get(PROFILE_ENV))
+    startup = _process_age() if profiling else 0.0
+    t0, m0 = time.time(), time.perf_counter()
     try:
         stage(job)
     except (PolypsiError, FileNotFoundError) as e:
         job.logger().error("polypsi error: %s", e)
         sys.exit(1)
-    if os.environ.get(PROFILE_ENV):
-        _write_profile(job, t0, time.time())
+    if profiling:
+        _write_profile(job, t0, startup, time.perf_counter() - m0)
 
 
-def _write_profile(job: Job, t0: float, t1: float) -> None:
+def _process_age() -> float:
+    """Seconds since this process started (interpreter and imports so far), on the wall clock, taken now: a clock
+    step later in the stage must not change it."""
+    try:
+        import psutil  # lazy: only when profiling
+
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except ImportError:
+        return 0.0
+
+
+def _write_profile(job: Job, t0: float, startup: float, stage_s: float) -> None:
     """This job's timings as JSON in $POLYPSI_PROFILE (benchmarks/bench_pipeline.py): process start-up (interpreter
-    and imports), the stage, the time in model forward passes, peak memory, whether torch was imported."""
+    and imports), the stage, the time in model forward passes, peak memory, whether torch was imported.
+
+    Durations come from a monotonic clock (the stage) or are taken before the stage (the start-up): the wall
+    clock of a virtual machine can step by seconds during a long stage. The wall-clock stamps only order jobs."""
     import json  # lazy: only when profiling
 
     # VmHWM: this process's peak resident memory (ru_maxrss would keep Snakemake's across fork and exec)
@@ -125,18 +141,13 @@ def _write_profile(job: Job, t0: float, t1: float) -> None:
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    try:
-        import psutil  # lazy: only when profiling
-
-        started = psutil.Process().create_time()
-    except ImportError:
-        started = t0
     wild = "_".join(f"{k}{v}" for k, v in sorted(job.wildcards.items()))
     out = Path(os.environ[PROFILE_ENV]) / f"{job.rule or 'job'}{'_' + wild if wild else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "rule": job.rule, "wildcards": dict(job.wildcards), "threads": job.threads,
-        "process_start": started, "stage_start": t0, "stage_end": t1, "startup_s": t0 - started, "stage_s": t1 - t0,
+        "process_start": t0 - startup, "stage_start": t0, "stage_end": t0 + stage_s, "startup_s": startup,
+        "stage_s": stage_s,
         "forward_s": FORWARD["seconds"], "forward_calls": FORWARD["calls"], "forward_items": FORWARD["items"],
         "peak_rss_mb": peak,
         "torch_imported": "torch" in sys.modules, "open_clip_imported": "open_clip" in sys.modules,
