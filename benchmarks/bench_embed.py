@@ -41,7 +41,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--workers", type=int, default=0, help="threads cutting crops ahead (embed_crops' workers)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="threads cutting crops ahead (embed_crops' workers; an embed_patches job on a CPU uses 1)")
     ap.add_argument("--model", default="ViT-B-32")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

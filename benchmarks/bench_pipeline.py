@@ -16,10 +16,12 @@ The workflow runs under Snakemake with --cores (default: all), every job writing
 thread count: a bare ResNet-50 forward pass (the mining settings: batch size, channels_last, fp32) over
 random images, and a bare ViT-B/32 `encode_image` over random crops (embedder batch size), each on up to
 --bare-items items. The ratios use the mean of the two measurements, so that a machine whose speed
-drifts during the run (a busy neighbour, clock changes) is compared with its average; both are printed. Printed per stage (rule): jobs, wall time (the jobs' durations summed, process start to end),
-start-up (interpreter and imports, before the stage runs), the share of the stage's time in model
-forward passes, throughput of the stage against the bare pass, peak memory; then the whole run's
-forward share (forward seconds of all jobs / the workflow's wall time). The last line is for machines:
+drifts during the run (a busy neighbour, clock changes) is compared with its average; both are printed.
+Printed per stage (rule): jobs, wall time (the jobs' durations summed, process start to end), start-up
+(interpreter and imports, before the stage runs), the share of the stage's time in model forward passes,
+throughput of the stage against the bare pass, peak memory; then the whole run's forward share (forward
+seconds of all jobs / the workflow's wall time).
+The last line is for machines:
 
     forward_share=<f> mining_ratio=<r> embed_ratio=<r> crops_embedded=<n> distinct_crops=<n>
 

@@ -13,7 +13,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -167,14 +167,14 @@ def load_embedder(emb: EmbedderConfig, cfg: Config, device: torch.device | str =
 # ---------------------------------------------------------------- stages
 
 
-def embed_crops(embedder, paths: list[str], boxes: np.ndarray, input_size: int, batch_size: int,
-                log=None, workers: int = 0) -> np.ndarray:
+def embed_crops(embedder: Embedder | Callable[[], Embedder], paths: list[str], boxes: np.ndarray, input_size: int,
+                batch_size: int, log=None, workers: int = 0) -> np.ndarray:
     """Embeddings [n, d] of the crops boxes[i] of images paths[i] (sorted by image: each is read once).
 
     Crops are cut in batches (`cut_crops`) and resized in one call per crop side on the embedder's
     device (`resize_crops`). With `workers` > 0, that many threads cut the next batches (up to
-    workers + 1 ahead) while this one is encoded, so a GPU does not wait for image decoding; and
-    `embedder` may then be a function that loads the embedder, called once the first batches are
+    workers + 1 ahead) while this one is encoded, so a GPU does not wait for image decoding.
+    `embedder` may be a function that loads the embedder: it is called once the first batches are
     being cut, so that reading images overlaps the model load. A crop's embedding does not depend on
     the sharding: crop shards hold whole batches (`crop_shard`), so each crop is encoded in the same
     batch for any shard count.
@@ -189,7 +189,7 @@ def embed_crops(embedder, paths: list[str], boxes: np.ndarray, input_size: int, 
     embs = []
     with (ThreadPoolExecutor(max_workers=workers) if workers > 0 else nullcontext()) as pool:
         ahead = deque(pool.submit(cut, i) for i in starts[: workers + 1]) if pool else deque()
-        if not isinstance(embedder, Embedder):
+        if callable(embedder):
             embedder = embedder()
         for j, i in enumerate(starts):
             if pool:
