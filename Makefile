@@ -10,11 +10,15 @@ CONFIG  ?=
 
 .PHONY: demo smoke check test test-fast test-slurm benchmark benchmark-stats benchmark-scoring-k schema lint clean
 
+# pip byte-compiles every installed module one at a time (a minute here, mostly torch); compileall does it on
+# every core afterwards (a file that does not compile, such as torch's Python 3.12 test helper, is left to
+# Python, as pip leaves it).
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet -r requirements.txt
-	$(BIN)/pip install --quiet --no-deps -r requirements-test.txt
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet --no-compile -r requirements.txt
+	$(BIN)/pip install --quiet --no-compile --no-deps -r requirements-test.txt
+	$(BIN)/pip install --quiet --no-compile --no-deps -e .
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
 	touch $(STAMP)
 
 venv: $(STAMP)
