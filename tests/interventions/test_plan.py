@@ -99,3 +99,32 @@ def test_free_position_matches_brute_force():
         assert (box is None) == (not allowed)
         if len(allowed) < 40:
             assert seen == allowed
+
+
+def test_donor_pool_sorts_each_channel_by_rank_with_relative_activations():
+    """One sort for the table, a slice per channel: rank order, rel = activation / the channel's top (NaN for a
+    channel that never fires), extra columns aligned with their rows, image sets per channel."""
+    from polypsi.interventions.plan import _donor_pool, _image_sets, _unrelated_channels
+
+    rng = np.random.default_rng(0)
+    n, k = 5, 4
+    df = pd.DataFrame({"channel": np.repeat(np.arange(n), k), "rank": np.tile(np.arange(k), n),
+                       "image_id": np.arange(n * k) % 7, "u": 0, "v": 0, "cluster": 0,
+                       "activation": rng.uniform(1, 2, n * k).astype(np.float32)})
+    df.loc[df["channel"] == 3, "activation"] = -1.0
+    df["tag"] = [f"{c}-{r}" for c, r in zip(df["channel"], df["rank"])]
+    pool = _donor_pool(df.sample(frac=1, random_state=0), extra=("tag",))
+    assert list(pool) == list(range(n))
+    for c, g in pool.items():
+        want = df[df["channel"] == c]
+        assert g["rank"].tolist() == list(range(k)) and g["tag"].tolist() == [f"{c}-{r}" for r in range(k)]
+        rel = want["activation"].to_numpy() / want["activation"].max()
+        if c == 3:
+            assert g["rel"].isna().all()
+        else:
+            np.testing.assert_array_equal(g["rel"].to_numpy(), rel)
+    images = _image_sets(pool)
+    assert images[0] == {0, 1, 2, 3} and images[1] == {4, 5, 6, 0}
+    # channel 0's images {0, 1, 2, 3}: channel 1's {4, 5, 6, 0} shares one, 2's {1, 2, 3, 4} three, 4's {2, 3, 4, 5} two
+    assert _unrelated_channels(0, images, live={1, 2, 4}) == [1]
+    assert _unrelated_channels(0, images, live={2, 4}) == [4]

@@ -42,7 +42,7 @@ from ..calibration import channels_only
 from ..config import InterventionConfig
 from ..crops import crop_box, load_image
 from ..runtime import Progress
-from .plan import (_donor, _donor_pool, _pick, _unrelated_channels, donor_box, free_position, region_box,
+from .plan import (_donor, _donor_pool, _image_sets, _pick, _unrelated_channels, donor_box, free_position, region_box,
                    resolve_region_scale)
 from .run import _as_extractor, trial_image
 from .trial import OK, Donor, Site, Trial, trials_table
@@ -137,11 +137,8 @@ def plan_insert(chosen: pd.DataFrame, patches: pd.DataFrame, maxima: pd.DataFram
     `maxima`: image_id x channel, each channel's largest activation in each scanned image.
     """
     ic = cfg.insert
-    pool = _donor_pool(patches)
-    if "embedding" in patches:
-        emb = patches.set_index(["channel", "rank"])["embedding"]
-        for c, g in pool.items():
-            g["embedding"] = [emb[(c, r)] for r in g["rank"]]
+    pool = _donor_pool(patches, extra=("embedding",) if "embedding" in patches else ())
+    top_images = _image_sets(pool)
     live = set(pool) if live is None else set(live)
     side = max(1, int(round(scale * min(layer_geom["crop"], input_size))))
     u, v, room = measured_site(layer_geom, input_size, side)
@@ -161,7 +158,7 @@ def plan_insert(chosen: pd.DataFrame, patches: pd.DataFrame, maxima: pd.DataFram
                             > layer_geom["stride"] / 2 for du, dv in zip(mine["u"], mine["v"])], dtype=bool)
         ordered = {k: prototype_order(mine[mine["cluster"] == k], shifted[(mine["cluster"] == k).to_numpy()])
                    for k in clusters}
-        unrelated = _unrelated_channels(c, pool, live)
+        unrelated = _unrelated_channels(c, top_images, live)
         rng = np.random.default_rng([cfg.seed, INSERT_STREAM, c])
         images, threshold = neutral_images(maxima[c], ic.neutral_quantile, ic.images, rng,
                                            exclude=set(mine["image_id"].astype(int)))

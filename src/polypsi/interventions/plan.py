@@ -127,22 +127,38 @@ def resolve_region_scale(cfg: InterventionConfig, layer_geom: dict, input_size: 
 # --------------------------------------------------------------------------- donors
 
 
-def _donor_pool(patches: pd.DataFrame) -> dict[int, pd.DataFrame]:
-    """Per channel its patches by rank, with `rel` = activation / the channel's largest (NaN if unknown)."""
+def _donor_pool(patches: pd.DataFrame, extra: tuple[str, ...] = ()) -> dict[int, pd.DataFrame]:
+    """Per channel its patches by rank, with `rel` = activation / the channel's largest (NaN if unknown), and the
+    `extra` columns after it."""
     cols = [c for c in ("channel", "rank", "image_id", "u", "v", "cluster", "activation") if c in patches]
-    pool = {}
-    for c, g in patches.groupby("channel"):
-        g = g[cols].sort_values("rank").reset_index(drop=True)
-        top = g["activation"].max() if "activation" in g else np.nan
-        g["rel"] = g["activation"] / top if top > 0 else np.nan
-        pool[int(c)] = g
-    return pool
+    # One sort and one division for the whole table, then a slice per channel (a groupby loop building each
+    # channel's frame took ~1.7 ms a channel: seconds for a layer of 2,048 channels).
+    order = np.lexsort((patches["rank"].to_numpy(), patches["channel"].to_numpy()))
+    df = patches[cols].iloc[order].reset_index(drop=True)
+    if "activation" in df:
+        top = df.groupby("channel", sort=False)["activation"].transform("max")
+        df["rel"] = (df["activation"] / top).where(top > 0, np.nan)
+    else:
+        df["rel"] = np.nan
+    for c in extra:
+        df[c] = patches[c].to_numpy()[order]
+    ch = df["channel"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, ch[1:] != ch[:-1]])
+    ends = np.r_[starts[1:], len(df)]
+    return {int(ch[a]): df.iloc[a:b].reset_index(drop=True) for a, b in zip(starts, ends)}
 
 
-def _unrelated_channels(channel: int, pool: dict[int, pd.DataFrame], live: set[int]) -> list[int]:
-    """Live channels sharing the fewest top images with `channel` (ideally none): 'unrelated' by their data."""
-    mine = set(pool[channel]["image_id"].tolist())
-    overlap = {c: len(mine & set(g["image_id"].tolist())) for c, g in pool.items() if c != channel and c in live}
+def _image_sets(pool: dict[int, pd.DataFrame]) -> dict[int, set[int]]:
+    """Per channel of a donor pool, the images of its top patches."""
+    return {c: set(g["image_id"].tolist()) for c, g in pool.items()}
+
+
+def _unrelated_channels(channel: int, images: dict[int, set[int]], live: set[int]) -> list[int]:
+    """Live channels sharing the fewest top images with `channel` (ideally none): 'unrelated' by their data.
+
+    `images`: _image_sets of the pool, built once (not once per channel: 2,048 sets a call at ResNet-50's layer4)."""
+    mine = images[channel]
+    overlap = {c: len(mine & s) for c, s in images.items() if c != channel and c in live}
     if not overlap:
         return []
     least = min(overlap.values())
@@ -178,6 +194,7 @@ def plan(chosen: pd.DataFrame, patches: pd.DataFrame, layer_geom: dict, input_si
     "top patches" are arbitrary images, not features.
     """
     pool = _donor_pool(patches)
+    top_images = _image_sets(pool)
     live = set(pool) if live is None else set(live)
     scale = resolve_region_scale(cfg, layer_geom, input_size)
     trials: list[Trial] = []
@@ -186,7 +203,7 @@ def plan(chosen: pd.DataFrame, patches: pd.DataFrame, layer_geom: dict, input_si
     for ch, ch_index in zip(chosen.itertuples(index=False), index):
         c = int(ch.channel)
         mine = pool[c]
-        unrelated = _unrelated_channels(c, pool, live)
+        unrelated = _unrelated_channels(c, top_images, live)
         for s in mine.head(cfg.sites_per_channel).itertuples(index=False):
             rng = np.random.default_rng([cfg.seed, c, int(s.rank)])
             img, clu = int(s.image_id), int(s.cluster)
