@@ -1,4 +1,5 @@
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -134,3 +135,52 @@ def test_each_distinct_crop_embedded_once_whatever_the_shards(tmp_path, workers)
         assert list(rows["channel"].unique()) == list(mine) and len(rows) == len(ref)
         # the same crops (other batch mates and sizes: equal up to rounding)
         np.testing.assert_allclose(z, ref, rtol=0, atol=1e-6)
+
+
+def test_embed_patches_stage_embeds_its_shard_and_an_empty_shard_imports_no_torch(tmp_path):
+    """The stage writes its crop shard's rows with their embeddings (those of embedding the crops directly); a
+    shard left empty (fewer crops than MIN_BATCHES_PER_JOB batches per job) writes its empty table in a process
+    that never imports torch or open_clip (about 3 s of start-up saved per empty job)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from polypsi import embedding
+    from polypsi.croptable import CROP_COLUMNS, MIN_BATCHES_PER_JOB, distinct_crops, embed_patches_stage
+    from polypsi.io import read_table, write_table
+    from polypsi.job import Files, Job
+
+    dataset, geometry, topk = _crop_world(tmp_path)
+    write_table(dataset, tmp_path / "dataset.parquet")
+    write_table(topk, tmp_path / "topk.parquet")
+    (tmp_path / "geometry.json").write_text(json.dumps(geometry))
+    every = distinct_crops(topk, geometry["layers"]["l"], geometry["input_size"])
+    raw = {"embedder": {"name": "polypsi-tiny-vit", "pretrained": None, "batch_size": 8}, "shards": {"channels": 2},
+           "device": "cpu"}
+    assert len(every) <= 8 * MIN_BATCHES_PER_JOB  # so all crops go to shard 0, shard 1 is empty
+    inputs = {"topk": str(tmp_path / "topk.parquet"), "dataset": str(tmp_path / "dataset.parquet"),
+              "geometry": str(tmp_path / "geometry.json")}
+    embed_patches_stage(Job(cfg=load_config(raw), input=Files(**inputs),
+                            output=Files(crops=str(tmp_path / "s0.parquet")), wildcards={"layer": "l", "cshard": "0"}))
+    crops, z = read_table(tmp_path / "s0.parquet", embedding="embedding")
+    pd.testing.assert_frame_equal(crops, every)
+    e = load_embedder(load_config(raw).embedder, load_config(raw), "cpu")
+    paths = dataset.set_index("image_id").loc[every["image_id"], "path"].tolist()
+    np.testing.assert_array_equal(z, embedding.embed_crops(e, paths, every[CROP_COLUMNS[1:]].to_numpy(), 64, 8))
+
+    code = (
+        "import json, sys\n"
+        "from polypsi.config import load_config\n"
+        "from polypsi.croptable import embed_patches_stage\n"
+        "from polypsi.job import Files, Job\n"
+        f"embed_patches_stage(Job(cfg=load_config({raw!r}), input=Files(**{inputs!r}),\n"
+        f"    output=Files(crops={str(tmp_path / 's1.parquet')!r}), wildcards={{'layer': 'l', 'cshard': '1'}}))\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules)))\n"
+    )
+    src = str(Path(embedding.__file__).parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": src})
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    empty, z1 = read_table(tmp_path / "s1.parquet", embedding="embedding")
+    assert len(empty) == 0 and list(empty.columns) == CROP_COLUMNS and z1.shape[0] == 0

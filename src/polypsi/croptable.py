@@ -8,7 +8,8 @@ distinct crops, not the channels: each distinct crop is embedded exactly once pe
 number of shards (`embed_patches`). A table-only job (`patch_embeddings`) then writes each
 channel shard's (channel, rank) rows with its crops' embeddings, the tables scoring reads.
 
-Table work only (no torch): the gather job starts in about a second.
+Table work (no torch) but for encoding a shard's crops (`embed_patches_stage` imports the embedder only
+for a shard with crops): the gather job and an empty shard start in about a second.
 """
 
 from __future__ import annotations
@@ -62,6 +63,35 @@ def patch_embeddings(topk: pd.DataFrame, channels: np.ndarray, geom: dict, input
         raise StageError(f"{int(missing.sum())} patches have no embedded crop (first: {want[missing][0]}); "
                          "the crop tables do not match the top-K table: rerun embed_patches")
     return rows[["channel", "rank"]].copy(), z[pos.loc[want].to_numpy()]
+
+
+def embed_patches_stage(job) -> None:
+    """Rule embed_patches (and embed_patches_secondary): one crop shard of a layer's distinct crops.
+
+    `shards.channels` sets how many jobs share a layer's crops; rule patch_embeddings then writes the
+    per-channel-shard patch tables from them. A shard left empty (crop_shard) writes its empty table without
+    importing torch or the embedder: about 3 s of start-up a job less.
+    """
+    cfg, log, layer, shard = job.cfg, job.logger("polypsi.embed"), job.wildcard("layer"), int(job.wildcard("cshard"))
+    topk, geometry = read_table(job.input.topk), read_json(job.input.geometry)
+    geom, size = geometry["layers"][layer], geometry["input_size"]
+    every = distinct_crops(topk, geom, size)
+    crops = crop_shard(every, shard, cfg.shards.channels, cfg.embedder.batch_size)
+    n_sites = len(topk[["image_id", "u", "v"]].drop_duplicates())
+    log.info("layer %s, crop shard %d of %d: %d of the layer's %d distinct crops (%d patches at %d distinct sites, "
+             "%d channels; side %d px)", layer, shard, cfg.shards.channels, len(crops), len(every), len(topk), n_sites,
+             topk["channel"].nunique(), geom["crop"])
+    z = np.zeros((0, 1), np.float32)
+    if len(crops):
+        from .embedding import cut_workers, embed_crops, load_embedder  # lazy: torch, for a shard with crops
+
+        paths = read_table(job.input.dataset).set_index("image_id").loc[crops["image_id"].to_numpy(), "path"].tolist()
+        device = job.device
+        # the embedder loads once the first crops are being cut (reading images overlaps open_clip's import)
+        z = embed_crops(lambda: load_embedder(cfg.embedder, cfg, device), paths, crops[CROP_COLUMNS[1:]].to_numpy(),
+                        size, cfg.embedder.batch_size, log, cut_workers(device, job.threads))
+    write_table(crops, job.output.crops, embeddings={"embedding": z})
+    log.info("done: %d crops embedded", len(crops))
 
 
 def patch_embeddings_stage(job) -> None:

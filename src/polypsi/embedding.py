@@ -16,17 +16,14 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
-import pandas as pd
 import torch
 
 from . import sources
 from .config import Config, EmbedderConfig
 from .crops import cut_crops, resize_crops
-from .croptable import CROP_COLUMNS, crop_shard, distinct_crops
 from .errors import EmbedderLoadError
-from .io import read_json, read_table, write_table
 from .models import host_resolves
-from .runtime import Progress, forward_pass, get_logger
+from .runtime import Progress, forward_pass
 
 PACKAGE_DATA = Path(__file__).parent / "data"
 
@@ -204,45 +201,8 @@ def embed_crops(embedder: Embedder | Callable[[], Embedder], paths: list[str], b
     return np.concatenate(embs) if embs else np.zeros((0, 1), np.float32)
 
 
-def _image_paths(dataset: pd.DataFrame, image_ids) -> list[str]:
-    return dataset.set_index("image_id").loc[np.asarray(image_ids), "path"].tolist()
-
-
-def embed_crop_shard(emb_cfg: EmbedderConfig, cfg: Config, topk: pd.DataFrame, dataset: pd.DataFrame,
-                     geometry: dict, layer: str, shard: int, n_shards: int, device,
-                     log=None, workers: int = 1) -> tuple[pd.DataFrame, np.ndarray]:
-    """Crop shard `shard` of `n_shards` of the layer's distinct crops (over all channels) and their embeddings."""
-    log = log or get_logger("polypsi.embed")
-    geom, size = geometry["layers"][layer], geometry["input_size"]
-    every = distinct_crops(topk, geom, size)
-    crops = crop_shard(every, shard, n_shards, emb_cfg.batch_size)
-    n_sites = len(topk[["image_id", "u", "v"]].drop_duplicates())
-    log.info("layer %s, crop shard %d of %d: %d of the layer's %d distinct crops (%d patches at %d distinct sites, "
-             "%d channels; side %d px)", layer, shard, n_shards, len(crops), len(every), len(topk), n_sites,
-             topk["channel"].nunique(), geom["crop"])
-    if len(crops) == 0:
-        return crops, np.zeros((0, 1), np.float32)
-    z = embed_crops(lambda: load_embedder(emb_cfg, cfg, device), _image_paths(dataset, crops["image_id"]),
-                    crops[CROP_COLUMNS[1:]].to_numpy(), size, emb_cfg.batch_size, log, workers)
-    return crops, z
-
-
 def cut_workers(device, threads: int) -> int:
     """Threads that cut crops ahead of the encoder: all of the job's on a GPU (the encoder needs none of
     them), one on a CPU (the encoder uses the job's threads; one cutter still hides most of the image
     reading: 1-2% faster than cutting in between batches, measured with ViT-B/32 on 2 cores)."""
     return max(1, threads) if torch.device(device).type == "cuda" else 1
-
-
-def embed_patches_stage(job) -> None:
-    """Rule embed_patches (and embed_patches_secondary): one crop shard of a layer's distinct crops.
-
-    `shards.channels` sets how many jobs share a layer's crops; rule patch_embeddings then writes
-    the per-channel-shard patch tables from them.
-    """
-    cfg, log = job.cfg, job.logger("polypsi.embed")
-    crops, z = embed_crop_shard(cfg.embedder, cfg, read_table(job.input.topk), read_table(job.input.dataset),
-                                read_json(job.input.geometry), job.wildcard("layer"), int(job.wildcard("cshard")),
-                                cfg.shards.channels, job.device, log, cut_workers(job.device, job.threads))
-    write_table(crops, job.output.crops, embeddings={"embedding": z})
-    log.info("done: %d crops embedded", len(crops))

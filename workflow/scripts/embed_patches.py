@@ -1,4 +1,4 @@
 from polypsi.job import run
-from polypsi.embedding import embed_patches_stage
+from polypsi.croptable import embed_patches_stage
 
 run(snakemake, embed_patches_stage)  # noqa: F821
