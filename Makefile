@@ -8,7 +8,7 @@ CORES   ?= 2
 DEMO    ?= config/demo.yaml
 CONFIG  ?=
 
-.PHONY: demo smoke check test test-fast test-slurm benchmark benchmark-stats benchmark-scoring-k schema lint clean
+.PHONY: venv demo smoke check test test-fast test-slurm benchmark benchmark-stats benchmark-scoring-k schema lint clean
 
 # pip byte-compiles every installed module one at a time (a minute here, mostly torch); compileall does it on
 # every core afterwards (a file that does not compile, such as torch's Python 3.12 test helper, is left to
