@@ -70,6 +70,35 @@ def test_run_ends_a_user_error_with_its_message_and_exit_code_1(tmp_path):
     assert "polypsi error: cannot read image bad.jpg" in (tmp_path / "logs" / "job.log").read_text()
 
 
+def test_out_of_memory_says_what_to_change_and_other_errors_propagate(tmp_path):
+    import torch
+
+    def gpu_oom(job):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.7 GiB total)\nmore")
+
+    smk = _smk(tmp_path, rule="embed_patches")
+    with pytest.raises(SystemExit) as e:
+        run(smk, gpu_oom)
+    assert e.value.code == 1
+    log = (tmp_path / "logs" / "job.log").read_text()
+    assert "rule embed_patches (layer=layer3) ran out of GPU memory (CUDA out of memory. Tried to allocate" in log
+    assert "--resources gpu=1" in log and "embedder.batch_size" in log and "more" not in log
+
+    def cpu_oom(job):
+        raise torch.OutOfMemoryError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB")
+
+    with pytest.raises(SystemExit):
+        run(_smk(tmp_path), cpu_oom)
+    log = (tmp_path / "logs" / "job.log").read_text()
+    assert "rule merge_topk (layer=layer3) ran out of memory (DefaultCPUAllocator" in log and "--cores" in log
+
+    def bug(job):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run(_smk(tmp_path), bug)
+
+
 def test_a_stage_runs_from_a_job_built_by_hand(tmp_path):
     from polypsi.config import Config
     from polypsi.io import write_table

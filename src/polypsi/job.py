@@ -109,8 +109,39 @@ def run(smk_or_job, stage: Callable[[Job], Any]) -> None:
     except (PolypsiError, FileNotFoundError) as e:
         job.logger().error("polypsi error: %s", e)
         sys.exit(1)
+    except RuntimeError as e:
+        if not _out_of_memory(e):
+            raise
+        job.logger().error("polypsi error: %s", out_of_memory_message(job, e))
+        sys.exit(1)
     if profiling:
         _write_profile(job, t0, startup, time.perf_counter() - m0)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """torch's out-of-memory error (CUDA's, or the CPU allocator's), without importing torch."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(e, torch.OutOfMemoryError)
+
+
+# Settings that bound a GPU stage's memory; runtime keys, so changing one reruns nothing.
+BATCH_KEYS = ("mining.batch_size", "embedder.batch_size", "neuron_embeddings.batch_size", "interventions.batch_size")
+
+
+def out_of_memory_message(job: Job, e: BaseException) -> str:
+    """What to do when a stage runs out of memory: on a GPU, most often other GPU jobs share it."""
+    where = f"rule {job.rule or '?'}" + (f" ({', '.join(f'{k}={v}' for k, v in job.wildcards.items())})"
+                                          if job.wildcards else "")
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    keys = ", ".join(BATCH_KEYS)
+    if "cuda" in first.lower():
+        return (f"{where} ran out of GPU memory ({first}). A profile that admits several GPU jobs at once "
+                "(profiles/workstation: resources gpu=3) runs them side by side on one GPU: run the same command "
+                f"with `--resources gpu=1` to run one at a time, or lower this stage's batch size ({keys}: runtime "
+                "settings, results change by float rounding only and no finished job reruns). Finished jobs are "
+                "kept; the same command resumes.")
+    return (f"{where} ran out of memory ({first}). Run fewer jobs at once (a lower --cores), or lower this stage's "
+            f"batch size ({keys}: runtime settings, no finished job reruns); the same command resumes.")
 
 
 def _process_age() -> float:
