@@ -5,10 +5,11 @@ import pytest
 import torch
 from scipy.stats import special_ortho_group
 from sklearn.cluster import KMeans
-from sklearn.metrics import normalized_mutual_info_score, silhouette_samples
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_samples
 
 from polypsi.stats.kmeans import cluster_search, kmeanspp, lloyd, sq_distances
 from polypsi.stats.metrics import (
+    adjusted_rand,
     canonical_labels,
     cosine_distances,
     dense_labels,
@@ -90,6 +91,25 @@ def test_nmi_of_a_row_does_not_depend_on_its_batch():
     order = rng.permutation(len(y))
     assert np.array_equal(alone, whole) and np.array_equal(nmi(y[order], l[order]), whole[order])
     assert np.array_equal(nmi(y[:10], l[:10]), whole[:10])
+
+
+@pytest.mark.parametrize("K", [2, 3, 12, 50, 200])
+def test_adjusted_rand_equals_sklearn_bit_for_bit(K):
+    """Random labelings of several sizes and the special cases, each row against adjusted_rand_score."""
+    rng = np.random.default_rng(K)
+    a = rng.integers(0, 6, (120, K))
+    b = rng.integers(0, 4, (120, K))
+    a[:20] = rng.integers(0, 2, (20, K))  # few labels on one side
+    b[20:25] = a[20:25]  # identical partitions
+    b[25:30] = 3 - np.minimum(a[25:30], 3)  # a coarser partition than a's, relabelled
+    a[30:35], b[30:35] = 0, 0  # both one cluster
+    a[35:40] = 0  # one side one cluster, the other not
+    b[40:45] = np.arange(K) % 4  # as many ways to differ as there are
+    a[45:50], b[45:50] = np.arange(K), np.arange(K)[::-1]  # every example alone, on both sides
+    got = adjusted_rand(a, b)
+    want = np.array([adjusted_rand_score(x, y) for x, y in zip(a, b)])
+    assert np.array_equal(got, want)
+    assert np.array_equal(adjusted_rand(a[7:8], b[7:8]), want[7:8]) and adjusted_rand(a[:0], b[:0]).shape == (0,)
 
 
 def test_purity_gaps_match_brute_force():

@@ -1,6 +1,7 @@
 """Scores on neuron embeddings: the embedder's clustering applied to the model's own view."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
@@ -39,3 +40,22 @@ def test_neuron_scores_match_scikit_learn_and_find_the_modes():
     again, assign2 = neuron_scores(Z, labels, clip, np.array([7, 8, 9]), stats=StatsConfig(), seed=0, layer="l",
                                    threshold=0.5)
     assert np.array_equal(assign2, assign[:3]) and again.ne_S.equals(table.ne_S[:3])
+
+
+def test_neuron_scores_do_not_depend_on_chunks(monkeypatch):
+    """Float64 copies and Foote's graphs are made a chunk of units at a time: any chunk size, the same table."""
+    import polypsi.stats.neuron as neuron
+
+    rng = np.random.default_rng(3)
+    built = [_units(rng, 1 + i % 3) for i in range(7)]
+    Z = np.stack([z for z, _ in built]).astype(np.float32)
+    labels = np.stack([y for _, y in built])
+    clip = rng.integers(0, 3, labels.shape)
+    Z[4] = 0  # a unit without a neuron embedding
+    Z[5, 3] = 0  # one example without one: the unit has no scores
+    args = dict(stats=StatsConfig(), seed=0, layer="l", threshold=0.5)
+    whole, assign = neuron_scores(Z, labels, clip, np.arange(7), **args)
+    monkeypatch.setattr(neuron, "FOOTE_VALUES", Z.shape[1] * Z.shape[2] * 2)  # two units per Foote chunk
+    parts, assign2 = neuron_scores(Z, labels, clip, np.arange(7), chunk=3, **args)
+    pd.testing.assert_frame_equal(parts, whole)
+    assert np.array_equal(assign2, assign) and whole.ne_S.isna().tolist() == [False] * 4 + [True, True, False]

@@ -70,6 +70,33 @@ def nmi(y: np.ndarray, l: np.ndarray) -> np.ndarray:
     return out
 
 
+def adjusted_rand(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Adjusted Rand index [N] of label rows a [N, K] and b [N, K], as scikit-learn's `adjusted_rand_score`.
+
+    Labels are non-negative integers. The pair counts are integers, as in scikit-learn's pair
+    confusion matrix, and enter the same float expression, so each row's value is the same to the bit.
+    """
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    N, K = a.shape
+    if N == 0:
+        return np.zeros(0)
+    ca, cb = int(a.max()) + 1, int(b.max()) + 1
+    rows = np.repeat(np.arange(N), K)
+    cells = np.bincount((rows * ca + a.ravel()) * cb + b.ravel(), minlength=N * ca * cb).reshape(N, ca * cb)
+    na = np.bincount(rows * ca + a.ravel(), minlength=N * ca).reshape(N, ca)
+    nb = np.bincount(rows * cb + b.ravel(), minlength=N * cb).reshape(N, cb)
+    same = (cells ** 2).sum(1)
+    tp = same - K  # ordered pairs together in both
+    fp = (nb ** 2).sum(1) - same  # together in b only
+    fn = (na ** 2).sum(1) - same  # together in a only
+    tn = K * K - tp - fp - fn - K
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
+    out[(fn == 0) & (fp == 0)] = 1.0  # the same partition (scikit-learn's special case)
+    return out
+
+
 def _row_entropy(counts: np.ndarray, N: int, c: int, K: int) -> tuple[np.ndarray, np.ndarray]:
     """Entropy [N] of each row's labels from flat counts [N * c], summed over its non-empty labels in order."""
     idx = np.flatnonzero(counts)

@@ -15,15 +15,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import adjusted_rand_score
 
 from ..config import StatsConfig
 from .batched import _normalise, _real
-from .metrics import dense_labels, nmi
+from .metrics import adjusted_rand, dense_labels, nmi
 from .nulls import kmeans_uniforms, unit_rng
 from .peers import foote_components
 
 NEURON_COLUMNS = ["ne_S", "ne_k_hat", "ne_Q", "ne_ari", "foote_k"]
+FOOTE_VALUES = 1 << 22  # embedding values per Foote chunk (32 MB in float64; its copies are per chunk too)
 
 
 def neuron_scores(Z: np.ndarray, labels: np.ndarray, clip_clusters: np.ndarray, units: np.ndarray, *,
@@ -36,15 +36,16 @@ def neuron_scores(Z: np.ndarray, labels: np.ndarray, clip_clusters: np.ndarray, 
     the k-means restarts as the real draw does. A unit whose embeddings are all zero (a channel whose
     weights are zero) gets NaN scores and cluster -1.
     """
-    Z = np.asarray(Z, dtype=np.float64)
-    n, K, _ = Z.shape
+    n, K, d = Z.shape
     ks = list(range(stats.k_min, stats.k_max + 1))
     S, k_hat, assign = np.full(n, np.nan), np.zeros(n, np.int64), np.full((n, K), -1, np.int64)
-    live = (np.linalg.norm(Z, axis=-1) > 0).all(1)
+    # Float64 a chunk at a time: a layer whose last convolution is 3x3 has d = 9 x its input channels
+    # (4,608 for ResNet-18's layer4), and a float64 copy of every unit's embeddings would be GBs.
+    live = ((Z != 0).any(-1) & ~np.isnan(Z).any(-1)).all(1)  # every example's norm > 0
     idx = np.flatnonzero(live)
     for start in range(0, len(idx), chunk):
         part = idx[start:start + chunk]
-        Zc = _normalise(torch.from_numpy(Z[part]))
+        Zc = _normalise(torch.from_numpy(np.asarray(Z[part], dtype=np.float64)))
         G = torch.bmm(Zc, Zc.transpose(1, 2))
         unif = np.stack([kmeans_uniforms(unit_rng(seed, layer, int(units[i]), 0), len(ks), stats.n_init,
                                          stats.k_max) for i in part])
@@ -54,8 +55,12 @@ def neuron_scores(Z: np.ndarray, labels: np.ndarray, clip_clusters: np.ndarray, 
     Q = np.full(n, np.nan)
     if len(idx):
         Q[idx] = nmi(dense_labels(np.asarray(labels)[idx]), assign[idx])
-    ari = np.array([adjusted_rand_score(clip_clusters[i], assign[i]) if live[i] else np.nan for i in range(n)])
-    foote = foote_components(Z, threshold)[0].astype(float)
+    ari = np.full(n, np.nan)
+    if len(idx):
+        ari[idx] = adjusted_rand(dense_labels(np.asarray(clip_clusters)[idx]), assign[idx])
+    per = max(1, FOOTE_VALUES // max(1, K * d))
+    foote = np.concatenate([foote_components(Z[i:i + per], threshold)[0] for i in range(0, n, per)] or
+                           [np.zeros(0)]).astype(float)
     foote[~live] = np.nan
     table = pd.DataFrame({"channel": np.asarray(units, dtype=np.int64), "ne_S": S,
                           "ne_k_hat": np.where(live, k_hat, 0), "ne_Q": Q, "ne_ari": ari, "foote_k": foote})
