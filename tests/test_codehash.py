@@ -78,3 +78,69 @@ def test_editing_a_module_changes_exactly_the_rules_that_run_it(tmp_path, monkey
 def test_module_file(name, expected):
     got = codehash.module_file(name)
     assert (got.name if got else None) == expected
+
+
+_NESTED = '''
+import a
+def f():
+    import b
+    class C:
+        def g(self):
+            from c import d
+    async def h():
+        async with x:
+            import e
+        async for i in y:
+            pass
+        else:
+            import f2
+for i in z:
+    import g
+else:
+    import h
+while w:
+    import i
+else:
+    import j
+try:
+    import k
+except E:
+    import l
+else:
+    import m
+finally:
+    import n
+with v:
+    import o
+if u:
+    import p
+elif t:
+    import q
+else:
+    import r
+match s:
+    case 1:
+        import s2
+    case _:
+        from . import t2
+try:
+    pass
+except* E:
+    import u2
+'''
+
+
+def test_statements_find_every_import_that_a_full_walk_finds():
+    """The statement walk behind imports_of against ast.walk: on every block kind, and on the package and scripts."""
+    import ast
+
+    def imports(nodes):
+        return sorted(ast.dump(n) for n in nodes if isinstance(n, (ast.Import, ast.ImportFrom)))
+
+    tree = ast.parse(_NESTED)
+    assert imports(codehash.statements(tree.body)) == imports(ast.walk(tree)) and len(imports(ast.walk(tree))) == 20
+    files = [*codehash.ROOT.rglob("*.py"), *(codehash.ROOT.parents[1] / "workflow" / "scripts").glob("*.py")]
+    assert len(files) > 50
+    for path in files:
+        tree = ast.parse(path.read_text())
+        assert imports(codehash.statements(tree.body)) == imports(ast.walk(tree)), path
