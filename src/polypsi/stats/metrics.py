@@ -45,16 +45,12 @@ def nmi(y: np.ndarray, l: np.ndarray) -> np.ndarray:
     depends on that row alone, bit for bit: its non-empty cells are summed in (label, cluster)
     order, so splitting channels or draws into other batches cannot change a float sum.
     """
-    y = np.asarray(y, dtype=np.int64)
-    l = np.asarray(l, dtype=np.int64)
+    y, l, rows, cy, cl = _label_rows(y, l)
     N, K = y.shape
     if N == 0:
         return np.zeros(0)
-    cy, cl = int(y.max()) + 1, int(l.max()) + 1
-    rows = np.repeat(np.arange(N), K)
     # Integer counts are exact whatever the batch; only the non-empty cells enter the float sums.
-    ny = np.bincount(rows * cy + y.ravel(), minlength=N * cy)
-    nl = np.bincount(rows * cl + l.ravel(), minlength=N * cl)
+    ny, nl = _row_counts(y, rows, cy, N), _row_counts(l, rows, cl, N)
     cells, n = np.unique((rows * cy + y.ravel()) * cl + l.ravel(), return_counts=True)  # sorted: row, label, cluster
     r, yy, ll = cells // (cy * cl), (cells // cl) % cy, cells % cl
     p = n / K
@@ -76,16 +72,12 @@ def adjusted_rand(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     Labels are non-negative integers. The pair counts are integers, as in scikit-learn's pair
     confusion matrix, and enter the same float expression, so each row's value is the same to the bit.
     """
-    a = np.asarray(a, dtype=np.int64)
-    b = np.asarray(b, dtype=np.int64)
+    a, b, rows, ca, cb = _label_rows(a, b)
     N, K = a.shape
     if N == 0:
         return np.zeros(0)
-    ca, cb = int(a.max()) + 1, int(b.max()) + 1
-    rows = np.repeat(np.arange(N), K)
-    cells = np.bincount((rows * ca + a.ravel()) * cb + b.ravel(), minlength=N * ca * cb).reshape(N, ca * cb)
-    na = np.bincount(rows * ca + a.ravel(), minlength=N * ca).reshape(N, ca)
-    nb = np.bincount(rows * cb + b.ravel(), minlength=N * cb).reshape(N, cb)
+    cells = _row_counts(a * cb + b, rows, ca * cb, N).reshape(N, ca * cb)
+    na, nb = _row_counts(a, rows, ca, N).reshape(N, ca), _row_counts(b, rows, cb, N).reshape(N, cb)
     same = (cells ** 2).sum(1)
     tp = same - K  # ordered pairs together in both
     fp = (nb ** 2).sum(1) - same  # together in b only
@@ -95,6 +87,19 @@ def adjusted_rand(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         out = 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
     out[(fn == 0) & (fp == 0)] = 1.0  # the same partition (scikit-learn's special case)
     return out
+
+
+def _label_rows(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Two label arrays [N, K] as int64, the row of each of their flattened entries, and each one's label count."""
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    rows = np.repeat(np.arange(a.shape[0]), a.shape[1])
+    return a, b, rows, int(a.max(initial=-1)) + 1, int(b.max(initial=-1)) + 1
+
+
+def _row_counts(labels: np.ndarray, rows: np.ndarray, c: int, N: int) -> np.ndarray:
+    """Flat counts [N * c] of each row's labels (0..c-1)."""
+    return np.bincount(rows * c + labels.ravel(), minlength=N * c)
 
 
 def _row_entropy(counts: np.ndarray, N: int, c: int, K: int) -> tuple[np.ndarray, np.ndarray]:
