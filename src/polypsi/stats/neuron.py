@@ -36,6 +36,7 @@ def neuron_scores(Z: np.ndarray, labels: np.ndarray, clip_clusters: np.ndarray, 
     the k-means restarts as the real draw does. A unit whose embeddings are all zero (a channel whose
     weights are zero) gets NaN scores and cluster -1.
     """
+    Z = np.asarray(Z)  # float32 stays float32: float64 copies are made per chunk below
     n, K, d = Z.shape
     ks = list(range(stats.k_min, stats.k_max + 1))
     S, k_hat, assign = np.full(n, np.nan), np.zeros(n, np.int64), np.full((n, K), -1, np.int64)
