@@ -59,9 +59,9 @@ def neuron_scores(Z: np.ndarray, labels: np.ndarray, clip_clusters: np.ndarray, 
     ari = np.full(n, np.nan)
     if len(idx):
         ari[idx] = adjusted_rand(dense_labels(np.asarray(clip_clusters)[idx]), assign[idx])
-    per = max(1, FOOTE_VALUES // max(1, K * d))
-    foote = np.concatenate([foote_components(Z[i:i + per], threshold)[0] for i in range(0, n, per)] or
-                           [np.zeros(0)]).astype(float)
+    foote, per = np.full(n, np.nan), max(1, FOOTE_VALUES // max(1, K * d))
+    for i in range(0, n, per):
+        foote[i:i + per] = foote_components(Z[i:i + per], threshold)[0]
     foote[~live] = np.nan
     table = pd.DataFrame({"channel": np.asarray(units, dtype=np.int64), "ne_S": S,
                           "ne_k_hat": np.where(live, k_hat, 0), "ne_Q": Q, "ne_ari": ari, "foote_k": foote})
