@@ -3,21 +3,15 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import yaml
 from PIL import Image
-
-ROOT = Path(__file__).resolve().parents[1]
+from workflow_runs import ROOT, snakemake
 
 
 def _plan(workdir, *configfiles):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     args = ["--configfile", *map(str, configfiles)]  # one flag: a second --configfile replaces the first
-    p = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-n", "--cores", "2",
-                        "--resources", "gpu=1", "--directory", str(workdir), *args],
-                       capture_output=True, text=True, env=env)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    p = snakemake(workdir, "-n", "--resources", "gpu=1", *args)
     counts = {}
     for line in p.stdout.splitlines():
         parts = line.split()
@@ -58,8 +52,7 @@ def test_the_preflight_lists_every_problem_when_planning_and_downloads_when_a_ru
     base = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "1",
             "--directory", str(tmp_path)]
     smoke_yaml = str(ROOT / "config" / "smoke.yaml")
-    p = subprocess.run([*base, "-n", "--configfile", smoke_yaml, str(tmp_path / "bad.yaml")],
-                       capture_output=True, text=True, env=env)
+    p = snakemake(tmp_path, "-n", "--configfile", smoke_yaml, str(tmp_path / "bad.yaml"), check=False)
     assert p.returncode != 0 and "preflight: 3 problem(s)" in p.stderr, p.stderr[-2000:]
     for words in ("absent does not exist", "templates.txt", "'layer5' is not a module of the model"):
         assert words in p.stderr, words
