@@ -8,6 +8,7 @@ import torch
 from polypsi.calibration import calibrate
 from polypsi.config import CalibrationConfig, NullConfig, StatsConfig
 from polypsi.stats import CLUSTER_COLUMNS, SCORE_COLUMNS, TextBank, score_channels
+from polypsi.stats.batched import CHUNK_GRAM_ENTRIES, DEVICE_CHUNK_BYTES, chunk_size
 from polypsi.shards import channel_shard, draws_of
 from polypsi.stats.synthetic import make_world, noise_channels, planted_channels
 
@@ -298,3 +299,16 @@ def test_every_configurable_null_and_backend_has_an_implementation():
     assert set(batched.D_NULLS) == d_nulls
     assert set(reference.D_NULLS) == d_nulls
     assert set(score.BACKENDS) == set(get_args(StatsConfig.model_fields["backend"].annotation))
+
+
+def test_chunks_fit_the_device():
+    """The CPU keeps chunks under its allocator's mmap limit; a GPU takes chunks as large as its memory budget
+    allows (a chunk's fixed cost is its kernel launches), fewer units the larger K, and an explicit size wins."""
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert chunk_size(cpu, 50) == 256 and chunk_size(cpu, 200) == CHUNK_GRAM_ENTRIES // 200**2 < 256
+    assert chunk_size(cpu, 50, 8) == 8 and chunk_size(cpu, 200, 4096) == chunk_size(cpu, 200)
+    sizes = [chunk_size(gpu, K) for K in (10, 50, 200, 1000)]
+    assert sizes == sorted(sizes, reverse=True) and sizes[1] > 3000 and sizes[-1] >= 1
+    for K, units in zip((10, 50, 200), sizes):
+        assert units * (80 * K**2 + (64 << 10)) <= DEVICE_CHUNK_BYTES < (units + 1) * (80 * K**2 + (64 << 10))
+    assert chunk_size(gpu, 50, 100) == 100

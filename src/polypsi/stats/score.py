@@ -90,7 +90,7 @@ def score_channels(
     layer: str,
     device: str | torch.device = "cpu",
     progress: bool = False,
-    chunk_units: int = 256,
+    chunk_units: int | None = None,
     activations: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Raw S, Q, D and K-hat of n channels for one draw (0 = real data, 1..M = null draws).
@@ -100,7 +100,8 @@ def score_channels(
     contrast (metrics.activation_weights; without them every patch counts 1).
     `draw` may also be a list of draws (the real clustering is then computed once).
     Every random choice is seeded by (nulls.seed, layer, channel, draw), so the result does
-    not depend on how channels are split into shards or chunks.
+    not depend on how channels are split into shards or chunks (chunk_units: units, i.e. channels x
+    draws, per batch; by default set by the device, see batched.chunk_size).
     """
     draws = _as_draws(draw, nulls.m)
     Z, labels, channels = check_inputs(Z, labels, channels, text, stats, layer)
