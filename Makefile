@@ -8,7 +8,7 @@ CORES   ?= 2
 DEMO    ?= config/demo.yaml
 CONFIG  ?=
 
-.PHONY: venv demo smoke check test test-fast test-slurm benchmark benchmark-stats benchmark-scoring-k schema lint clean
+.PHONY: venv demo smoke check test test-fast test-slurm benchmark benchmark-stats benchmark-scoring-k benchmark-scoring-device schema lint clean
 
 # pip byte-compiles every installed module one at a time (mostly torch); compileall does it on every core
 # afterwards, 23-25 s less for the whole install on 2 cores (a file that does not compile, such as torch's
@@ -63,6 +63,11 @@ benchmark-stats: $(STAMP)
 # The batched scorer's time per channel at K = 25..200 top patches, part by part, with growth exponents.
 benchmark-scoring-k: $(STAMP)
 	$(BIN)/python benchmarks/bench_scoring_k.py
+
+# What a GPU can and cannot speed up in the scorer (torch operations against the CPU-only rest); DEVICE=cuda on a GPU.
+DEVICE ?= cpu
+benchmark-scoring-device: $(STAMP)
+	$(BIN)/python benchmarks/bench_scoring_device.py --device $(DEVICE)
 
 schema: $(STAMP)
 	$(BIN)/python -m polypsi.config config/schema.json
