@@ -67,7 +67,7 @@ def test_one_gpu_workstation_plans_few_fat_jobs(tmp_path):
     profile = yaml.safe_load((ROOT / "profiles" / "workstation" / "config.yaml").read_text())
     assert profile["resources"] == ["gpu=3"] and profile["cores"] == 16
     p = snakemake(tmp_path, "-n", "--profile", str(ROOT / "profiles" / "workstation"),
-                  "--configfile", str(ROOT / "config" / "one_gpu.yaml"))
+                  "--configfile", str(ROOT / "config" / "one_gpu.yaml"), "--cores", "16")  # the profile's cores
     counts = {}
     for line in p.stdout.splitlines():
         parts = line.split()
@@ -76,6 +76,9 @@ def test_one_gpu_workstation_plans_few_fat_jobs(tmp_path):
     assert counts["mine_topk"] == 1 and counts["geometry"] == 1
     for rule in ("embed_patches", "score", "k_scores", "score_or_units", "patch_embeddings"):
         assert counts[rule] == 2, rule  # layer3 and layer4
+    # the profile's threads reach the jobs: the browser, the run's last job, takes 12 of the 16 cores
+    browser = p.stdout.split("rule browser:\n", 1)[1].split("\n\n", 1)[0]
+    assert "    threads: 12" in browser.splitlines(), browser
 
 
 def test_k_scores_are_sharded_like_the_scoring(tmp_path):

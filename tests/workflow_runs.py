@@ -16,6 +16,8 @@ PATCH_COLUMNS = ["channel", "rank", "image_id", "u", "v", "activation", "cluster
 # Dry runs are Snakemake's own command line in a process forked from one that has already imported
 # Snakemake (about 1.8 s of a 3 s dry run; the suite makes about 50). Only third-party modules are
 # preloaded: the workflow and polypsi are read afresh by every run, so edits between runs count.
+# Like any fork-server child, each imports the caller's main module first (pytest's entry points guard
+# theirs with `if __name__ == "__main__"`).
 _FORKS = multiprocessing.get_context("forkserver")
 _FORKS.set_forkserver_preload(["snakemake.cli", "pydantic"])
 
@@ -39,11 +41,12 @@ def _forked_run(cmd, env):
     """subprocess.run(cmd, capture_output=True, text=True, env=env) for `python -m snakemake`, as a forked child."""
     assert cmd[1:3] == ["-m", "snakemake"], cmd
     with tempfile.TemporaryDirectory() as tmp:
-        out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
+        out, err = Path(tmp, "out"), Path(tmp, "err")
+        out.touch(), err.touch()  # a child that fails before running Snakemake leaves them empty
         child = _FORKS.Process(target=_cli, args=(cmd[3:], os.getcwd(), env, out, err))
         child.start()
         child.join()
-        return subprocess.CompletedProcess(cmd, child.exitcode, Path(out).read_text(), Path(err).read_text())
+        return subprocess.CompletedProcess(cmd, child.exitcode, out.read_text(), err.read_text())
 
 
 def snakemake(workdir, *args, check=True):
