@@ -1,4 +1,4 @@
-"""The neuron browser's builder against the previous one (one process, thumbnails cut per block of 128
+"""The neuron browser's builder against an earlier one (one process, thumbnails cut per block of 128
 channels), side by side on the same generated run.
 
     python benchmarks/bench_browser.py --images 2000 --channels 512 --topk 50 --workers 2 --repeats 2
@@ -9,10 +9,12 @@ and, per layer (--layers), --channels channels with --topk patches each, one per
 times, interleaved over --repeats rounds:
 - `before`: build_browser of --baseline (a git revision of this repository: the per-block builder),
   loaded from git beside the current package;
-- `serial`: the current build_browser with one worker;
-- `parallel`: the current build_browser with --workers threads.
+- `serial`: the current way with one worker: build_sprites of each layer (rule `sprites`), then
+  build_browser (rule `browser`: pages, linking the sprites);
+- `parallel`: the same with --workers threads.
 Torch runs on one thread throughout, as in the browser job before (threads: 1) and in each worker thread now.
-Prints each one's best time, the ratios, and whether every output file is byte-identical across the three.
+Prints each one's best time (for the current way also its two parts: sprites, then pages), the ratios, and
+whether every output file is byte-identical across the three.
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ def main(argv=None) -> None:
 
     from polypsi.crops import _cached_image
     from polypsi.report.browser import build_browser
+    from polypsi.report.thumbs import build_sprites
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=2000)
@@ -141,25 +144,41 @@ def main(argv=None) -> None:
           f"{args.images} images ({args.size} px JPEG, {args.crop} px crops -> {args.thumb} px); world ready in "
           f"{time.perf_counter() - t0:.1f} s; best of {args.repeats}, interleaved")
     before = load_baseline(args.baseline)
+
+    def current(out, workers):
+        """(sprites seconds, pages seconds) of the two rules' work."""
+        t = time.perf_counter()
+        sprites = {}
+        for layer, p in patches.items():
+            sprites[layer] = Path(f"{out}-sprites") / layer
+            shutil.rmtree(sprites[layer], ignore_errors=True)
+            build_sprites(sprites[layer], p, dataset, args.size, thumb=args.thumb, layer=layer, workers=workers)
+        t_pages = time.perf_counter()
+        build_browser(out, psi, clusters, patches, dataset, sprites, thumb=args.thumb, workers=workers)
+        return t_pages - t, time.perf_counter() - t_pages
+
     ways = {
         "before": lambda out: before(out, psi, clusters, patches, dataset, args.size, thumb=args.thumb),
-        "serial": lambda out: build_browser(out, psi, clusters, patches, dataset, args.size, thumb=args.thumb,
-                                            workers=1),
-        "parallel": lambda out: build_browser(out, psi, clusters, patches, dataset, args.size, thumb=args.thumb,
-                                              workers=args.workers),
+        "serial": lambda out: current(out, 1),
+        "parallel": lambda out: current(out, args.workers),
     }
-    times = {k: [] for k in ways}
+    times, parts = {k: [] for k in ways}, {k: [] for k in ways}
     for _ in range(args.repeats):
         for name, fn in ways.items():
             out = work / f"out_{name}"
             shutil.rmtree(out, ignore_errors=True)
             _cached_image.cache_clear()  # no way starts with images another one decoded
             t = time.perf_counter()
-            fn(out)
+            split = fn(out)
             times[name].append(time.perf_counter() - t)
+            parts[name].append(split)
     best = {k: min(v) for k, v in times.items()}
     for k, v in times.items():
-        print(f"{k:9s} {best[k]:8.2f} s  (all rounds: {', '.join(f'{x:.2f}' for x in v)})")
+        split = ""
+        if isinstance(parts[k][0], tuple):
+            sp, pg = min(p[0] for p in parts[k]), min(p[1] for p in parts[k])
+            split = f"  sprites {sp:.2f} s, pages {pg:.2f} s (best of each)"
+        print(f"{k:9s} {best[k]:8.2f} s{split}  (all rounds: {', '.join(f'{x:.2f}' for x in v)})")
     identical = same_tree(work / "out_before", work / "out_serial") and same_tree(work / "out_before", work / "out_parallel")
     print(f"before / serial: {best['before'] / best['serial']:.2f}x; before / parallel ({args.workers} workers): "
           f"{best['before'] / best['parallel']:.2f}x; outputs byte-identical: {identical}")

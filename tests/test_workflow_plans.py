@@ -4,6 +4,7 @@ A file of their own, so that `make test` (one worker per file) runs them beside 
 
 import json
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -76,9 +77,15 @@ def test_one_gpu_workstation_plans_few_fat_jobs(tmp_path):
     assert counts["mine_topk"] == 1 and counts["geometry"] == 1
     for rule in ("embed_patches", "score", "k_scores", "score_or_units", "patch_embeddings"):
         assert counts[rule] == 2, rule  # layer3 and layer4
-    # the profile's threads reach the jobs: the browser, the run's last job, takes 12 of the 16 cores
-    browser = p.stdout.split("rule browser:\n", 1)[1].split("\n\n", 1)[0]
-    assert "    threads: 12" in browser.splitlines(), browser
+    # the profile's threads reach the jobs: mining's image loaders take 8 of the 16 cores
+    mine = p.stdout.split("rule mine_topk:\n", 1)[1].split("\n\n", 1)[0]
+    assert "    threads: 8" in mine.splitlines(), mine
+    # the browser's image work waits for the mined top-K only (beside embedding and scoring), one job a layer
+    assert counts["sprites"] == 2 and counts["browser"] == 1
+    for job in p.stdout.split("rule sprites:\n")[1:]:
+        inputs = job.split("input: ", 1)[1].split("\n", 1)[0].split(", ")
+        assert sorted(Path(f).name for f in inputs) in [["dataset.parquet", "geometry.json", f"{l}.parquet"]
+                                                        for l in ("layer3", "layer4")], inputs
 
 
 def test_k_scores_are_sharded_like_the_scoring(tmp_path):

@@ -17,15 +17,25 @@ from .fixtures import K, LAYERS, SAME_NAME_CHANNEL, load_run, make_run
 
 from polypsi import crops
 from polypsi.errors import DatasetError
-from polypsi.report import browser
+from polypsi.errors import StageError
+from polypsi.report import browser, thumbs
 from polypsi.report.browser import INDEX_COLUMNS, build_browser, channel_href, index_rows, slug
-from polypsi.report.thumbs import thumbnails, write_sprite
+from polypsi.report.thumbs import build_sprites, thumbnails, write_sprite
 
 pytestmark = pytest.mark.browser
 
 INSTALL = "apt-get install -y chromium chromium-driver && pip install selenium"
 CHROMIUM = os.environ.get("POLYPSI_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = os.environ.get("POLYPSI_CHROMEDRIVER") or shutil.which("chromedriver")
+
+
+def make_browser(out, psi, clusters, patches, ds, size, workers=1, **kw):
+    """What rules sprites (one per layer, into <out>-sprites/<layer>) and browser write."""
+    sprites = {}
+    for layer, p in patches.items():
+        sprites[layer] = Path(f"{out}-sprites") / layer
+        build_sprites(sprites[layer], p, ds, size, layer=layer, workers=workers)
+    return build_browser(out, psi, clusters, patches, ds, sprites, workers=workers, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +64,7 @@ def site(tmp_path_factory):
     returns the folder and the real channels' tables the pages must show."""
     root = make_run(tmp_path_factory.mktemp("run"))
     raw, _, clusters, patches, ds, geom = load_run(root, raw=True)
-    build_browser(root / "browser", raw, clusters, patches, ds, geom["input_size"], title="synthetic run")
+    make_browser(root / "browser", raw, clusters, patches, ds, geom["input_size"], title="synthetic run")
     psi = load_run(root)[0]
     return root / "browser", psi, clusters
 
@@ -352,9 +362,9 @@ def world(tmp_path_factory):
 
 def _build(out, inputs, workers, monkeypatch, part=16):
     # Blocks of 2 channels and parts of about 16 crops: several of each per layer, as at scale.
-    monkeypatch.setattr(browser, "CUT_PART", part)
+    monkeypatch.setattr(thumbs, "CUT_PART", part)
     psi, clusters, patches, ds, size = inputs
-    return build_browser(out, psi, clusters, patches, ds, size, title="t", chunk=2, workers=workers)
+    return make_browser(out, psi, clusters, patches, ds, size, workers, title="t", chunk=2)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -367,7 +377,8 @@ def test_threads_write_the_same_files_as_one(world, tmp_path, monkeypatch):
     assert one == two and one["pages"] == sum(len(df[df.unit_kind == "channel"]) for df in world[0].values())
     serial, parallel = _files(tmp_path / "one"), _files(tmp_path / "two")
     assert serial == parallel  # byte for byte, every page, sprite and script
-    assert not [f for f in serial if ".thumbs-" in f]  # the tile files are gone
+    assert _files(tmp_path / "one-sprites") == _files(tmp_path / "two-sprites")
+    assert not [f for f in _files(tmp_path / "one-sprites") if ".thumbs-" in f]  # the tile files are gone
     # A sprite is what the per-channel way writes: the channel's thumbnails in rank order, tiled.
     psi, clusters, patches, ds, size = world
     for layer in LAYERS:
@@ -375,35 +386,62 @@ def test_threads_write_the_same_files_as_one(world, tmp_path, monkeypatch):
         write_sprite(thumbnails(p, ds, size), tmp_path / "ref.jpg")
         assert (tmp_path / "ref.jpg").read_bytes() == serial[f"sprites/{slug(layer)}/0.jpg"]
         assert channel_href(layer, 0) in serial
+        # linked, not copied, where the file system allows it
+        assert (tmp_path / "one" / "sprites" / slug(layer) / "0.jpg").stat().st_nlink == 2
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_each_image_is_decoded_once_per_layer(world, tmp_path, monkeypatch, workers):
     """Counted with a one-image cache per thread (the real cache holds 256 images, which would hide a
     second decoding on a small run): an image decoded twice in a layer had its crops in two runs."""
-    layer_no, decoded, last = [0], Counter(), threading.local()
-    load, layer_crops = crops.load_image, browser._layer_crops
-
-    def cached(path, size):
-        key = (layer_no[0], path, size)
-        if getattr(last, "key", None) != key:
-            last.key, last.image = key, load(path, size)
-            decoded[key[:2]] += 1
-        return last.image
-
-    def counting_layer_crops(*a):
-        layer_no[0] += 1  # layers are cut one after another
-        return layer_crops(*a)
-
-    monkeypatch.setattr(crops, "_cached_image", cached)
-    monkeypatch.setattr(browser, "_layer_crops", counting_layer_crops)
-    _build(tmp_path / "out", world, workers, monkeypatch, part=8)
+    decoded, last = Counter(), threading.local()
+    load = crops.load_image
+    monkeypatch.setattr(thumbs, "CUT_PART", 8)
     psi, clusters, patches, ds, size = world
-    expect = set()
-    for i, layer in enumerate(LAYERS, 1):
-        live = psi[layer][~psi[layer].status.str.startswith("dead") & (psi[layer].unit_kind == "channel")].channel
-        expect |= {(i, ds.path[j]) for j in patches[layer][patches[layer].channel.isin(live)].image_id.unique()}
+    for layer in LAYERS:
+        def cached(path, size):
+            if getattr(last, "key", None) != (layer, path, size):
+                last.key, last.image = (layer, path, size), load(path, size)
+                decoded[layer, path] += 1
+            return last.image
+
+        monkeypatch.setattr(crops, "_cached_image", cached)
+        build_sprites(tmp_path / layer, patches[layer], ds, size, layer=layer, workers=workers)
+    # every channel's sprite, a dead one's too (which channels are dead is known after the scoring only)
+    expect = {(layer, ds.path[j]) for layer in LAYERS for j in patches[layer].image_id.unique()}
     assert set(decoded) == expect and set(decoded.values()) == {1}
+    for layer in LAYERS:
+        assert {f.name for f in (tmp_path / layer).iterdir()} == \
+            {"index.parquet", *(f"{c}.jpg" for c in patches[layer].channel.unique())}
+
+
+def test_sprites_of_other_patches_are_refused(world, tmp_path):
+    """The browser links a layer's sprites only when they show its patches table's rows, in order."""
+    psi, clusters, patches, ds, size = world
+    moved = {l: p.copy() for l, p in patches.items()}
+    row = moved["layer4"].index[(moved["layer4"].channel == 3) & (moved["layer4"]["rank"] == 1)][0]
+    moved["layer4"].loc[row, ["y0", "y1"]] += 1  # another crop box for one patch of channel 3
+    for layer in LAYERS:
+        build_sprites(tmp_path / "sprites" / layer, moved[layer], ds, size, layer=layer)
+    sprites = {l: tmp_path / "sprites" / l for l in LAYERS}
+    with pytest.raises(StageError, match=r"browser, layer 'layer4', channel 3: the sprites in .* show other patches"):
+        build_browser(tmp_path / "out", psi, clusters, patches, ds, sprites)
+    build_sprites(sprites["layer4"], patches["layer4"][patches["layer4"].channel != 2], ds, size, layer="layer4")
+    with pytest.raises(StageError, match=r"layer 'layer4', channel 2: the sprites"):  # no sprite of channel 2
+        build_browser(tmp_path / "out", psi, clusters, patches, ds, sprites)
+    build_sprites(sprites["layer4"], patches["layer4"], ds, size, layer="layer4")
+    assert build_browser(tmp_path / "out", psi, clusters, patches, ds, sprites)["pages"] > 0
+
+
+def test_sprites_are_copied_where_links_fail(world, tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(thumbs.os, "link", no_links)
+    _build(tmp_path / "out", world, 1, monkeypatch)
+    linked = tmp_path / "out" / "sprites" / slug("layer3") / "0.jpg"
+    assert linked.stat().st_nlink == 1
+    assert linked.read_bytes() == (tmp_path / "out-sprites" / "layer3" / "0.jpg").read_bytes()
 
 
 def test_an_unreadable_image_names_its_layer_and_channel(tmp_path, monkeypatch):
@@ -411,14 +449,14 @@ def test_an_unreadable_image_names_its_layer_and_channel(tmp_path, monkeypatch):
     psi, _, clusters, patches, ds, geom = load_run(root)
     bad = int(patches["layer4"].image_id.iloc[0])
     Path(ds.path[bad]).write_bytes(b"not an image")
-    shown = patches["layer3"][patches["layer3"].channel < LAYERS["layer3"]["channels"] - 1]  # the last is dead
-    users = set(shown[shown.image_id == bad].channel)
+    layer3 = patches["layer3"]  # every channel's sprite is cut, a dead one's too
+    users = set(layer3[layer3.image_id == bad].channel)
     assert users
     crops._cached_image.cache_clear()
-    with pytest.raises(DatasetError, match=r"browser thumbnails, layer 'layer3', channel (\d+): cannot read image") as e:
+    with pytest.raises(DatasetError, match=r"thumbnails, layer 'layer3', channel (\d+): cannot read image") as e:
         _build(tmp_path / "out", (psi, clusters, patches, ds, geom["input_size"]), 2, monkeypatch)
     assert int(e.value.args[0].split("channel ")[1].split(":")[0]) in users
-    assert not list((tmp_path / "out").glob(".thumbs-*"))
+    assert not list((tmp_path / "out-sprites" / "layer3").glob(".thumbs-*"))
 
 
 def test_a_failing_page_names_its_layer_and_channel(world, tmp_path, monkeypatch):

@@ -169,8 +169,33 @@ if cfg.report.browser:
 
     extra_outputs += [f"{REPORT}/browser"]
 
+    rule sprites:
+        # The browser's image work (decoding, cutting, JPEG encoding): from the top-K table and the crop
+        # geometry alone, so it runs beside embedding and scoring; the browser only writes pages and links these.
+        input:
+            topk=f"{R}/topk/{{layer}}.parquet",
+            dataset=f"{R}/dataset.parquet",
+            geometry=f"{R}/geometry.json",
+        output:
+            sprites=directory(f"{R}/sprites/{{layer}}"),
+        params:
+            config=settings("report.thumb_size"),
+            code=code("sprites"),
+        # Thumbnails and sprites in this many threads (fewer when --cores is lower). The work is decoding,
+        # resizing and JPEG encoding, mostly outside Python's lock (about 12% is not: two threads ran 1.8x one).
+        threads: 4
+        log:
+            f"{R}/logs/report/sprites_{{layer}}.log",
+        benchmark:
+            f"{R}/benchmarks/report/sprites_{{layer}}.tsv"
+        conda:
+            "../envs/polypsi.yaml"
+        script:
+            script_path("sprites")
+
     rule browser:
         input:
+            sprites=expand(f"{R}/sprites/{{layer}}", layer=LAYERS),
             psi=expand(f"{R}/psi/{{layer}}.parquet", layer=LAYERS),
             clusters=expand(f"{R}/clusters/{{layer}}.parquet", layer=LAYERS),
             patches=expand(f"{R}/patches/{{layer}}.parquet", layer=LAYERS),
@@ -184,10 +209,8 @@ if cfg.report.browser:
         params:
             config=settings("run_name", "report.thumb_size", "model.layers", "interventions.layer"),
             code=code("browser"),
-        # Thumbnails and pages in this many threads (fewer when --cores is lower). The work is decoding,
-        # resizing and JPEG encoding, outside Python's lock; the page HTML is not, a tenth of the time, so
-        # threads beyond a few gain little while the report's other jobs want cores too.
-        threads: 4
+        # Pages in this many threads: their HTML holds Python's lock, linking the sprites does not.
+        threads: 2
         log:
             f"{R}/logs/report/browser.log",
         benchmark:

@@ -4,7 +4,8 @@ Layout of the output folder:
   index.html, style.css, browser.js     the sortable, filterable channel table
   data.js                               the table rows (a script, because file:// pages cannot fetch JSON)
   channels/<layer>/<channel>.html       one page per channel: summary, activation plot, clusters, patches
-  sprites/<layer>/<channel>.jpg         the channel's patch thumbnails tiled into one JPEG
+  sprites/<layer>/<channel>.jpg         the channel's patch thumbnails tiled into one JPEG (rule `sprites` makes
+                                        them from the top-K table: `thumbs.build_sprites`; linked in here)
 Each thumbnail is an <img> of the sprite shifted with object-position, so a page loads one small file.
 The page shells, style sheet and script are files in assets/; the per-channel fragments are built here.
 
@@ -20,11 +21,7 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 import re
-import tempfile
-from concurrent.futures import ThreadPoolExecutor, as_completed, wait
-from contextlib import contextmanager
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -34,11 +31,11 @@ import numpy as np
 import pandas as pd
 
 from ..calibration import channels_only
-from ..crops import load_image
-from ..errors import PolypsiError, StageError
+from ..errors import StageError
 from ..io import atomic_path
 from ..runtime import Progress, get_logger
-from .thumbs import crop_thumbnails, image_paths, sprite_layout, write_sprite
+from .thumbs import SPRITE_COLS, SPRITE_INDEX, SPRITE_KEYS, located, place_sprite, results, sprite_file, sprite_layout, \
+    worker_pool
 
 # Columns of the index table: (key, header, kind). Kinds drive formatting and sorting in browser.js.
 INDEX_COLUMNS = [
@@ -361,173 +358,57 @@ def _records_by_channel(df: pd.DataFrame | None, sort: list[str]) -> dict[int, l
     return out
 
 
-# Thumbnails are cut in parts of about this many crops, never splitting an image's crops between parts:
-# the unit of parallel work and of progress lines.
-CUT_PART = 2048
-
-
-@contextmanager
-def _pool(workers: int):
-    """None (work in this thread) for one worker, else a pool of `workers` threads.
-
-    Threads, not processes: nearly all of the work (decoding, resizing, JPEG encoding) runs in C
-    without the GIL; only the page HTML (under a tenth of the time) is Python. Each worker runs torch
-    on one thread, so `workers` threads use `workers` cores (not `workers` teams of torch threads).
-    """
-    if workers <= 1:
-        yield None
+def _check_sprites(layer: str, shown: dict[int, list[dict]], index: pd.DataFrame, sprites_dir: Path) -> None:
+    """The sprites show, thumbnail for thumbnail, the patches each shown channel's page lists."""
+    want = pd.DataFrame([{k: p[k] for k in SPRITE_KEYS} for ch in sorted(shown) for p in shown[ch]],
+                        columns=SPRITE_KEYS).astype(np.int64)
+    have = index[index["channel"].isin(want["channel"].unique())].sort_values(["channel", "rank"], kind="stable")
+    have = have[SPRITE_KEYS].astype(np.int64).reset_index(drop=True)
+    if len(have) == len(want) and (have.to_numpy() == want.to_numpy()).all():
         return
-    import torch  # lazy: needed to cut the thumbnails anyway; imported here to size its thread pool first
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # read by each new thread when it first runs a torch op
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="browser") as pool:
-            yield pool
-    finally:
-        torch.set_num_threads(before)
+    n = min(len(have), len(want))
+    bad = np.flatnonzero((have.to_numpy()[:n] != want.to_numpy()[:n]).any(axis=1))
+    # the first row that differs, else the first row one side lacks
+    ch = int(want["channel"].iloc[bad[0]] if len(bad) else (want if len(want) > n else have)["channel"].iloc[n])
+    raise StageError(f"browser, layer {layer!r}, channel {ch}: the sprites in {sprites_dir} show other patches than "
+                     f"patches/{layer}.parquet (the two come from different runs or settings); rerun the sprites: "
+                     "snakemake ... --forcerun sprites")
 
 
-def _located(e: Exception, where: str) -> Exception:
-    """`e` with `where` (layer and channel) before its message; user-facing errors keep their type."""
-    if isinstance(e, PolypsiError):
-        try:
-            return type(e)(f"{where}: {e}")
-        except TypeError:
-            return StageError(f"{where}: {e}")
-    return RuntimeError(f"{where}: {type(e).__name__}: {e}")
-
-
-def _layer_crops(layer: str, shown: dict[int, list[dict]], dataset: pd.DataFrame):
-    """The distinct crops (image, box) of a layer's shown patches, sorted by image: (image ids, paths, boxes,
-    first channel showing each), and for every channel the crop row of each of its patches, in patch order."""
-    chans = [ch for ch, g in shown.items() if g]
-    if not chans:
-        return np.zeros(0, np.int64), [], np.zeros((0, 4), np.int64), np.zeros(0, np.int64), {}
-    keys = np.array([[p["image_id"], p["y0"], p["x0"], p["y1"], p["x1"]] for ch in chans for p in shown[ch]], np.int64)
-    owner = np.repeat(np.array(chans, np.int64), [len(shown[ch]) for ch in chans])
-    # The same crop in several channels' patches is cut once; rows sorted by image_id first.
-    crops, row = np.unique(keys, axis=0, return_inverse=True)
-    row = row.reshape(-1)
-    try:
-        paths = image_paths(pd.DataFrame({"image_id": crops[:, 0]}), dataset)
-    except KeyError as e:
-        bad = int(keys[~np.isin(keys[:, 0], dataset["image_id"].to_numpy()), 0][0])
-        raise KeyError(f"browser, layer {layer!r}, channel {int(owner[keys[:, 0] == bad][0])}: {e.args[0]}") from None
-    first = np.full(len(crops), np.iinfo(np.int64).max)
-    np.minimum.at(first, row, owner)
-    ends = np.cumsum([len(shown[ch]) for ch in chans])
-    where = dict(zip(chans, np.split(row, ends[:-1])))
-    return crops[:, 0], paths, crops[:, 1:], first, where
-
-
-def _parts(image_ids: np.ndarray, size: int) -> list[tuple[int, int]]:
-    """(start, stop) ranges of about `size` crops over crops sorted by image, never splitting an image's crops."""
-    n = len(image_ids)
-    starts = np.flatnonzero(np.diff(image_ids)) + 1  # where a new image begins
-    cuts = np.unique(starts[np.minimum(np.searchsorted(starts, np.arange(size, n, size)), len(starts) - 1)]) \
-        if len(starts) else np.zeros(0, np.int64)
-    bounds = [0, *(int(c) for c in cuts), n]
-    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-
-
-def _first_unreadable(paths: list[str], input_size: int) -> int:
-    """Index of the first image that cannot be read (0 when all can: the failure was elsewhere)."""
-    for i, p in enumerate(paths):
-        try:
-            load_image(p, input_size)
-        except Exception:
-            return i
-    return 0
-
-
-class _TileFile:
-    """Thumbnails of one shape in an open file, written and read by row with positioned I/O: safe from several
-    threads at once, and they sit in the page cache, not in this process's memory (a memory map would count
-    every row touched towards it)."""
-
-    def __init__(self, fd: int, shape: tuple[int, ...]):
-        self.fd, self.shape, self.size = fd, shape, int(np.prod(shape))
-
-    def write(self, row: int, tiles: np.ndarray) -> None:
-        data, at = memoryview(np.ascontiguousarray(tiles, np.uint8)).cast("B"), row * self.size
-        while len(data):
-            n = os.pwrite(self.fd, data, at)
-            data, at = data[n:], at + n
-
-    def read(self, rows) -> np.ndarray:
-        out = np.empty((len(rows), *self.shape), np.uint8)
-        for i, r in enumerate(rows):
-            buf = os.pread(self.fd, self.size, int(r) * self.size)
-            if len(buf) != self.size:
-                raise OSError(f"thumbnail file ended at row {int(r)}")
-            out[i] = np.frombuffer(buf, np.uint8).reshape(self.shape)
-        return out
-
-
-def _cut_part(tiles: _TileFile, start: int, paths: list[str], boxes: np.ndarray, channels: np.ndarray, layer: str,
-              input_size: int, thumb: int, batch: int = 512) -> int:
-    """Cut the thumbnails of crops start.. (sorted by image) into rows start.. of `tiles`; returns their count."""
-    for s in range(0, len(paths), batch):
-        stop = min(s + batch, len(paths))
-        try:
-            tiles.write(start + s, crop_thumbnails(paths[s:stop], boxes[s:stop], input_size, thumb))
-        except Exception as e:
-            i = s + _first_unreadable(paths[s:stop], input_size)
-            raise _located(e, f"browser thumbnails, layer {layer!r}, channel {int(channels[i])}") from e
-    return len(paths)
-
-
-def _write_block(out: Path, layer: str, rows: list[dict], shown: dict[int, list[dict]], tiles: _TileFile,
-                 where: dict[int, np.ndarray], clusters: dict[int, dict], causal: dict[int, dict],
-                 links: list[tuple], class_names: dict, sprite_cols: int, thumb: int) -> tuple[int, int]:
-    """Sprites and pages of a block of a layer's channels (`links`: each one's previous and next page);
-    returns (pages, sprites)."""
+def _write_block(out: Path, layer: str, rows: list[dict], shown: dict[int, list[dict]], sprites_dir: Path,
+                 clusters: dict[int, dict], causal: dict[int, dict], links: list[tuple], class_names: dict,
+                 sprite_cols: int, thumb: int) -> tuple[int, int]:
+    """Pages of a block of a layer's channels, each with its sprite linked in (`links`: each one's previous and
+    next page); returns (pages, sprites)."""
     n_sprites = 0
     for r, (prev_href, next_href) in zip(rows, links):
         ch = int(r["channel"])
         try:
             g = shown[ch]
             if g:  # a dead channel's page shows no patches, so it gets no sprite
-                write_sprite(tiles.read(where[ch]), out / "sprites" / slug(layer) / f"{ch}.jpg", sprite_cols)
+                place_sprite(sprite_file(sprites_dir, ch), out / "sprites" / slug(layer) / f"{ch}.jpg")
                 n_sprites += 1
             cols_used = sprite_layout(max(len(g), 1), sprite_cols)[1]
             page = channel_page(layer, r, g, clusters.get(ch, {}), cols_used, thumb, prev_href, next_href, class_names,
                                 causal.get(ch))
             _write_text(out / channel_href(layer, ch), page)
         except Exception as e:
-            raise _located(e, f"browser page, layer {layer!r}, channel {ch}") from e
+            raise located(e, f"browser page, layer {layer!r}, channel {ch}") from e
     return len(rows), n_sprites
 
 
-def _results(pool, fn, tasks):
-    """fn(*task) of every task: in order in this process without a pool, else as the workers finish them.
-    A failure cancels the tasks not yet started and is raised once the running ones have ended (they
-    write to the layer's thumbnail file, which is closed next)."""
-    if pool is None:
-        for t in tasks:
-            yield fn(*t)
-        return
-    futures = [pool.submit(fn, *t) for t in tasks]
-    try:
-        for f in as_completed(futures):
-            yield f.result()
-    finally:
-        for f in futures:
-            f.cancel()
-        wait(futures)
-
-
 def build_browser(out_dir: str | Path, psi: dict[str, pd.DataFrame], clusters: dict[str, pd.DataFrame],
-                  patches: dict[str, pd.DataFrame], dataset: pd.DataFrame, input_size: int, title: str = "polypsi",
-                  thumb: int = 64, sprite_cols: int = 10, chunk: int = 128, log_file: str | None = None,
-                  causal: dict[str, dict[int, dict]] | None = None, workers: int = 1) -> dict:
+                  patches: dict[str, pd.DataFrame], dataset: pd.DataFrame, sprites: dict[str, str | Path],
+                  title: str = "polypsi", thumb: int = 64, sprite_cols: int = SPRITE_COLS, chunk: int = 128,
+                  log_file: str | None = None, causal: dict[str, dict[int, dict]] | None = None,
+                  workers: int = 1) -> dict:
     """Write the browser into `out_dir`; returns counts of what was written.
 
-    `causal`: {layer: {channel: causal record}} for the channel pages (see channel_page).
-    Per layer, every distinct crop is cut once, image by image, into a file of thumbnails in `out_dir`
-    (removed at the end), then sprites and pages are written in blocks of `chunk` channels. `workers` > 1
-    runs both in that many threads; the files are the same, byte for byte, for any count.
+    `sprites`: {layer: the folder `thumbs.build_sprites` wrote for the layer's patches} (rule `sprites`, with the
+    same `thumb` and `sprite_cols`); each shown channel's sprite is linked into `out_dir` (a copy where links are
+    not possible), after checking that it shows the patches of `patches`. `causal`: {layer: {channel: causal
+    record}} for the channel pages (see channel_page). Pages are written in blocks of `chunk` channels, in
+    `workers` threads; the files are the same, byte for byte, for any count.
     """
     log = get_logger(log_file=log_file)
     out = Path(out_dir)
@@ -547,7 +428,7 @@ def build_browser(out_dir: str | Path, psi: dict[str, pd.DataFrame], clusters: d
     n_pages = n_sprites = 0
     prog = Progress(len(rows), "browser pages", log)
     i_global = 0
-    with _pool(workers) as pool:
+    with worker_pool(workers) as pool:
         for layer, df in psi.items():
             channel_rows = df.sort_values("channel").to_dict("records")
             pt_by = _records_by_channel(patches.get(layer), ["channel", "rank"])
@@ -555,32 +436,24 @@ def build_browser(out_dir: str | Path, psi: dict[str, pd.DataFrame], clusters: d
                      for c, recs in _records_by_channel(clusters.get(layer), ["channel", "cluster"]).items()}
             # A dead channel's page shows no patches (its "top" patches are arbitrary images).
             shown = {int(r["channel"]): [] if is_dead(r) else pt_by.get(int(r["channel"]), []) for r in channel_rows}
-            ids, paths, boxes, first, where = _layer_crops(layer, shown, dataset)
-            # The layer's thumbnails on disk, not in memory (2,048 channels x 50 patches at 64 px: 1.3 GB),
-            # beside the output rather than in a temporary folder that may be memory itself (tmpfs).
-            fd, tile_file = tempfile.mkstemp(prefix=".thumbs-", suffix=".u8", dir=out)
+            sprites_dir = Path(sprites[layer])
             try:
-                tiles = _TileFile(fd, (thumb, thumb, 3))
-                # Each image is decoded once for the layer: its crops are consecutive and in one part.
-                cut = Progress(len(paths), f"browser thumbnails of {layer}", log)
-                parts = [(tiles, a, paths[a:b], boxes[a:b], first[a:b], layer, input_size, thumb)
-                         for a, b in _parts(ids, CUT_PART)]
-                for n in _results(pool, _cut_part, parts):
-                    cut.update(n)
-                blocks = []
-                for start in range(0, len(channel_rows), chunk):
-                    block = channel_rows[start : start + chunk]
-                    links = [(hrefs[i - 1] if i > 0 else None, hrefs[i + 1] if i + 1 < len(hrefs) else None)
-                             for i in range(i_global + start, i_global + start + len(block))]
-                    blocks.append((out, layer, block, shown, tiles, where, cl_by, (causal or {}).get(layer, {}), links,
-                                   class_names, sprite_cols, thumb))
-                for pages, sprites in _results(pool, _write_block, blocks):
-                    n_pages += pages
-                    n_sprites += sprites
-                    prog.update(pages)
-            finally:
-                os.close(fd)
-                os.unlink(tile_file)
+                index = pd.read_parquet(sprites_dir / SPRITE_INDEX, columns=SPRITE_KEYS)
+            except (OSError, ValueError) as e:
+                raise StageError(f"browser, layer {layer!r}: cannot read {sprites_dir / SPRITE_INDEX} ({e}); "
+                                 "rerun the sprites rule") from e
+            _check_sprites(layer, {ch: g for ch, g in shown.items() if g}, index, sprites_dir)
+            blocks = []
+            for start in range(0, len(channel_rows), chunk):
+                block = channel_rows[start : start + chunk]
+                links = [(hrefs[i - 1] if i > 0 else None, hrefs[i + 1] if i + 1 < len(hrefs) else None)
+                         for i in range(i_global + start, i_global + start + len(block))]
+                blocks.append((out, layer, block, shown, sprites_dir, cl_by, (causal or {}).get(layer, {}), links,
+                               class_names, sprite_cols, thumb))
+            for pages, n in results(pool, _write_block, blocks):
+                n_pages += pages
+                n_sprites += n
+                prog.update(pages)
             i_global += len(channel_rows)
     log.info("browser: %d channel pages, %d sprites in %s", n_pages, n_sprites, out)
     return {"channels": len(rows), "pages": n_pages, "sprites": n_sprites}

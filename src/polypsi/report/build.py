@@ -90,8 +90,23 @@ def text_head_stage(job) -> None:
     write_table(th, job.output.table)
 
 
+def sprites_stage(job) -> None:
+    """Rule sprites: the browser's thumbnails of one layer, a sprite per channel, from the top-K table and the
+    crop geometry alone (so they are cut beside embedding and scoring, not after the interventions)."""
+    from ..croptable import site_crops  # lazy: the crop boxes (imports torch, which the thumbnails need anyway)
+    from .thumbs import build_sprites  # lazy: as above
+
+    layer = job.wildcards["layer"]
+    topk = read_table(job.input.topk)
+    geometry = read_json(job.input.geometry)
+    input_size = int(geometry["input_size"])
+    patches = pd.concat([topk[["channel", "rank"]], site_crops(topk, geometry["layers"][layer], input_size)], axis=1)
+    build_sprites(job.output.sprites, patches, read_table(job.input.dataset), input_size,
+                  thumb=job.cfg.report.thumb_size, layer=layer, workers=job.threads, log_file=job.log)
+
+
 def browser_stage(job) -> None:
-    """Rule browser: the static neuron browser of all channels."""
+    """Rule browser: the static neuron browser of all channels (pages; the sprites come from rule sprites)."""
     cfg, layers = job.cfg, list(job.cfg.model.layers)
     cols = ["channel", "rank", "image_id", "activation", "cluster", "label", "y0", "x0", "y1", "x1"]
     # and the neuron-view cluster of each patch where the run has one (not the embeddings: they are large)
@@ -102,10 +117,9 @@ def browser_stage(job) -> None:
         layer = cfg.intervention_layer
         causal[layer] = causal_records(read_table(job.input.causal[0]), read_table(job.input.trials[0]))
     build_browser(job.output.browser, _channels_by_layer(layers, job.input.psi, ("index",)),
-                  _by_layer(layers, job.input.clusters), patches,
-                  read_table(job.input.dataset), int(read_json(job.input.geometry)["input_size"]),
-                  title=f"polypsi · {cfg.run_name}", thumb=cfg.report.thumb_size, log_file=job.log, causal=causal,
-                  workers=job.threads)
+                  _by_layer(layers, job.input.clusters), patches, read_table(job.input.dataset),
+                  dict(zip(layers, job.input.sprites)), title=f"polypsi · {cfg.run_name}", thumb=cfg.report.thumb_size,
+                  log_file=job.log, causal=causal, workers=job.threads)
 
 
 def report_stage(job) -> None:

@@ -1,0 +1,4 @@
+from polypsi.job import run
+from polypsi.report.build import sprites_stage
+
+run(snakemake, sprites_stage)  # noqa: F821
