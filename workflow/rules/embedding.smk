@@ -14,6 +14,9 @@ rule embed_patches:
     params:
         config=settings("embedder", "shards.channels", kinds=["embedder"]),
         code=code("embed_patches"),
+    # On the way to the calibration and the browser: before k_scores and neuron_embeddings when the GPU
+    # slots (the resource gpu) are fewer than the jobs that want them.
+    priority: 1
     threads: 2
     resources:
         gpu=GPU,

@@ -26,6 +26,9 @@ rule interventions:
             without=("interventions.test_unit",),
         ),
         code=code("interventions"),
+    # On the way to the calibration and the browser: before k_scores and neuron_embeddings when the GPU
+    # slots (the resource gpu) are fewer than the jobs that want them.
+    priority: 1
     threads: 2
     resources:
         gpu=GPU,
