@@ -6,11 +6,14 @@
 Plans the run with a dry run of every job (`snakemake -n --forceall`, nothing runs; the config's data and
 weights need not exist) and links each job to the jobs that write its inputs. Every job takes the
 duration --estimates gives its rule (seconds from process start to end, start-up included): a low and
-a high value, for all layers or per layer. Each job then starts as soon as the jobs it needs have ended
-(no limit on cores or GPU slots), which gives the run's shortest possible wall time and the chain of
-jobs that sets it; the jobs that want the GPU at once on that schedule are counted against --gpus, so
-that a chain that would wait for a slot shows. Printed for the low and the high durations: the chain,
-job by job, and its length.
+a high value, for all layers or per layer. Two schedules, for the low and the high durations:
+- unlimited: each job starts as soon as the jobs it needs have ended: the run's shortest possible wall
+  time, and the chain of jobs that sets it;
+- slots: as Snakemake runs it with --cores and --gpus (the resource gpu): a ready job starts when its
+  threads and GPU slot are free, higher rule priority first (then plan order); the chain shows where a
+  job waited for a slot.
+Printed: each schedule's length and chain, job by job. Gaps between jobs (Snakemake polls, under a
+second each) and Snakemake's own start (a few seconds) are not counted.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def plan(configfiles: list[str], cores: int) -> list[dict]:
     jobs, job = [], None
     for line in out.stdout.splitlines():
         if line.startswith(("rule ", "localrule ")):
-            job = {"rule": line.split()[-1].rstrip(":"), "input": [], "output": [], "wildcards": {}, "gpu": False}
+            job = {"rule": line.split()[-1].rstrip(":"), "input": [], "output": [], "wildcards": {}, "gpu": False,
+                   "threads": 1, "priority": 0}
             jobs.append(job)
         elif job is not None and line.startswith("    "):
             key, _, value = line.strip().partition(": ")
@@ -50,6 +54,8 @@ def plan(configfiles: list[str], cores: int) -> list[dict]:
                 job["wildcards"] = dict(kv.split("=", 1) for kv in value.split(", "))
             elif key == "resources":
                 job["gpu"] = bool(re.search(r"\bgpu=[1-9]", value))
+            elif key in ("threads", "priority"):
+                job[key] = int(value)
         elif not line.strip():
             job = None
     return [j for j in jobs if j["rule"] != "all"]
@@ -69,29 +75,49 @@ def duration(estimates: dict, job: dict, end: int) -> float:
     return float(e[end])
 
 
-def critical_path(jobs: list[dict], estimates: dict, end: int) -> tuple[float, list[tuple[dict, float, float]], int]:
-    """(length, [(job, start, finish) of the chain], most GPU jobs at once) with every job as early as it can."""
+def schedule(jobs: list[dict], estimates: dict, end: int, cores: int | None = None, gpus: int | None = None):
+    """Start and finish of every job: as early as its inputs allow, or (with cores and gpus) also when its threads
+    and GPU slot are free, higher priority first. Returns (start, finish, the job each one waited for)."""
     writer = {f: i for i, j in enumerate(jobs) for f in j["output"]}
     needs = [sorted({writer[f] for f in j["input"] if f in writer}) for j in jobs]
-    finish: dict[int, float] = {}
-    start: dict[int, float] = {}
-    via: dict[int, int | None] = {}
+    dur = [duration(estimates, j, end) for j in jobs]
+    start, finish, after = {}, {}, {}
+    t, running, free = 0.0, [], {"cores": cores or 0, "gpu": gpus or 0}
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i]["priority"])  # stable: plan order among equals
+    while len(finish) < len(jobs):
+        for i in order:
+            if i in start or any(k not in finish for k in needs[i]):
+                continue
+            threads, gpu = min(jobs[i]["threads"], cores or 1), int(jobs[i]["gpu"])
+            if cores is not None and (threads > free["cores"] or gpu > free["gpu"]):
+                continue
+            start[i] = t
+            ends = [(finish[k], k) for k in needs[i]]
+            after[i] = max(ends, default=(0.0, None))[1]
+            if cores is not None:
+                free["cores"] -= threads
+                free["gpu"] -= gpu
+            running.append((t + dur[i], i))
+        if not running:
+            sys.exit("no job can start: a job needs more threads or GPU slots than --cores / --gpus give")
+        running.sort()
+        t, i = running.pop(0)
+        finish[i] = t
+        if cores is not None:
+            free["cores"] += min(jobs[i]["threads"], cores)
+            free["gpu"] += int(jobs[i]["gpu"])
+    return start, finish, after
 
-    def visit(i: int) -> float:  # the DAG is shallow (tens of levels): recursion is fine
-        if i not in finish:
-            before = [(visit(k), k) for k in needs[i]]
-            start[i], via[i] = max(before, default=(0.0, None))
-            finish[i] = start[i] + duration(estimates, jobs[i], end)
-        return finish[i]
 
-    last = max(range(len(jobs)), key=visit)
-    chain, i = [], last
+def chain(jobs, start, finish, after) -> list[tuple[dict, float, float, float]]:
+    """The jobs that set the run's end, first to last: (job, start, finish, seconds it waited for a slot)."""
+    i, out = max(finish, key=finish.get), []
     while i is not None:
-        chain.append((jobs[i], start[i], finish[i]))
-        i = via[i]
-    gpu = [(start[i], finish[i]) for i in range(len(jobs)) if jobs[i]["gpu"] and finish[i] > start[i]]
-    most = max((sum(s <= t < f for s, f in gpu) for t, _ in gpu), default=0)
-    return finish[last], chain[::-1], most
+        k = after[i]
+        ready = finish[k] if k is not None else 0.0
+        out.append((jobs[i], start[i], finish[i], start[i] - ready))
+        i = k
+    return out[::-1]
 
 
 def main(argv=None) -> None:
@@ -107,14 +133,15 @@ def main(argv=None) -> None:
     jobs = plan(args.configfile, args.cores)
     print(f"{len(jobs)} jobs ({sum(j['gpu'] for j in jobs)} want the GPU); durations from {args.estimates}")
     for end, name in ((0, "low"), (1, "high")):
-        total, chain, most = critical_path(jobs, estimates, end)
-        print(f"\n{name} durations: the longest chain, {total:.0f} s ({total / 60:.1f} min):")
-        for job, s, f in chain:
-            wild = ", ".join(f"{k}={v}" for k, v in job["wildcards"].items())
-            print(f"  {s:6.0f} - {f:4.0f} s  {job['rule']}{f' ({wild})' if wild else ''}{'  [GPU]' if job['gpu'] else ''}")
-        slots = ("within the" if most <= args.gpus else "more than the")
-        print(f"  at most {most} GPU jobs at once on this schedule: {slots} {args.gpus} slots")
-
+        for limits, what in (((None, None), "unlimited"), ((args.cores, args.gpus), f"{args.cores} cores, "
+                                                                                    f"{args.gpus} GPU slots")):
+            start, finish, after = schedule(jobs, estimates, end, *limits)
+            total = max(finish.values())
+            print(f"\n{name} durations, {what}: {total:.0f} s ({total / 60:.1f} min); the chain that sets it:")
+            for job, s, f, waited in chain(jobs, start, finish, after):
+                wild = ", ".join(f"{k}={v}" for k, v in job["wildcards"].items())
+                print(f"  {s:6.0f} - {f:4.0f} s  {job['rule']}{f' ({wild})' if wild else ''}"
+                      f"{'  [GPU]' if job['gpu'] else ''}{f'  (waited {waited:.0f} s for a slot)' if waited > 0 else ''}")
 
 if __name__ == "__main__":
     main()

@@ -80,9 +80,9 @@ def test_one_gpu_workstation_plans_few_fat_jobs(tmp_path):
     # the profile's threads reach the jobs: mining's image loaders take 8 of the 16 cores
     mine = p.stdout.split("rule mine_topk:\n", 1)[1].split("\n\n", 1)[0]
     assert "    threads: 8" in mine.splitlines(), mine
-    # when GPU slots are short, the jobs on the way to the calibration and the browser go first
-    for rule, first in [("embed_patches", True), ("score", True), ("score_or_units", True), ("interventions", True),
-                        ("k_scores", False), ("neuron_embeddings", False)]:
+    # when GPU slots are short, the GPU jobs that start the longest chains go first
+    for rule, first in [("embed_patches", True), ("score", True), ("k_scores", True), ("interventions", True),
+                        ("score_or_units", False), ("neuron_embeddings", False)]:
         jobs = p.stdout.split(f"rule {rule}:\n")[1:]
         assert jobs and all(("    priority: 1\n" in j.split("\n\n", 1)[0]) == first for j in jobs), rule
     # the browser's image work waits for the mined top-K only (beside embedding and scoring), one job a layer

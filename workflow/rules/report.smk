@@ -22,6 +22,9 @@ rule k_scores:
         # Only the report keys it uses: a gallery or browser setting must not redo this costly job.
         config=settings("report.k_values", "report.k_sensitivity_draws", "stats", "nulls", "shards.draws"),
         code=code("k_scores"),
+    # First of the GPU jobs when they outnumber the GPU slots: it starts one of the run's longest chains of
+    # jobs (benchmarks/critical_path.py).
+    priority: 1
     threads: 1
     resources:
         gpu=GPU,  # batched scoring runs on `device` (CUDA with auto when present)

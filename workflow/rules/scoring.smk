@@ -12,8 +12,8 @@ rule score:
     params:
         config=settings("stats", "nulls", "shards.draws"),
         code=code("score"),
-    # On the way to the calibration and the browser: before k_scores and neuron_embeddings when the GPU
-    # slots (the resource gpu) are fewer than the jobs that want them.
+    # First of the GPU jobs when they outnumber the GPU slots: it starts one of the run's longest chains of
+    # jobs (benchmarks/critical_path.py).
     priority: 1
     threads: 1
     resources:

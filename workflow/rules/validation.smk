@@ -38,9 +38,6 @@ if OR_UNITS:
         params:
             config=settings("stats", "nulls", "shards.draws"),
             code=code("score"),
-        # On the way to the calibration and the browser: before k_scores and neuron_embeddings when the GPU
-        # slots (the resource gpu) are fewer than the jobs that want them.
-        priority: 1
         threads: 1
         resources:
             gpu=GPU,  # batched scoring runs on `device` (CUDA with auto when present)
