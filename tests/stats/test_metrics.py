@@ -27,7 +27,7 @@ from polypsi.stats.nulls import (
     unit_rng,
 )
 from polypsi.stats.reference import canonical
-from polypsi.stats.batched import _null_gram
+from polypsi.stats.batched import _null_gram, mixing_matrices_torch
 from polypsi.stats.synthetic import make_world, planted_channels
 from polypsi.stats.text import TextBank, concept_embeddings
 
@@ -252,6 +252,11 @@ def test_gaussian_null_keeps_mean_and_spectrum_and_gram_version_is_exact():
     # Central projection: the projected patches keep their mean direction and lie on the tangent plane.
     T = X / a[:, None]
     np.testing.assert_allclose(T @ unit(X.mean(0)), 1.0, atol=1e-12)
+
+    # The device version (a GPU's S-null runs its QR decompositions there) equals numpy's to rounding.
+    gauss = rng.standard_normal((7, 49, 49))
+    np.testing.assert_allclose(mixing_matrices_torch(torch.from_numpy(gauss)).numpy(), mixing_matrices(gauss),
+                               atol=1e-12)
 
 
 def test_rotation_null_leaves_every_cosine_unchanged():

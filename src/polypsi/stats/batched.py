@@ -12,7 +12,7 @@ import torch
 from ..config import NullConfig, StatsConfig
 from .kmeans import cluster_search
 from .metrics import canonical_labels, concept_contrast, dense_labels, nmi, top2_gaps
-from .nulls import TANGENT_MIN_COS, NullDraw, kmeans_uniforms, mixing_matrices, null_draw, unit_rng
+from .nulls import TANGENT_MIN_COS, NullDraw, helmert_basis, kmeans_uniforms, mixing_matrices, null_draw, unit_rng
 from .table import rows_to_frame
 from .text import TextBank
 
@@ -153,6 +153,24 @@ def _score_chunk(Z, y, W, chans, text, draws, stats: StatsConfig, nulls: NullCon
     return out
 
 
+def mixing_matrices_torch(gauss: torch.Tensor) -> torch.Tensor:
+    """nulls.mixing_matrices in torch, on the normals' device (float64 [..., K-1, K-1] -> [..., K, K])."""
+    K = gauss.shape[-1] + 1
+    q, r = torch.linalg.qr(gauss)
+    O = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)  # Haar: R's signs moved into Q
+    B = torch.tensor(helmert_basis(K), device=gauss.device)  # a copy: the cached basis is read-only
+    return 1.0 / K + B @ O @ B.T
+
+
+def _mixing(gauss: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The gaussian S-null's mixing matrices on `device`. On the CPU numpy's (the tables as they were); elsewhere
+    the QR decompositions run on the device: at K = 50 they were a third of the scorer's work that stays on the
+    CPU (docs/performance.md). Equal to rounding (tests/stats/test_metrics.py)."""
+    if device.type == "cpu":
+        return torch.from_numpy(mixing_matrices(gauss))
+    return mixing_matrices_torch(torch.from_numpy(gauss).to(device))
+
+
 def _null_gram(G: torch.Tensor, gauss: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Gram matrices of the gaussian S-null's patches, from the real Gram matrices G [U, K, K].
 
@@ -165,7 +183,7 @@ def _null_gram(G: torch.Tensor, gauss: np.ndarray) -> tuple[torch.Tensor, torch.
     a = G.sum(-1) / G.sum((-1, -2)).clamp_min(1e-12).sqrt().unsqueeze(-1)  # cosine to the mean direction
     ok = a.amin(-1, keepdim=True) > TANGENT_MIN_COS
     a = torch.where(ok, a, torch.ones_like(a))
-    W = torch.from_numpy(mixing_matrices(gauss)).to(G.device) / a.unsqueeze(1)
+    W = _mixing(gauss, G.device) / a.unsqueeze(1)
     Gw = W @ G @ W.transpose(1, 2)
     norm = Gw.diagonal(dim1=1, dim2=2).clamp_min(1e-12).sqrt()
     Gn = Gw / (norm.unsqueeze(2) * norm.unsqueeze(1))
