@@ -33,6 +33,15 @@ def test_interventions_do_not_depend_on_the_report_code():
     assert "polypsi.report.figures" in mods("report")
 
 
+def test_sprites_do_not_depend_on_the_report_or_the_embedding_code():
+    """The browser's costly image work reruns for its own code only: not for a figure, a page or the embedder."""
+    m = mods("sprites", embedder="world", vocab=("world",))
+    assert {"polypsi.report.sprites", "polypsi.report.thumbs", "polypsi.crops"} <= m
+    assert not m & {"polypsi.report.figures", "polypsi.report.build", "polypsi.report.browser", "polypsi.croptable",
+                    "polypsi.embedding"}
+    assert not {x for x in m if x.startswith("polypsi.world")}
+
+
 def test_table_rules_and_rendering_carry_their_own_code():
     assert "polypsi.topk" in mods("merge_topk")
     assert "polypsi.data" in mods("index_dataset")

@@ -1,4 +1,4 @@
 from polypsi.job import run
-from polypsi.report.build import sprites_stage
+from polypsi.report.sprites import sprites_stage
 
 run(snakemake, sprites_stage)  # noqa: F821

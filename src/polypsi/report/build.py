@@ -90,21 +90,6 @@ def text_head_stage(job) -> None:
     write_table(th, job.output.table)
 
 
-def sprites_stage(job) -> None:
-    """Rule sprites: the browser's thumbnails of one layer, a sprite per channel, from the top-K table and the
-    crop geometry alone (so they are cut beside embedding and scoring, not after the interventions)."""
-    from ..croptable import site_crops  # lazy: the crop boxes (imports torch, which the thumbnails need anyway)
-    from .thumbs import build_sprites  # lazy: as above
-
-    layer = job.wildcards["layer"]
-    topk = read_table(job.input.topk)
-    geometry = read_json(job.input.geometry)
-    input_size = int(geometry["input_size"])
-    patches = pd.concat([topk[["channel", "rank"]], site_crops(topk, geometry["layers"][layer], input_size)], axis=1)
-    build_sprites(job.output.sprites, patches, read_table(job.input.dataset), input_size,
-                  thumb=job.cfg.report.thumb_size, layer=layer, workers=job.threads, log_file=job.log)
-
-
 def browser_stage(job) -> None:
     """Rule browser: the static neuron browser of all channels (pages; the sprites come from rule sprites)."""
     cfg, layers = job.cfg, list(job.cfg.model.layers)
