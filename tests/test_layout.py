@@ -11,6 +11,7 @@ CROSS_CUTTING = {
     "test_catalog", "test_envs", "test_module", "test_plan",  # the workflow as a catalog entry, module and plan
     "test_bad_inputs",  # bad and odd inputs across data, config and preflight
     "test_slurm",  # profiles/slurm, and the workflow on a single-node SLURM cluster
+    "test_critical_path",  # benchmarks/critical_path.py on the workflow's plan
 }
 
 
