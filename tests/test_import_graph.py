@@ -101,13 +101,14 @@ def test_module_file_resolves_packages_and_modules():
 # Workflow scripts whose stage reads and writes tables only: their jobs must start without torch or open_clip
 # (2-8 s of start-up each). Heavy imports are function-local (`# lazy:`) where a module serves both kinds of job.
 TABLE_ONLY_SCRIPTS = ["merge_topk", "seed_split", "k_sensitivity", "interventions_summary", "or_units", "index_dataset",
-                      "recovery", "ground_truth", "planted_units", "render_images", "download_tiny_imagenet"]
+                      "recovery", "ground_truth", "planted_units", "render_images", "download_tiny_imagenet",
+                      "browser"]  # pages and links: rule sprites cuts the images
 
 
 HEAVY = ("torch", "open_clip", "torchvision", "timm")
 # One interpreter imports what every job imports anyway (numpy, pandas, pyarrow, scipy, scikit-learn; none of
 # them imports torch: checked), then forks a child per script that imports the script's modules: the same
-# check as a fresh interpreter per script, without paying those imports eleven times.
+# check as a fresh interpreter per script, without paying those imports once per script.
 _FORK_CHECK = """
 import ast, importlib, json, os, sys
 import numpy, pandas, pyarrow.parquet, scipy.stats, sklearn.metrics
