@@ -11,7 +11,7 @@ times, interleaved over --repeats rounds:
   loaded from git beside the current package;
 - `serial`: the current way with one worker: build_sprites of each layer (rule `sprites`), then
   build_browser (rule `browser`: pages, linking the sprites);
-- `parallel`: the same with --workers threads.
+- `parallel`: the same with the sprites in --workers threads (the pages are always written in one thread).
 Torch runs on one thread throughout, as in the browser job before (threads: 1) and in each worker thread now.
 Prints each one's best time (for the current way also its two parts: sprites, then pages), the ratios, and
 whether every output file is byte-identical across the three.
@@ -154,7 +154,7 @@ def main(argv=None) -> None:
             shutil.rmtree(sprites[layer], ignore_errors=True)
             build_sprites(sprites[layer], p, dataset, args.size, thumb=args.thumb, layer=layer, workers=workers)
         t_pages = time.perf_counter()
-        build_browser(out, psi, clusters, patches, dataset, sprites, thumb=args.thumb, workers=workers)
+        build_browser(out, psi, clusters, patches, dataset, sprites, thumb=args.thumb)
         return t_pages - t, time.perf_counter() - t_pages
 
     ways = {

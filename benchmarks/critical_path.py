@@ -34,7 +34,7 @@ def plan(configfiles: list[str], cores: int) -> list[dict]:
     """Every job of the run: rule, wildcards, inputs, outputs, whether it wants the GPU."""
     with tempfile.TemporaryDirectory() as work:
         cmd = [sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", str(cores), "--snakefile",
-               str(ROOT / "Snakefile"), "--directory", work, "--resources", "gpu=1"]
+               str(ROOT / "Snakefile"), "--directory", work]
         for f in configfiles:
             cmd += ["--configfile", str(Path(f).resolve())]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)

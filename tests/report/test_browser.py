@@ -29,13 +29,13 @@ CHROMIUM = os.environ.get("POLYPSI_CHROMIUM") or shutil.which("chromium") or shu
 DRIVER = os.environ.get("POLYPSI_CHROMEDRIVER") or shutil.which("chromedriver")
 
 
-def make_browser(out, psi, clusters, patches, ds, size, workers=1, **kw):
+def make_browser(out, psi, clusters, patches, ds, size, workers=1, block=128, **kw):
     """What rules sprites (one per layer, into <out>-sprites/<layer>) and browser write."""
     sprites = {}
     for layer, p in patches.items():
         sprites[layer] = Path(f"{out}-sprites") / layer
-        build_sprites(sprites[layer], p, ds, size, layer=layer, workers=workers)
-    return build_browser(out, psi, clusters, patches, ds, sprites, workers=workers, **kw)
+        build_sprites(sprites[layer], p, ds, size, layer=layer, workers=workers, block=block)
+    return build_browser(out, psi, clusters, patches, ds, sprites, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -361,10 +361,10 @@ def world(tmp_path_factory):
 
 
 def _build(out, inputs, workers, monkeypatch, part=16):
-    # Blocks of 2 channels and parts of about 16 crops: several of each per layer, as at scale.
+    # Parts of about 16 crops and sprite blocks of 2 channels: several of each per layer, as at scale.
     monkeypatch.setattr(thumbs, "CUT_PART", part)
     psi, clusters, patches, ds, size = inputs
-    return make_browser(out, psi, clusters, patches, ds, size, workers, title="t", chunk=2)
+    return make_browser(out, psi, clusters, patches, ds, size, workers, block=2, title="t")
 
 
 def _files(folder: Path) -> dict[str, bytes]:

@@ -34,8 +34,7 @@ from ..calibration import channels_only
 from ..errors import StageError
 from ..io import atomic_path
 from ..runtime import Progress, get_logger
-from .thumbs import SPRITE_COLS, SPRITE_INDEX, SPRITE_KEYS, located, place_sprite, results, sprite_file, sprite_layout, \
-    worker_pool
+from .thumbs import SPRITE_COLS, SPRITE_INDEX, SPRITE_KEYS, located, place_sprite, sprite_file, sprite_layout
 
 # Columns of the index table: (key, header, kind). Kinds drive formatting and sorting in browser.js.
 INDEX_COLUMNS = [
@@ -375,40 +374,17 @@ def _check_sprites(layer: str, shown: dict[int, list[dict]], index: pd.DataFrame
                      "snakemake ... --forcerun sprites")
 
 
-def _write_block(out: Path, layer: str, rows: list[dict], shown: dict[int, list[dict]], sprites_dir: Path,
-                 clusters: dict[int, dict], causal: dict[int, dict], links: list[tuple], class_names: dict,
-                 sprite_cols: int, thumb: int) -> tuple[int, int]:
-    """Pages of a block of a layer's channels, each with its sprite linked in (`links`: each one's previous and
-    next page); returns (pages, sprites)."""
-    n_sprites = 0
-    for r, (prev_href, next_href) in zip(rows, links):
-        ch = int(r["channel"])
-        try:
-            g = shown[ch]
-            if g:  # a dead channel's page shows no patches, so it gets no sprite
-                place_sprite(sprite_file(sprites_dir, ch), out / "sprites" / slug(layer) / f"{ch}.jpg")
-                n_sprites += 1
-            cols_used = sprite_layout(max(len(g), 1), sprite_cols)[1]
-            page = channel_page(layer, r, g, clusters.get(ch, {}), cols_used, thumb, prev_href, next_href, class_names,
-                                causal.get(ch))
-            _write_text(out / channel_href(layer, ch), page)
-        except Exception as e:
-            raise located(e, f"browser page, layer {layer!r}, channel {ch}") from e
-    return len(rows), n_sprites
-
-
 def build_browser(out_dir: str | Path, psi: dict[str, pd.DataFrame], clusters: dict[str, pd.DataFrame],
                   patches: dict[str, pd.DataFrame], dataset: pd.DataFrame, sprites: dict[str, str | Path],
-                  title: str = "polypsi", thumb: int = 64, sprite_cols: int = SPRITE_COLS, chunk: int = 128,
-                  log_file: str | None = None, causal: dict[str, dict[int, dict]] | None = None,
-                  workers: int = 1) -> dict:
+                  title: str = "polypsi", thumb: int = 64, sprite_cols: int = SPRITE_COLS,
+                  log_file: str | None = None, causal: dict[str, dict[int, dict]] | None = None) -> dict:
     """Write the browser into `out_dir`; returns counts of what was written.
 
     `sprites`: {layer: the folder `thumbs.build_sprites` wrote for the layer's patches} (rule `sprites`, with the
     same `thumb` and `sprite_cols`); each shown channel's sprite is linked into `out_dir` (a copy where links are
     not possible), after checking that it shows the patches of `patches`. `causal`: {layer: {channel: causal
-    record}} for the channel pages (see channel_page). Pages are written in blocks of `chunk` channels, in
-    `workers` threads; the files are the same, byte for byte, for any count.
+    record}} for the channel pages (see channel_page). The pages are written in this thread: their HTML holds
+    Python's lock (1,024 pages took 1.9 s in one thread, 2.1 s in two: docs/performance.md).
     """
     log = get_logger(log_file=log_file)
     out = Path(out_dir)
@@ -425,35 +401,39 @@ def build_browser(out_dir: str | Path, psi: dict[str, pd.DataFrame], clusters: d
     _write_text(out / "index.html", _page("index.html", title=html.escape(title)))
 
     hrefs = [r[len(INDEX_COLUMNS)] for r in rows]
-    n_pages = n_sprites = 0
+    n_sprites = 0
     prog = Progress(len(rows), "browser pages", log)
-    i_global = 0
-    with worker_pool(workers) as pool:
-        for layer, df in psi.items():
-            channel_rows = df.sort_values("channel").to_dict("records")
-            pt_by = _records_by_channel(patches.get(layer), ["channel", "rank"])
-            cl_by = {c: {int(r["cluster"]): r for r in recs}
-                     for c, recs in _records_by_channel(clusters.get(layer), ["channel", "cluster"]).items()}
-            # A dead channel's page shows no patches (its "top" patches are arbitrary images).
-            shown = {int(r["channel"]): [] if is_dead(r) else pt_by.get(int(r["channel"]), []) for r in channel_rows}
-            sprites_dir = Path(sprites[layer])
+    i = 0  # the page's place in the list, for its previous and next links
+    for layer, df in psi.items():
+        channel_rows = df.sort_values("channel").to_dict("records")
+        pt_by = _records_by_channel(patches.get(layer), ["channel", "rank"])
+        cl_by = {c: {int(r["cluster"]): r for r in recs}
+                 for c, recs in _records_by_channel(clusters.get(layer), ["channel", "cluster"]).items()}
+        # A dead channel's page shows no patches (its "top" patches are arbitrary images).
+        shown = {int(r["channel"]): [] if is_dead(r) else pt_by.get(int(r["channel"]), []) for r in channel_rows}
+        sprites_dir = Path(sprites[layer])
+        try:
+            index = pd.read_parquet(sprites_dir / SPRITE_INDEX, columns=SPRITE_KEYS)
+        except (OSError, ValueError) as e:
+            raise StageError(f"browser, layer {layer!r}: cannot read {sprites_dir / SPRITE_INDEX} ({e}); "
+                             "rerun the sprites rule") from e
+        _check_sprites(layer, {ch: g for ch, g in shown.items() if g}, index, sprites_dir)
+        layer_causal = (causal or {}).get(layer, {})
+        for r in channel_rows:
+            ch = int(r["channel"])
+            prev_href, next_href = hrefs[i - 1] if i > 0 else None, hrefs[i + 1] if i + 1 < len(hrefs) else None
             try:
-                index = pd.read_parquet(sprites_dir / SPRITE_INDEX, columns=SPRITE_KEYS)
-            except (OSError, ValueError) as e:
-                raise StageError(f"browser, layer {layer!r}: cannot read {sprites_dir / SPRITE_INDEX} ({e}); "
-                                 "rerun the sprites rule") from e
-            _check_sprites(layer, {ch: g for ch, g in shown.items() if g}, index, sprites_dir)
-            blocks = []
-            for start in range(0, len(channel_rows), chunk):
-                block = channel_rows[start : start + chunk]
-                links = [(hrefs[i - 1] if i > 0 else None, hrefs[i + 1] if i + 1 < len(hrefs) else None)
-                         for i in range(i_global + start, i_global + start + len(block))]
-                blocks.append((out, layer, block, shown, sprites_dir, cl_by, (causal or {}).get(layer, {}), links,
-                               class_names, sprite_cols, thumb))
-            for pages, n in results(pool, _write_block, blocks):
-                n_pages += pages
-                n_sprites += n
-                prog.update(pages)
-            i_global += len(channel_rows)
-    log.info("browser: %d channel pages, %d sprites in %s", n_pages, n_sprites, out)
-    return {"channels": len(rows), "pages": n_pages, "sprites": n_sprites}
+                g = shown[ch]
+                if g:  # a dead channel's page shows no patches, so it gets no sprite
+                    place_sprite(sprite_file(sprites_dir, ch), out / "sprites" / slug(layer) / f"{ch}.jpg")
+                    n_sprites += 1
+                cols_used = sprite_layout(max(len(g), 1), sprite_cols)[1]
+                page = channel_page(layer, r, g, cl_by.get(ch, {}), cols_used, thumb, prev_href, next_href,
+                                    class_names, layer_causal.get(ch))
+                _write_text(out / channel_href(layer, ch), page)
+            except Exception as e:
+                raise located(e, f"browser page, layer {layer!r}, channel {ch}") from e
+            i += 1
+            prog.update()
+    log.info("browser: %d channel pages, %d sprites in %s", i, n_sprites, out)
+    return {"channels": len(rows), "pages": i, "sprites": n_sprites}

@@ -104,7 +104,7 @@ def browser_stage(job) -> None:
     build_browser(job.output.browser, _channels_by_layer(layers, job.input.psi, ("index",)),
                   _by_layer(layers, job.input.clusters), patches, read_table(job.input.dataset),
                   dict(zip(layers, job.input.sprites)), title=f"polypsi · {cfg.run_name}", thumb=cfg.report.thumb_size,
-                  log_file=job.log, causal=causal, workers=job.threads)
+                  log_file=job.log, causal=causal)
 
 
 def report_stage(job) -> None:

@@ -6,8 +6,6 @@ report's figures and tables, and the embedding stage, so editing them does not c
 
 from __future__ import annotations
 
-import pandas as pd
-
 from ..crops import crop_boxes
 from ..io import read_json, read_table
 from .thumbs import build_sprites
@@ -22,8 +20,7 @@ def sprites_stage(job) -> None:
     geometry = read_json(job.input.geometry)
     input_size = int(geometry["input_size"])
     boxes = crop_boxes(topk["u"].to_numpy(), topk["v"].to_numpy(), geometry["layers"][layer], input_size)
-    patches = pd.DataFrame({"channel": topk["channel"].to_numpy(), "rank": topk["rank"].to_numpy(),
-                            "image_id": topk["image_id"].to_numpy()})
+    patches = topk[["channel", "rank", "image_id"]].copy()
     patches[["y0", "x0", "y1", "x1"]] = boxes
     build_sprites(job.output.sprites, patches, read_table(job.input.dataset), input_size,
                   thumb=job.cfg.report.thumb_size, layer=layer, workers=job.threads, log_file=job.log)

@@ -94,31 +94,28 @@ def sprite_file(sprites_dir: str | Path, channel: int) -> Path:
 
 
 @contextmanager
-def worker_pool(workers: int, torch_threads: bool = False):
+def _pool(workers: int):
     """None (work in this thread) for one worker, else a pool of `workers` threads.
 
     Threads, not processes: nearly all of the thumbnail work (decoding, resizing, JPEG encoding) runs in C
-    without the GIL. With `torch_threads`, each worker runs torch on one thread, so `workers` threads use
-    `workers` cores (not `workers` teams of torch threads).
+    without the GIL. Each worker runs torch on one thread, so `workers` threads use `workers` cores (not
+    `workers` teams of torch threads).
     """
     if workers <= 1:
         yield None
         return
-    before = None
-    if torch_threads:
-        import torch  # lazy: needed to cut the thumbnails anyway; imported here to size its thread pool first
+    import torch  # lazy: needed to cut the thumbnails anyway; imported here to size its thread pool first
 
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)  # read by each new thread when it first runs a torch op
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # read by each new thread when it first runs a torch op
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="thumbs") as pool:
             yield pool
     finally:
-        if before is not None:
-            torch.set_num_threads(before)
+        torch.set_num_threads(before)
 
 
-def results(pool, fn, tasks):
+def _results(pool, fn, tasks):
     """fn(*task) of every task: in order in this thread without a pool, else as the workers finish them.
     A failure cancels the tasks not yet started and is raised once the running ones have ended (they may
     write to a file the caller closes next)."""
@@ -250,16 +247,16 @@ def build_sprites(out_dir: str | Path, patches: pd.DataFrame, dataset: pd.DataFr
     fd, tile_file = tempfile.mkstemp(prefix=".thumbs-", suffix=".u8", dir=out)
     try:
         tiles = _TileFile(fd, (thumb, thumb, 3))
-        with worker_pool(workers, torch_threads=True) as pool:
+        with _pool(workers) as pool:
             cut = Progress(len(paths), f"thumbnails of {layer}", log)
             parts = [(tiles, a, paths[a:b], crops[a:b, 1:], first[a:b], layer, input_size, thumb)
                      for a, b in _parts(crops[:, 0], CUT_PART)]
-            for n in results(pool, _cut_part, parts):
+            for n in _results(pool, _cut_part, parts):
                 cut.update(n)
             done = Progress(len(chans), f"sprites of {layer}", log)
             blocks = [(out, layer, chans[s : s + block].tolist(), where, tiles, sprite_cols)
                       for s in range(0, len(chans), block)]
-            for n in results(pool, _write_sprites, blocks):
+            for n in _results(pool, _write_sprites, blocks):
                 done.update(n)
     finally:
         os.close(fd)
