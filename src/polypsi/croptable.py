@@ -20,6 +20,7 @@ import pandas as pd
 from .crops import crop_boxes
 from .errors import StageError
 from .io import read_json, read_table, write_table
+from .runtime import builder_threads
 from .shards import channel_shard, shard_rows
 
 CROP_COLUMNS = ["image_id", "y0", "x0", "y1", "x1"]
@@ -83,13 +84,13 @@ def embed_patches_stage(job) -> None:
              topk["channel"].nunique(), geom["crop"])
     z = np.zeros((0, 1), np.float32)
     if len(crops):
-        from .embedding import cut_workers, embed_crops, load_embedder  # lazy: torch, for a shard with crops
+        from .embedding import embed_crops, load_embedder  # lazy: torch, for a shard with crops
 
         paths = read_table(job.input.dataset).set_index("image_id").loc[crops["image_id"].to_numpy(), "path"].tolist()
         device = job.device
         # the embedder loads once the first crops are being cut (reading images overlaps open_clip's import)
         z = embed_crops(lambda: load_embedder(cfg.embedder, cfg, device), paths, crops[CROP_COLUMNS[1:]].to_numpy(),
-                        size, cfg.embedder.batch_size, log, cut_workers(device, job.threads))
+                        size, cfg.embedder.batch_size, log, builder_threads(device, job.threads))
     write_table(crops, job.output.crops, embeddings={"embedding": z})
     log.info("done: %d crops embedded", len(crops))
 

@@ -6,9 +6,14 @@ import logging
 import os
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from .errors import ConfigError
+
+T = TypeVar("T")
 
 
 def resolve_device(device: str = "auto"):
@@ -84,3 +89,40 @@ class Progress:
                 "%s: %d/%d (%.0f%%), %.1f/s, eta %.0fs",
                 self.what, self.done, self.total, 100 * self.done / self.total, rate, eta,
             )
+
+
+@contextmanager
+def built_ahead(build: Callable[..., T], items: Iterable, workers: int) -> Iterator[Iterator[T]]:
+    """An iterator over build(item) for each item, in order.
+
+    With `workers` > 0, a pool of that many threads builds up to workers + 1 items ahead, starting on entry
+    (so that work the caller does before its first item overlaps them too): e.g. decoding images and cutting
+    crops while the caller's thread runs the model on the previous batch. Threads, not processes: decoding,
+    resizing and torch operations run without Python's lock. Leaving the block early cancels what was not
+    started. With `workers` = 0 each item is built when it is asked for, in the caller's thread.
+    """
+    items = list(items)
+    if workers <= 0:
+        yield (build(i) for i in items)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers)
+    queue = deque(pool.submit(build, i) for i in items[: workers + 1])
+
+    def results() -> Iterator[T]:
+        for j in range(len(items)):
+            done = queue.popleft()
+            if j + workers + 1 < len(items):
+                queue.append(pool.submit(build, items[j + workers + 1]))
+            yield done.result()
+
+    try:
+        yield results()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def builder_threads(device, threads: int) -> int:
+    """Threads that build a model's inputs ahead of it (built_ahead): all of the job's on a GPU (the model
+    needs none of them), one on a CPU (the model uses the job's threads; one builder still hides most of the
+    image reading: 1-2% faster than building in between batches, measured with ViT-B/32 on 2 cores)."""
+    return max(1, threads) if getattr(device, "type", str(device)).startswith("cuda") else 1

@@ -15,12 +15,12 @@ from polypsi.interventions.insert import measured_site, neutral_images, run_inse
 from .worlds import GEOMETRY, K, S, UNIT_STD, ZERO_MEAN, ColourNet, colour_world, expected_activation
 
 
-def _run(tmp_path, **kw):
+def _run(tmp_path, workers=0, **kw):
     tmp_path.mkdir(parents=True, exist_ok=True)
     dataset, patches, psi = colour_world(tmp_path)
     cfg = InterventionConfig(batch_size=4, insert=dict(images=2, donors=2, neutral_quantile=0.5, **kw))
     trials, sig = run_insertions(ColourNet().eval(), "act", psi, patches, dataset, GEOMETRY, cfg, "cpu", S,
-                                 ZERO_MEAN, UNIT_STD)
+                                 ZERO_MEAN, UNIT_STD, workers=workers)
     return trials, sig, patches, dataset
 
 
@@ -78,6 +78,14 @@ def test_insertion_is_seeded(tmp_path):
     b = _run(tmp_path / "b")[0]
     cols = ["channel", "site_rank", "condition", "cluster", "image_id", "donor_image_id", "region_y0", "region_x0"]
     pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+def test_images_built_in_threads_give_the_same_trials(tmp_path):
+    trials, sig, _, _ = _run(tmp_path)
+    ahead, sig_ahead, _, _ = _run(tmp_path, workers=3)
+    pd.testing.assert_frame_equal(trials, ahead)
+    pd.testing.assert_frame_equal(sig, sig_ahead)
+    assert trials["activation_after"].notna().sum() > 10
 
 
 def test_measured_site_leaves_room_outside_the_crop():

@@ -17,11 +17,11 @@ from polypsi.interventions.trial import CONDITIONS
 from .worlds import GEOMETRY, K, S, UNIT_STD, ZERO_MEAN, ColourNet, colour_world, expected_activation
 
 
-def _run(tmp_path, **kw):
+def _run(tmp_path, workers=0, **kw):
     dataset, patches, psi = colour_world(tmp_path)
     cfg = InterventionConfig(n_channels=3, sites_per_channel=7, batch_size=5, **kw)
     trials = run_interventions(ColourNet().eval(), "act", psi, patches, dataset, GEOMETRY, cfg, "cpu", S,
-                               ZERO_MEAN, UNIT_STD)
+                               ZERO_MEAN, UNIT_STD, workers=workers)
     return trials, patches
 
 
@@ -82,6 +82,14 @@ def test_extractor_callable_hooks_removed_and_box_check(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="polypsi.interventions"):
         run_interventions(model, "act", psi, shifted, dataset, GEOMETRY, cfg, "cpu", S, ZERO_MEAN, UNIT_STD)
     assert "2 of 2 site regions differ from the embedded crop boxes" in caplog.text
+
+
+def test_images_built_in_threads_give_the_same_trials(tmp_path):
+    serial, _ = _run(tmp_path, fill="noise")
+    for workers in (1, 3):
+        ahead, _ = _run(tmp_path, workers=workers, fill="noise")
+        pd.testing.assert_frame_equal(serial, ahead)
+    assert serial["activation_after"].notna().sum() > 20
 
 
 def test_trials_are_seeded(tmp_path):

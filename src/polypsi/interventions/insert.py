@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from functools import lru_cache
 from typing import Callable, Optional
 
 import numpy as np
@@ -41,7 +42,7 @@ import torch
 from ..calibration import channels_only
 from ..config import InterventionConfig
 from ..crops import crop_box, load_image
-from ..runtime import Progress
+from ..runtime import Progress, built_ahead
 from .plan import (_donor, _donor_pool, _image_sets, _pick, _unrelated_channels, donor_box, free_position, region_box,
                    resolve_region_scale)
 from .run import _as_extractor, trial_image
@@ -209,26 +210,28 @@ def plan_insert(chosen: pd.DataFrame, patches: pd.DataFrame, maxima: pd.DataFram
 
 
 def image_maxima(extract: Callable, layer: str, image_ids: list[int], load: Callable[[int], torch.Tensor],
-                 device, batch_size: int, progress=None) -> pd.DataFrame:
-    """image_id x channel: each channel's largest activation over the sites of each image."""
+                 device, batch_size: int, progress=None, workers: int = 0) -> pd.DataFrame:
+    """image_id x channel: each channel's largest activation over the sites of each image (`workers`: threads
+    that load the next batches while the model runs)."""
     rows = []
-    for start in range(0, len(image_ids), batch_size):
-        ids = image_ids[start:start + batch_size]
-        x = torch.stack([load(i) for i in ids]).to(device)
-        with torch.no_grad():
-            acts = extract(x)[layer]
-        rows.append(acts.flatten(2).amax(2).float().cpu().numpy())
-        if progress is not None:
-            progress.update(len(ids))
+    batches = [image_ids[start:start + batch_size] for start in range(0, len(image_ids), batch_size)]
+    with built_ahead(lambda ids: torch.stack([load(i) for i in ids]), batches, workers) as images:
+        for ids, x in zip(batches, images):
+            with torch.no_grad():
+                acts = extract(x.to(device))[layer]
+            rows.append(acts.flatten(2).amax(2).float().cpu().numpy())
+            if progress is not None:
+                progress.update(len(ids))
     return pd.DataFrame(np.concatenate(rows), index=pd.Index(image_ids, name="image_id"))
 
 
 def keyed_activations(extract: Callable, layer: str, jobs: list, device, batch_size: int,
-                      progress=None) -> tuple[list[float], list[np.ndarray]]:
+                      progress=None, workers: int = 0) -> tuple[list[float], list[np.ndarray]]:
     """Activation of each job's (channel, u, v) on its image, and the whole layer's vector at (u, v).
 
     A job is (key, channel, u, v, make); jobs with the same key share one image (built once: one
-    forward pass gives every channel). Returns (values, vectors), one per job.
+    forward pass gives every channel). Returns (values, vectors), one per job. `workers`: threads that build
+    the next batches while the model runs.
     """
     first: dict = {}
     for key, *_rest, make in jobs:
@@ -239,17 +242,17 @@ def keyed_activations(extract: Callable, layer: str, jobs: list, device, batch_s
     for key, _c, u, v, _ in jobs:
         sites.setdefault(where[key], []).append((u, v))
     vectors: dict[tuple[int, int, int], np.ndarray] = {}
-    for start in range(0, len(keys), batch_size):
-        batch = keys[start:start + batch_size]
-        x = torch.stack([first[k]() for k in batch]).to(device)
-        with torch.no_grad():
-            acts = extract(x)[layer]
-        for b, k in enumerate(batch):
-            n = where[k]
-            for u, v in set(sites[n]):
-                vectors[(n, u, v)] = acts[b, :, u, v].float().cpu().numpy()
-        if progress is not None:
-            progress.update(len(batch))
+    batches = [keys[start:start + batch_size] for start in range(0, len(keys), batch_size)]
+    with built_ahead(lambda batch: torch.stack([first[k]() for k in batch]), batches, workers) as images:
+        for batch, x in zip(batches, images):
+            with torch.no_grad():
+                acts = extract(x.to(device))[layer]
+            for b, k in enumerate(batch):
+                n = where[k]
+                for u, v in set(sites[n]):
+                    vectors[(n, u, v)] = acts[b, :, u, v].float().cpu().numpy()
+            if progress is not None:
+                progress.update(len(batch))
     vec = [vectors[(where[key], u, v)] for key, _c, u, v, _ in jobs]
     return [float(x[c]) for x, (_k, c, *_r) in zip(vec, jobs)], vec
 
@@ -280,7 +283,7 @@ def signatures(trials: pd.DataFrame, after: list[np.ndarray], before: dict[tuple
 def run_insert(extract: Callable, layer: str, chosen: pd.DataFrame, patches: pd.DataFrame,
                paths: dict[int, str], geometry_layer: dict, cfg: InterventionConfig, scale: float, device,
                input_size: int, mean, live: set[int],
-               lg: logging.Logger | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+               lg: logging.Logger | None = None, workers: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scan for neutral images, plan and run the insertion trials: one row per trial (see docs/interventions.md),
     and the clusters' layer signatures (`signatures`)."""
     lg = lg or log
@@ -289,17 +292,13 @@ def run_insert(extract: Callable, layer: str, chosen: pd.DataFrame, patches: pd.
     if ic.scan_images is not None and ic.scan_images < len(ids):
         rng = np.random.default_rng([cfg.seed, INSERT_STREAM])
         ids = sorted(int(i) for i in rng.choice(ids, ic.scan_images, replace=False))
-    cache: dict[int, torch.Tensor] = {}
 
+    @lru_cache(maxsize=256)  # thread-safe: images are built in `workers` threads
     def image(i: int) -> torch.Tensor:
-        if i not in cache:
-            if len(cache) > 256:
-                cache.clear()
-            cache[i] = load_image(paths[i], input_size)
-        return cache[i]
+        return load_image(paths[i], input_size)
 
     maxima = image_maxima(extract, layer, ids, image, device, cfg.batch_size,
-                          Progress(len(ids), f"insert {layer} (scan for neutral images)", lg))
+                          Progress(len(ids), f"insert {layer} (scan for neutral images)", lg), workers)
     planned, units, (u, v) = plan_insert(chosen, patches, maxima, geometry_layer, input_size, scale, cfg, live)
     lg.info("insertion: %d channels, measured site (u, v) = (%d, %d), region %s, %d trials", len(chosen), u, v,
             planned[0].site.box if planned else None, len(planned))
@@ -317,7 +316,7 @@ def run_insert(extract: Callable, layer: str, chosen: pd.DataFrame, patches: pd.
     jobs = [(("before", s.image_id), s.channel, s.u, s.v, lambda s=s: image(s.image_id)) for s in befores.values()]
     jobs += [(key(planned[n]), planned[n].site.channel, u, v, lambda t=planned[n]: build(t)) for n in runnable]
     values, vectors = keyed_activations(extract, layer, jobs, device, cfg.batch_size,
-                                        Progress(len({j[0] for j in jobs}), f"insert {layer} (images)", lg))
+                                        Progress(len({j[0] for j in jobs}), f"insert {layer} (images)", lg), workers)
     before = dict(zip(befores, values[:len(befores)]))
     before_vec = dict(zip(befores, vectors[:len(befores)]))
     after = np.full(len(planned), np.nan)
@@ -350,7 +349,7 @@ def empty_insert_table() -> pd.DataFrame:
 
 def run_insertions(model_or_extractor, layer: str, psi: pd.DataFrame, patches: pd.DataFrame, dataset: pd.DataFrame,
                    geometry: dict, cfg: InterventionConfig, device, input_size: int, mean, std,
-                   logger: logging.Logger | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   logger: logging.Logger | None = None, workers: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The insertion protocol on one layer: choose channels, scan, plan, run.
 
     Arguments as polypsi.interventions.run_interventions. Returns one row per trial (no live channel: an
@@ -381,7 +380,7 @@ def run_insertions(model_or_extractor, layer: str, psi: pd.DataFrame, patches: p
     extract = _as_extractor(model_or_extractor, layer, mean, std)
     try:
         trials, sig = run_insert(extract, layer, chosen, patches, paths, layer_geom, cfg, scale, device, input_size,
-                            mean, live, lg)
+                            mean, live, lg, workers)
     finally:
         if extract is not model_or_extractor and hasattr(extract, "close"):
             extract.close()

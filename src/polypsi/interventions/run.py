@@ -20,7 +20,7 @@ from ..calibration import channels_only
 from ..config import InterventionConfig
 from ..crops import load_image
 from ..models import FeatureExtractor
-from ..runtime import Progress
+from ..runtime import Progress, built_ahead
 from .plan import max_free_scale, plan, resolve_region_scale, select_channels
 from .trial import OK, Box, Site, Trial, trials_table
 
@@ -87,24 +87,25 @@ def _as_extractor(model_or_extractor, layer: str, mean, std) -> Callable[[torch.
     raise TypeError(f"expected a torch model or a feature extractor, got {type(model_or_extractor).__name__}")
 
 
-def _site_activations(extract, layer: str, jobs: list, device, batch_size: int, progress) -> list[float]:
+def _site_activations(extract, layer: str, jobs: list, device, batch_size: int, progress, workers: int = 0) -> list[float]:
     """Activation of each job's (channel, u, v) on the image its builder makes, in batches.
 
-    A job is (channel, u, v, make): `make()` builds the image [3,S,S].
+    A job is (channel, u, v, make): `make()` builds the image [3,S,S]. With `workers` > 0, that many threads
+    build the next batches while the model runs (runtime.built_ahead).
     """
     out: list[float] = []
-    for start in range(0, len(jobs), batch_size):
-        batch = jobs[start:start + batch_size]
-        x = torch.stack([make() for *_, make in batch]).to(device)
-        with torch.no_grad():
-            acts = extract(x)[layer]
-        dev = acts.device
-        idx = torch.arange(len(batch), device=dev)
-        ch = torch.tensor([c for c, _, _, _ in batch], device=dev)
-        uu = torch.tensor([u for _, u, _, _ in batch], device=dev)
-        vv = torch.tensor([v for _, _, v, _ in batch], device=dev)
-        out += acts[idx, ch, uu, vv].float().cpu().tolist()
-        progress.update(len(batch))
+    batches = [jobs[start:start + batch_size] for start in range(0, len(jobs), batch_size)]
+    with built_ahead(lambda batch: torch.stack([make() for *_, make in batch]), batches, workers) as images:
+        for batch, x in zip(batches, images):
+            with torch.no_grad():
+                acts = extract(x.to(device))[layer]
+            dev = acts.device
+            idx = torch.arange(len(batch), device=dev)
+            ch = torch.tensor([c for c, _, _, _ in batch], device=dev)
+            uu = torch.tensor([u for _, u, _, _ in batch], device=dev)
+            vv = torch.tensor([v for _, _, v, _ in batch], device=dev)
+            out += acts[idx, ch, uu, vv].float().cpu().tolist()
+            progress.update(len(batch))
     return out
 
 
@@ -113,13 +114,14 @@ def _site_activations(extract, layer: str, jobs: list, device, batch_size: int, 
 
 def run_interventions(model_or_extractor, layer: str, psi: pd.DataFrame, patches: pd.DataFrame,
                       dataset: pd.DataFrame, geometry: dict, cfg: InterventionConfig, device, input_size: int,
-                      mean, std, logger: logging.Logger | None = None) -> pd.DataFrame:
+                      mean, std, logger: logging.Logger | None = None, workers: int = 0) -> pd.DataFrame:
     """Run every trial; one row per (channel, site, condition) with activations before and after.
 
     `model_or_extractor`: a torch model (hooked with polypsi.models.FeatureExtractor here) or a
     callable mapping images [B,3,S,S] in [0,1] to {layer: activations [B,C,H,W]}.
     A trial that cannot be made (no donor, no free square) is kept as a row with a `status`
-    saying why and no activation after.
+    saying why and no activation after. `workers`: threads that build the next batches of images while the
+    model runs (runtime.built_ahead; results do not depend on it).
     """
     lg = logger or log
     if int(geometry.get("input_size", input_size)) != int(input_size):
@@ -188,7 +190,7 @@ def run_interventions(model_or_extractor, layer: str, psi: pd.DataFrame, patches
     extract = _as_extractor(model_or_extractor, layer, mean, std)
     try:
         values = _site_activations(extract, layer, jobs, device, cfg.batch_size,
-                                   Progress(len(jobs), f"interventions {layer} (images)", lg))
+                                   Progress(len(jobs), f"interventions {layer} (images)", lg), workers)
     finally:
         if extract is not model_or_extractor and hasattr(extract, "close"):
             extract.close()  # remove the hooks added to the model here

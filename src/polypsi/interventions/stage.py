@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from ..io import read_json, read_table, write_csv, write_table
+from ..runtime import builder_threads
 from .figures import plot_insert, plot_message, plot_summary
 from .causal import CHANNEL_COLUMNS, agreement, attach, channel_table, cluster_table, with_truth
 from .statistics import protocol_of, summarize
@@ -29,6 +30,7 @@ def interventions_stage(job: Job) -> None:
     ic = cfg.interventions
     lg = job.logger("polypsi.interventions")
     device = job.device
+    workers = builder_threads(device, job.threads)  # threads that build the next images while the model runs
     with_emb = read_table(job.input.patches)  # insertion picks donors near the clusters' prototypes
     patches = with_emb.drop(columns=["embedding"], errors="ignore")  # not needed by replacement
     model = load_model(cfg, device)
@@ -38,13 +40,13 @@ def interventions_stage(job: Job) -> None:
     parts = []
     if "replace" in ic.protocols:
         trials = run_interventions(fx, layer, psi, patches, dataset, geometry, ic, device, pre.input_size,
-                                   pre.mean, pre.std, logger=lg)
+                                   pre.mean, pre.std, logger=lg, workers=workers)
         trials.insert(1, "protocol", "replace")
         parts.append(trials)
     clusters = channels = None
     if "insert" in ic.protocols:
         ins, sig = run_insertions(fx, layer, psi, with_emb, dataset, geometry, ic, device, pre.input_size,
-                             pre.mean, pre.std, logger=lg)
+                             pre.mean, pre.std, logger=lg, workers=workers)
         sizes = patches.groupby(["channel", "cluster"]).size()
         clusters = cluster_table(ins, ic.insert.alpha, ic.insert.min_effect, ic.confidence, sizes, sig,
                                  ic.insert.same_cause)
