@@ -43,7 +43,7 @@ from ..calibration import channels_only
 from ..config import InterventionConfig
 from ..crops import crop_box, load_image
 from ..runtime import Progress, built_ahead
-from .plan import (_donor, _donor_pool, _image_sets, _pick, _unrelated_channels, donor_box, free_position, region_box,
+from .plan import (_donor, _donor_pool, _image_sets, _unrelated_channels, donor_box, free_position, region_box,
                    resolve_region_scale)
 from .run import _as_extractor, trial_image
 from .trial import OK, Donor, Site, Trial, trials_table
@@ -113,11 +113,24 @@ def prototype_order(members: pd.DataFrame, shifted: Optional[np.ndarray] = None)
         cos = -(e @ proto)
     else:
         cos = np.zeros(len(members))
-    cols = ["_shifted", "_cos", "rank"]
-    return members.assign(_shifted=key, _cos=cos).sort_values(cols, kind="stable").drop(columns=cols[:2])
+    # by (shifted, -cosine, rank); a stable sort, so exact ties keep the members' order
+    return members.iloc[np.lexsort((members["rank"].to_numpy(), cos, key))]
 
 
 # --------------------------------------------------------------------------- plan
+
+
+class _Rows:
+    """A donor table as plain rows (dicts) and its image ids: a planning loop picks thousands of donors, and a
+    pandas row or filter costs about as much as the rest of a trial's planning."""
+
+    def __init__(self, df: pd.DataFrame):
+        self.records = df.to_dict("records")
+        self.image_id = df["image_id"].to_numpy()
+
+    def not_in(self, image_id: int) -> np.ndarray:
+        """Positions of the rows from other images (a donor from the target image would paste its own content)."""
+        return np.flatnonzero(self.image_id != image_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +161,7 @@ def plan_insert(chosen: pd.DataFrame, patches: pd.DataFrame, maxima: pd.DataFram
     trials: list[Trial] = []
     units: dict[tuple[int, int], Unit] = {}
     index = chosen["index"].astype(float).to_numpy()
+    others: dict[int, _Rows] = {}  # the Random donors' channels, as rows
     for ch, ch_index in zip(chosen.itertuples(index=False), index):
         c = int(ch.channel)
         mine = pool[c]
@@ -157,13 +171,14 @@ def plan_insert(chosen: pd.DataFrame, patches: pd.DataFrame, maxima: pd.DataFram
         # top-1 against 0.52), so aligned members are preferred.
         shifted = np.array([donor_box(box, u, v, du, dv, layer_geom["stride"], input_size)[1]
                             > layer_geom["stride"] / 2 for du, dv in zip(mine["u"], mine["v"])], dtype=bool)
-        ordered = {k: prototype_order(mine[mine["cluster"] == k], shifted[(mine["cluster"] == k).to_numpy()])
+        ordered = {k: _Rows(prototype_order(mine[mine["cluster"] == k], shifted[(mine["cluster"] == k).to_numpy()]))
                    for k in clusters}
         unrelated = _unrelated_channels(c, top_images, live)
         rng = np.random.default_rng([cfg.seed, INSERT_STREAM, c])
         images, threshold = neutral_images(maxima[c], ic.neutral_quantile, ic.images, rng,
                                            exclude=set(mine["image_id"].astype(int)))
         for i, img in enumerate(images):
+            elsewhere = {k: ordered[k].not_in(img) for k in clusters}  # a cluster's members in other images
             for j in range(ic.donors):
                 pair = i * ic.donors + j
                 units[(c, pair)] = Unit(img, float(maxima.at[img, c]), threshold)
@@ -173,9 +188,9 @@ def plan_insert(chosen: pd.DataFrame, patches: pd.DataFrame, maxima: pd.DataFram
                             top1_activation=float(ch.top1_activation), activation_mined=None)
                 donors: dict[int, Optional[Donor]] = {}
                 for k in clusters:
-                    rows = ordered[k][ordered[k]["image_id"] != img]
-                    donors[k] = _donor(rows.iloc[j % len(rows)], site, layer_geom["stride"], input_size) \
-                        if len(rows) else None
+                    rows = elsewhere[k]
+                    donors[k] = _donor(ordered[k].records[rows[j % len(rows)]], site, layer_geom["stride"],
+                                       input_size) if len(rows) else None
                     t = Trial(site=dataclasses.replace(site, cluster=k), condition="Cluster", region_scale=scale,
                               noise_seed=0, region=box, donor=donors[k])
                     if donors[k] is None:
@@ -184,8 +199,12 @@ def plan_insert(chosen: pd.DataFrame, patches: pd.DataFrame, maxima: pd.DataFram
                 rand = None
                 if unrelated:
                     rc = unrelated[int(rng.integers(len(unrelated)))]
-                    row = _pick(rng, pool[rc][pool[rc]["image_id"] != img], np.nan, "random")
-                    rand = None if row is None else _donor(row, site, layer_geom["stride"], input_size)
+                    if rc not in others:
+                        others[rc] = _Rows(pool[rc])
+                    rows = others[rc].not_in(img)
+                    if len(rows):  # any of them (the site has no relative activation to match)
+                        rand = _donor(others[rc].records[rows[int(rng.integers(len(rows)))]], site,
+                                      layer_geom["stride"], input_size)
                 t = Trial(site=site, condition="Random", region_scale=scale, noise_seed=0, region=box, donor=rand)
                 if rand is None:
                     t.status = "no_donor: no unrelated channel with a patch in another image"
@@ -266,12 +285,12 @@ def signatures(trials: pd.DataFrame, after: list[np.ndarray], before: dict[tuple
     `causal.cluster_table` compares these vectors to tell distinct causes apart.
     """
     sums: dict[tuple[int, int], list] = {}
+    cond, chan, clus, rank = (trials[col].to_numpy() for col in ("condition", "channel", "cluster", "site_rank"))
     for n, vec in zip(rows, after):
-        r = trials.iloc[n]
-        if r["condition"] != "Cluster":
+        if cond[n] != "Cluster":
             continue
-        c, k = int(r["channel"]), int(r["cluster"])
-        d = vec - before[(c, int(r["site_rank"]))]
+        c, k = int(chan[n]), int(clus[n])
+        d = vec - before[(c, int(rank[n]))]
         d = np.delete(d, c)
         acc = sums.setdefault((c, k), [np.zeros_like(d), 0])
         acc[0] += d

@@ -175,10 +175,11 @@ def _pick(rng: np.random.Generator, rows: pd.DataFrame, rel: float, mode: str) -
     return rows.iloc[int(rng.integers(len(rows)))]
 
 
-def _donor(row: pd.Series, site: Site, stride: float, input_size: int) -> Donor:
-    box, shift = donor_box(site.box, site.u, site.v, row.u, row.v, stride, input_size)
-    return Donor(channel=int(row.channel), rank=int(row["rank"]), image_id=int(row.image_id),
-                 cluster=int(row.cluster), u=int(row.u), v=int(row.v),
+def _donor(row, site: Site, stride: float, input_size: int) -> Donor:
+    """The Donor of a patch row (a pd.Series or a dict of one: read by key)."""
+    box, shift = donor_box(site.box, site.u, site.v, row["u"], row["v"], stride, input_size)
+    return Donor(channel=int(row["channel"]), rank=int(row["rank"]), image_id=int(row["image_id"]),
+                 cluster=int(row["cluster"]), u=int(row["u"]), v=int(row["v"]),
                  activation=float(row["activation"]) if "activation" in row else None, box=box, misalign_px=shift)
 
 
