@@ -10,7 +10,7 @@ a high value, for all layers or per layer. Two schedules, for the low and the hi
 - unlimited: each job starts as soon as the jobs it needs have ended: the run's shortest possible wall
   time, and the chain of jobs that sets it;
 - slots: as Snakemake runs it with --cores and --gpus (the resource gpu): a ready job starts when its
-  threads and GPU slot are free, higher rule priority first (then plan order); the chain shows where a
+  threads and GPU slot are free, higher rule priority first (then by rule and wildcards); the chain shows where a
   job waited for a slot.
 Printed: each schedule's length and chain, job by job. Gaps between jobs (Snakemake polls, under a
 second each) and Snakemake's own start (a few seconds) are not counted.
@@ -58,7 +58,9 @@ def plan(configfiles: list[str], cores: int) -> list[dict]:
                 job[key] = int(value)
         elif not line.strip():
             job = None
-    return [j for j in jobs if j["rule"] != "all"]
+    # Sorted by rule and wildcards: the dry run lists jobs in an order that varies between runs, and the slots'
+    # schedule breaks ties in list order, so that it is the same every run.
+    return sorted((j for j in jobs if j["rule"] != "all"), key=lambda j: (j["rule"], sorted(j["wildcards"].items())))
 
 
 def duration(estimates: dict, job: dict, end: int) -> float:
@@ -83,7 +85,7 @@ def schedule(jobs: list[dict], estimates: dict, end: int, cores: int | None = No
     dur = [duration(estimates, j, end) for j in jobs]
     start, finish, after = {}, {}, {}
     t, running, free = 0.0, [], {"cores": cores or 0, "gpu": gpus or 0}
-    order = sorted(range(len(jobs)), key=lambda i: -jobs[i]["priority"])  # stable: plan order among equals
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i]["priority"])  # stable: list order among equals
     while len(finish) < len(jobs):
         for i in order:
             if i in start or any(k not in finish for k in needs[i]):
