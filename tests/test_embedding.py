@@ -76,7 +76,7 @@ def _crop_world(tmp_path, n_images=6, channels=6, k=8, seed=0):
 def _per_channel_shard_reference(e, topk, dataset, geometry, channels, bs):
     """The embedding as it was before crops were shared across shards: a channel shard's distinct sites, each
     crop resized on its own, batches padded to the batch size."""
-    from polypsi.crops import _cached_image, crop_boxes
+    from polypsi.crops import crop_boxes, load_image
     from polypsi.shards import full_batch
 
     g, size = geometry["layers"]["l"], geometry["input_size"]
@@ -85,7 +85,7 @@ def _per_channel_shard_reference(e, topk, dataset, geometry, channels, bs):
     paths = dataset.set_index("image_id").loc[sites["image_id"], "path"].tolist()
     boxes = crop_boxes(sites["u"].to_numpy(), sites["v"].to_numpy(), g, size)
     crops = torch.stack([torch.nn.functional.interpolate(
-        _cached_image(p, size)[:, y0:y1, x0:x1].unsqueeze(0), size=(e.image_size, e.image_size), mode="bilinear",
+        load_image(p, size)[:, y0:y1, x0:x1].unsqueeze(0), size=(e.image_size, e.image_size), mode="bilinear",
         align_corners=False, antialias=True)[0] for p, (y0, x0, y1, x1) in zip(paths, boxes)])
     z = np.concatenate([e.encode_images(full_batch(crops[i : i + bs], bs))[: len(crops[i : i + bs])]
                         for i in range(0, len(crops), bs)])

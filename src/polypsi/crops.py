@@ -41,6 +41,18 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """An RGB image resized (bilinear, upsampled for Tiny-ImageNet) to size x size, as [3,S,S] in [0,1]."""
+    return to_unit(load_image_uint8(path, size))
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0,1] (float32) from uint8 [0,255]; a float tensor as it is."""
+    import torch  # lazy: the table stages read crop boxes from this module and need no torch
+
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+def load_image_uint8(path: str | Path, size: int) -> torch.Tensor:
+    """load_image as [3,S,S] uint8: a quarter of the bytes to cache, cut and copy to a device."""
     import torch  # lazy: the table stages read crop boxes from this module and need no torch
 
     try:
@@ -54,7 +66,7 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
             f"cannot read image {path} ({e}); the file is missing or not a readable image: "
             "replace it with a good copy or remove it from the dataset, then rerun"
         ) from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
 def crop_box(u: int, v: int, geom: dict, input_size: int) -> tuple[int, int, int, int]:
@@ -73,11 +85,12 @@ def crop_boxes(u: np.ndarray, v: np.ndarray, geom: dict, input_size: int) -> np.
 
 @lru_cache(maxsize=256)
 def _cached_image(path: str, size: int) -> torch.Tensor:
-    return load_image(path, size)
+    """uint8 [3,S,S]: crops are cut in bytes and turned into [0,1] floats where they are resized (resize_crops)."""
+    return load_image_uint8(path, size)
 
 
 def cut_crops(paths: list[str], boxes: np.ndarray, input_size: int) -> list[tuple[np.ndarray, torch.Tensor]]:
-    """Crops at input resolution, one stack per crop side: [(indices into paths, [m,3,h,w])].
+    """Crops at input resolution, one stack per crop side: [(indices into paths, [m,3,h,w] uint8)].
 
     Each image is read once per call when sites come sorted by image. CPU work only (decoding and
     slicing): it can run in threads ahead of the model, before the output size is known.
@@ -95,13 +108,14 @@ def cut_crops(paths: list[str], boxes: np.ndarray, input_size: int) -> list[tupl
 
 
 def resize_crops(groups: list[tuple[np.ndarray, torch.Tensor]], n: int, out_size: int, device=None) -> torch.Tensor:
-    """The `cut_crops` of n crops as [n,3,out,out]: one batched resize per crop side (on `device` when given)."""
+    """The `cut_crops` of n crops as [n,3,out,out] in [0,1]: one batched resize per crop side (on `device` when
+    given). uint8 crops become floats there (after the copy: a quarter of the bytes; the same values to the bit)."""
     import torch  # lazy: the table stages read crop boxes from this module and need no torch
 
     def resize(patch):
         if device is not None:
             patch = patch.to(device, non_blocking=True)
-        return torch.nn.functional.interpolate(patch, size=(out_size, out_size), mode="bilinear",
+        return torch.nn.functional.interpolate(to_unit(patch), size=(out_size, out_size), mode="bilinear",
                                                align_corners=False, antialias=True)
 
     if len(groups) == 1 and len(groups[0][0]) == n:  # one crop side (the usual case): no scatter needed
