@@ -19,6 +19,7 @@ from torch import nn
 
 from . import sources
 from .config import IMAGENET_MEAN, IMAGENET_STD, Config
+from .crops import to_unit
 from .errors import ModelLoadError, StageError
 from .modelfit import check_names
 from .runtime import forward_pass
@@ -183,8 +184,9 @@ class FeatureExtractor:
         return fn
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images: [B,3,S,S] in [0,1]. Returns {layer: float32 [B,C,H,W]} (token layers as their patch grid)."""
-        x = (images.to(self.device) - self.mean) / self.std
+        """images: [B,3,S,S] in [0,1] (or uint8 in [0,255], made [0,1] on the device: the same values to the bit).
+        Returns {layer: float32 [B,C,H,W]} (token layers as their patch grid)."""
+        x = (to_unit(images.to(self.device, non_blocking=True)) - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         self._out = {}
