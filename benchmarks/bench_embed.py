@@ -72,8 +72,7 @@ def main(argv=None) -> None:
         out = []
         for i in range(0, n, bs):
             c = torch.stack([torch.nn.functional.interpolate(
-                crops_mod.to_unit(crops_mod._cached_image(p, size)[:, y0:y1, x0:x1].unsqueeze(0)),
-                size=(emb.image_size,) * 2,
+                crops_mod._cached_image(p, size)[:, y0:y1, x0:x1].unsqueeze(0), size=(emb.image_size,) * 2,
                 mode="bilinear", align_corners=False, antialias=True)[0]
                 for p, (y0, x0, y1, x1) in zip(paths[i : i + bs], boxes[i : i + bs])])
             out.append(emb.encode_images(c))

@@ -85,12 +85,11 @@ def crop_boxes(u: np.ndarray, v: np.ndarray, geom: dict, input_size: int) -> np.
 
 @lru_cache(maxsize=256)
 def _cached_image(path: str, size: int) -> torch.Tensor:
-    """uint8 [3,S,S]: crops are cut in bytes and turned into [0,1] floats where they are resized (resize_crops)."""
-    return load_image_uint8(path, size)
+    return load_image(path, size)
 
 
 def cut_crops(paths: list[str], boxes: np.ndarray, input_size: int) -> list[tuple[np.ndarray, torch.Tensor]]:
-    """Crops at input resolution, one stack per crop side: [(indices into paths, [m,3,h,w] uint8)].
+    """Crops at input resolution, one stack per crop side: [(indices into paths, [m,3,h,w])].
 
     Each image is read once per call when sites come sorted by image. CPU work only (decoding and
     slicing): it can run in threads ahead of the model, before the output size is known.
@@ -109,7 +108,7 @@ def cut_crops(paths: list[str], boxes: np.ndarray, input_size: int) -> list[tupl
 
 def resize_crops(groups: list[tuple[np.ndarray, torch.Tensor]], n: int, out_size: int, device=None) -> torch.Tensor:
     """The `cut_crops` of n crops as [n,3,out,out] in [0,1]: one batched resize per crop side (on `device` when
-    given). uint8 crops become floats there (after the copy: a quarter of the bytes; the same values to the bit)."""
+    given; uint8 crops become [0,1] floats there)."""
     import torch  # lazy: the table stages read crop boxes from this module and need no torch
 
     def resize(patch):
