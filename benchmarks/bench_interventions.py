@@ -43,7 +43,7 @@ def main(argv=None) -> None:
     import pandas as pd
     import torch
 
-    from polypsi.config import load_config, load_config_file
+    from polypsi.config import IMAGENET_MEAN, IMAGENET_STD, load_config, load_config_file
     from polypsi.interventions.insert import run_insertions
     from polypsi.interventions.run import run_interventions
     from polypsi.io import read_table
@@ -71,9 +71,8 @@ def main(argv=None) -> None:
     workdir = run.resolve().parents[1]  # the run's image paths are relative to the folder it ran in
     dataset["path"] = [p if Path(p).is_absolute() else str(workdir / p) for p in dataset["path"]]
     extract = stand_in(int(patches["channel"].max()) + 1, int(geom["height"]), int(geom["width"]), layer)
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    quiet = {"logger": logging.getLogger("bench_interventions.quiet")}  # no progress lines between the timings
-    quiet["logger"].disabled = True
+    quiet = logging.getLogger("bench_interventions.quiet")  # no progress lines between the timings
+    quiet.disabled = True
 
     print(f"{run} {layer}: {len(psi)} channels, {len(patches)} patches, {len(dataset)} images of {size} px; "
           f"replacement {ic.n_channels} channels x {ic.sites_per_channel} sites, insertion {ic.insert.channels} "
@@ -84,11 +83,11 @@ def main(argv=None) -> None:
     for _ in range(args.repeats):
         for w in args.workers:
             t0 = time.perf_counter()
-            a = run_interventions(extract, layer, psi, patches, dataset, geometry, ic, "cpu", size, mean, std,
-                                  workers=w, **quiet)
+            a = run_interventions(extract, layer, psi, patches, dataset, geometry, ic, "cpu", size, IMAGENET_MEAN,
+                                  IMAGENET_STD, logger=quiet, workers=w)
             t1 = time.perf_counter()
-            b, sig = run_insertions(extract, layer, psi, with_emb, dataset, geometry, ic, "cpu", size, mean, std,
-                                    workers=w, **quiet)
+            b, sig = run_insertions(extract, layer, psi, with_emb, dataset, geometry, ic, "cpu", size, IMAGENET_MEAN,
+                                    IMAGENET_STD, logger=quiet, workers=w)
             t2 = time.perf_counter()
             best[w] = [min(best[w][0], t1 - t0), min(best[w][1], t2 - t1)]
             tables[w] = (a, b, sig)

@@ -28,11 +28,11 @@ class Recorder:
 
 @pytest.mark.parametrize("workers", [0, 1, 3])
 def test_items_come_in_order_and_at_most_workers_plus_one_ahead(workers):
-    rec = Recorder(delay=0.002)
+    rec = Recorder()
     out = []
     with built_ahead(rec, range(20), workers) as results:
         for r in results:
-            time.sleep(0.004)  # a consumer slower than the builders: they would run ahead without the bound
+            time.sleep(0.02)  # a consumer much slower than the builders: they would run ahead without the bound
             out.append(r)
             with rec.lock:
                 rec.consumed += 1

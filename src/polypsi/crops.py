@@ -52,7 +52,7 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def load_image_uint8(path: str | Path, size: int) -> torch.Tensor:
-    """load_image as [3,S,S] uint8: a quarter of the bytes to cache, cut and copy to a device."""
+    """load_image as [3,S,S] uint8: a quarter of the bytes to pass between processes and copy to a device."""
     import torch  # lazy: the table stages read crop boxes from this module and need no torch
 
     try:
@@ -107,14 +107,13 @@ def cut_crops(paths: list[str], boxes: np.ndarray, input_size: int) -> list[tupl
 
 
 def resize_crops(groups: list[tuple[np.ndarray, torch.Tensor]], n: int, out_size: int, device=None) -> torch.Tensor:
-    """The `cut_crops` of n crops as [n,3,out,out] in [0,1]: one batched resize per crop side (on `device` when
-    given; uint8 crops become [0,1] floats there)."""
+    """The `cut_crops` of n crops as [n,3,out,out]: one batched resize per crop side (on `device` when given)."""
     import torch  # lazy: the table stages read crop boxes from this module and need no torch
 
     def resize(patch):
         if device is not None:
             patch = patch.to(device, non_blocking=True)
-        return torch.nn.functional.interpolate(to_unit(patch), size=(out_size, out_size), mode="bilinear",
+        return torch.nn.functional.interpolate(patch, size=(out_size, out_size), mode="bilinear",
                                                align_corners=False, antialias=True)
 
     if len(groups) == 1 and len(groups[0][0]) == n:  # one crop side (the usual case): no scatter needed

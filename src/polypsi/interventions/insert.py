@@ -42,10 +42,10 @@ import torch
 from ..calibration import channels_only
 from ..config import InterventionConfig
 from ..crops import crop_box, load_image
-from ..runtime import Progress, built_ahead
+from ..runtime import Progress
 from .plan import (_donor, _donor_pool, _image_sets, _unrelated_channels, donor_box, free_position, region_box,
                    resolve_region_scale)
-from .run import _as_extractor, trial_image
+from .run import _as_extractor, layer_batches, trial_image
 from .trial import OK, Donor, Site, Trial, trials_table
 
 log = logging.getLogger("polypsi.interventions")
@@ -233,14 +233,10 @@ def image_maxima(extract: Callable, layer: str, image_ids: list[int], load: Call
     """image_id x channel: each channel's largest activation over the sites of each image (`workers`: threads
     that load the next batches while the model runs)."""
     rows = []
-    batches = [image_ids[start:start + batch_size] for start in range(0, len(image_ids), batch_size)]
-    with built_ahead(lambda ids: torch.stack([load(i) for i in ids]), batches, workers) as images:
-        for ids, x in zip(batches, images):
-            with torch.no_grad():
-                acts = extract(x.to(device))[layer]
-            rows.append(acts.flatten(2).amax(2).float().cpu().numpy())
-            if progress is not None:
-                progress.update(len(ids))
+    for ids, acts in layer_batches(extract, layer, image_ids, load, device, batch_size, workers):
+        rows.append(acts.flatten(2).amax(2).float().cpu().numpy())
+        if progress is not None:
+            progress.update(len(ids))
     return pd.DataFrame(np.concatenate(rows), index=pd.Index(image_ids, name="image_id"))
 
 
@@ -261,17 +257,13 @@ def keyed_activations(extract: Callable, layer: str, jobs: list, device, batch_s
     for key, _c, u, v, _ in jobs:
         sites.setdefault(where[key], []).append((u, v))
     vectors: dict[tuple[int, int, int], np.ndarray] = {}
-    batches = [keys[start:start + batch_size] for start in range(0, len(keys), batch_size)]
-    with built_ahead(lambda batch: torch.stack([first[k]() for k in batch]), batches, workers) as images:
-        for batch, x in zip(batches, images):
-            with torch.no_grad():
-                acts = extract(x.to(device))[layer]
-            for b, k in enumerate(batch):
-                n = where[k]
-                for u, v in set(sites[n]):
-                    vectors[(n, u, v)] = acts[b, :, u, v].float().cpu().numpy()
-            if progress is not None:
-                progress.update(len(batch))
+    for batch, acts in layer_batches(extract, layer, keys, lambda k: first[k](), device, batch_size, workers):
+        for b, k in enumerate(batch):
+            n = where[k]
+            for u, v in set(sites[n]):
+                vectors[(n, u, v)] = acts[b, :, u, v].float().cpu().numpy()
+        if progress is not None:
+            progress.update(len(batch))
     vec = [vectors[(where[key], u, v)] for key, _c, u, v, _ in jobs]
     return [float(x[c]) for x, (_k, c, *_r) in zip(vec, jobs)], vec
 

@@ -87,25 +87,34 @@ def _as_extractor(model_or_extractor, layer: str, mean, std) -> Callable[[torch.
     raise TypeError(f"expected a torch model or a feature extractor, got {type(model_or_extractor).__name__}")
 
 
-def _site_activations(extract, layer: str, jobs: list, device, batch_size: int, progress, workers: int = 0) -> list[float]:
-    """Activation of each job's (channel, u, v) on the image its builder makes, in batches.
+def layer_batches(extract, layer: str, items: list, build: Callable, device, batch_size: int, workers: int = 0):
+    """(batch, the layer's activations [B,C,H,W]) for each batch of `items`, the images build(item) stacked.
 
-    A job is (channel, u, v, make): `make()` builds the image [3,S,S]. With `workers` > 0, that many threads
-    build the next batches while the model runs (runtime.built_ahead).
+    With `workers` > 0, that many threads build the next batches while the model runs (runtime.built_ahead).
     """
-    out: list[float] = []
-    batches = [jobs[start:start + batch_size] for start in range(0, len(jobs), batch_size)]
-    with built_ahead(lambda batch: torch.stack([make() for *_, make in batch]), batches, workers) as images:
+    batches = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
+    with built_ahead(lambda batch: torch.stack([build(item) for item in batch]), batches, workers) as images:
         for batch, x in zip(batches, images):
             with torch.no_grad():
                 acts = extract(x.to(device))[layer]
-            dev = acts.device
-            idx = torch.arange(len(batch), device=dev)
-            ch = torch.tensor([c for c, _, _, _ in batch], device=dev)
-            uu = torch.tensor([u for _, u, _, _ in batch], device=dev)
-            vv = torch.tensor([v for _, _, v, _ in batch], device=dev)
-            out += acts[idx, ch, uu, vv].float().cpu().tolist()
-            progress.update(len(batch))
+            yield batch, acts
+
+
+def _site_activations(extract, layer: str, jobs: list, device, batch_size: int, progress,
+                      workers: int = 0) -> list[float]:
+    """Activation of each job's (channel, u, v) on the image its builder makes, in batches (`layer_batches`).
+
+    A job is (channel, u, v, make): `make()` builds the image [3,S,S].
+    """
+    out: list[float] = []
+    for batch, acts in layer_batches(extract, layer, jobs, lambda job: job[3](), device, batch_size, workers):
+        dev = acts.device
+        idx = torch.arange(len(batch), device=dev)
+        ch = torch.tensor([c for c, _, _, _ in batch], device=dev)
+        uu = torch.tensor([u for _, u, _, _ in batch], device=dev)
+        vv = torch.tensor([v for _, _, v, _ in batch], device=dev)
+        out += acts[idx, ch, uu, vv].float().cpu().tolist()
+        progress.update(len(batch))
     return out
 
 
